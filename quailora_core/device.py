@@ -1,0 +1,51 @@
+"""Which torch device a run uses: `auto` picks CUDA when present, CPU otherwise."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from .errors import InputError
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def resolve_device(spec: str) -> torch.device:
+    """Turn `auto|cpu|cuda|cuda:N` into a torch.device, refusing CUDA that is not there."""
+    if not _DEVICE_RE.match(spec or ""):
+        raise InputError(f"Unknown device {spec!r}.", "Use auto, cpu, cuda or cuda:N.")
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise InputError(
+            f"Device {spec!r} was asked for but no CUDA GPU is available.",
+            "Use --device cpu or auto, or install a CUDA build of torch.",
+        )
+    index = int(spec.split(":")[1]) if ":" in spec else 0
+    if index >= torch.cuda.device_count():
+        raise InputError(
+            f"Device {spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s) found.",
+            "Use cuda:0 or auto.",
+        )
+    return torch.device("cuda", index)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` is bfloat16 on CUDA (what QLoRA runs use) and float32 on CPU."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def available_devices() -> list[tuple[str, str]]:
+    """(spec, label) pairs for a device chooser: auto, cpu and each CUDA device with free memory."""
+    out = [("auto", "auto"), ("cpu", "CPU")]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(i)
+            name = torch.cuda.get_device_name(i)
+            out.append((f"cuda:{i}", f"cuda:{i} {name} ({free / 2**30:.1f} of {total / 2**30:.1f} GiB free)"))
+    return out

@@ -1,0 +1,121 @@
+"""Events the engine emits while it works, and the token that cancels it.
+
+One protocol for every face: the GUI receives these objects through a Qt signal, the
+CLI renders them as a progress bar or prints them as JSON lines (`--json`), and a run in
+another process (training under `QProcess`, a run on a remote GPU box) streams the very
+same JSON lines, which `event_from_json` turns back into objects.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A new stage starts: calibrate / solve / export / train. `total` counts its steps."""
+
+    name: str
+    total: int = 0
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """The metrics of one initialized layer (see ALGORITHM.md, 'Metrics reported per layer')."""
+
+    index: int
+    name: str
+    block: int
+    module: str
+    shape: tuple[int, int]
+    cal_err_before: float
+    cal_err_after: float
+    uncal_err_before: float
+    uncal_err_after: float
+    heldout_err_before: float
+    heldout_err_after: float
+    seconds: float
+    method: str = ""
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    step: int
+    total_steps: int
+    loss: float
+    lr: float
+    tokens_per_second: float
+    gpu_memory_gb: float | None = None
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    step: int
+    loss: float
+    perplexity: float
+
+
+@dataclass(frozen=True)
+class Log:
+    level: str  # "info" | "warning" | "error"
+    message: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    output_dir: str
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str
+    hint: str = ""
+    details: str = ""
+
+
+Event = Stage | LayerResult | TrainStep | EvalResult | Log | Finished | Failed
+EventCallback = Callable[[Event], None]
+EVENT_TYPES: dict[str, type] = {
+    cls.__name__: cls for cls in (Stage, LayerResult, TrainStep, EvalResult, Log, Finished, Failed)
+}
+
+
+def event_to_json(event: Event) -> str:
+    """One JSON line: {"event": "LayerResult", ...fields}."""
+    return json.dumps({"event": type(event).__name__, **asdict(event)})
+
+
+def event_from_json(line: str) -> Event:
+    """Inverse of `event_to_json`; raises ValueError on a line that is not an event."""
+    data = json.loads(line)
+    if not isinstance(data, dict) or data.get("event") not in EVENT_TYPES:
+        raise ValueError(f"not an event line: {line[:80]!r}")
+    cls = EVENT_TYPES[data.pop("event")]
+    names = {f.name for f in fields(cls)}
+    kwargs = {k: v for k, v in data.items() if k in names}
+    if cls is LayerResult:
+        kwargs["shape"] = tuple(kwargs["shape"])
+    return cls(**kwargs)
+
+
+def ignore_events(event: Event) -> None:
+    """The default callback: drop every event."""
+
+
+class CancelToken:
+    """Thread-safe flag the engine checks between layers (and the trainer between steps)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
