@@ -1,0 +1,128 @@
+"""Second-moment statistics of layer inputs, accumulated with forward hooks.
+
+For each targeted Linear we need `H = X^T X / N` over the calibration tokens (padding
+excluded) without keeping `X`: memory stays constant in N. Layers that read the very
+same tensor (q/k/v read the normed hidden state, gate/up read the same MLP input) share
+one accumulator, found at run time from tensor identity rather than from a table of
+module names, so any architecture works. The asymmetric input source also needs the
+cross moment `X_fp^T X_q / N`, for which the hook pairs each layer's full-precision
+input with its quantized-path input on the same tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def accumulation_dtype(device: torch.device) -> torch.dtype:
+    """float64 on CPU (exact, cheap at CPU scale); float32 on CUDA (fast, ample for sums of
+    per-batch products, each of which is itself computed in float32)."""
+    return torch.float64 if device.type == "cpu" else torch.float32
+
+
+class Moment:
+    """Running `sum x^T y` and token count; `.mean()` gives the `in x in` moment matrix."""
+
+    def __init__(self, dim: int, device: torch.device) -> None:
+        self.sum = torch.zeros(dim, dim, dtype=accumulation_dtype(device), device=device)
+        self.count = 0
+
+    def add(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        xf = x.float()
+        yf = xf if y is None else y.float()
+        self.sum += (xf.T @ yf).to(self.sum.dtype)
+        self.count += x.shape[0]
+
+    def mean(self) -> torch.Tensor:
+        return self.sum / max(self.count, 1)
+
+
+class GramCollector:
+    """Forward pre-hooks on a block's target Linears that accumulate input moments.
+
+    Usage per batch: `collector.begin(token_mask, key)`, run the block, repeat. `key`
+    names the stream ("cal", "heldout", ...), so calibration and held-out statistics are
+    kept apart. `shared[name]` tells which accumulator a layer reads (layers with the
+    same group index share one Gram matrix).
+    """
+
+    def __init__(self, modules: dict[str, nn.Module], device: torch.device) -> None:
+        self.modules = modules
+        self.device = device
+        self.group_of: dict[str, int] = {}
+        self.moments: dict[tuple[str, int], Moment] = {}
+        self._mask: torch.Tensor | None = None
+        self._key = "cal"
+        self._seen: dict[int, tuple[int, torch.Tensor]] = {}
+        self._stash: dict[str, torch.Tensor] | None = None
+        self._mode = "gram"
+        self._handles = [m.register_forward_pre_hook(self._hook(name)) for name, m in modules.items()]
+
+    def begin(self, token_mask: torch.Tensor, key: str, mode: str = "gram") -> None:
+        """Prepare for one batch. mode: "gram" accumulates X^T X; "stash" keeps this batch's
+        inputs for a following "cross" pass and accumulates their Gram under "fp:<key>";
+        "cross" accumulates X_stash^T X (under "cross:<key>") and X^T X (under <key>)."""
+        self._mask = token_mask.reshape(-1)
+        self._key = key
+        self._seen = {}
+        self._mode = mode
+        if mode == "stash":
+            self._stash = {}
+
+    def _hook(self, name: str):
+        def hook(_module: nn.Module, args: tuple) -> None:
+            x = args[0]
+            flat = x.reshape(-1, x.shape[-1])[self._mask]
+            if self._mode == "stash":
+                assert self._stash is not None
+                self._stash[name] = flat
+            group = self._group(name, x)
+            if group is None:  # another layer already added this very tensor
+                return
+            if self._mode == "cross":
+                assert self._stash is not None
+                self._moment(("cross:" + self._key, group), x.shape[-1]).add(self._stash[name], flat)
+            key = "fp:" + self._key if self._mode == "stash" else self._key
+            self._moment((key, group), x.shape[-1]).add(flat)
+
+        return hook
+
+    def _group(self, name: str, x: torch.Tensor) -> int | None:
+        """Group index for this layer; None when another layer already added this very tensor."""
+        seen = self._seen.get(id(x))
+        if seen is not None and seen[1] is x:
+            self.group_of.setdefault(name, seen[0])
+            return None
+        group = self.group_of.setdefault(name, len(set(self.group_of.values())))
+        # keep a reference for the rest of the batch: a freed tensor's id can be reused
+        self._seen[id(x)] = (group, x)
+        return group
+
+    def _moment(self, key: tuple[str, int], dim: int) -> Moment:
+        if key not in self.moments:
+            self.moments[key] = Moment(dim, self.device)
+        return self.moments[key]
+
+    def gram(self, name: str, key: str = "cal") -> torch.Tensor | None:
+        """`H = X^T X / N` for layer `name` on stream `key` (None if that stream was not run)."""
+        m = self.moments.get((key, self.group_of[name]))
+        return None if m is None else m.mean()
+
+    def cross(self, name: str, key: str = "cal") -> torch.Tensor | None:
+        """`X_stash^T X / N` for layer `name` (asymmetric source)."""
+        m = self.moments.get(("cross:" + key, self.group_of[name]))
+        return None if m is None else m.mean()
+
+    def groups(self) -> list[list[str]]:
+        out: dict[int, list[str]] = {}
+        for name, g in self.group_of.items():
+            out.setdefault(g, []).append(name)
+        return list(out.values())
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._stash = None
+

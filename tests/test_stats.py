@@ -1,0 +1,62 @@
+"""Input statistics: padding excluded, shared inputs share one Gram matrix, memory flat in N."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from quailora_core.stats import GramCollector
+
+
+class TwoHeads(nn.Module):
+    """q and k read the same tensor (like q/k/v); o reads another one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.o = nn.Linear(6, 4), nn.Linear(6, 4), nn.Linear(4, 6)
+
+    def forward(self, x):
+        return self.o(self.q(x) * self.k(x))
+
+
+def test_gram_excludes_padding_and_is_shared_by_layers_reading_the_same_tensor():
+    torch.manual_seed(0)
+    net = TwoHeads()
+    collector = GramCollector({"q": net.q, "k": net.k, "o": net.o}, torch.device("cpu"))
+    xs, masks = [torch.randn(2, 5, 6) for _ in range(3)], [torch.rand(2, 5) > 0.3 for _ in range(3)]
+    for x, m in zip(xs, masks, strict=True):
+        collector.begin(m, "cal")
+        net(x)
+    collector.remove()
+    real = torch.cat([x[m] for x, m in zip(xs, masks, strict=True)]).double()
+    expected = real.T @ real / real.shape[0]
+    assert torch.allclose(collector.gram("q"), expected)
+    assert torch.equal(collector.gram("k"), collector.gram("q"))
+    assert collector.group_of["q"] == collector.group_of["k"] != collector.group_of["o"]
+    assert len(collector.groups()) == 2
+
+
+def test_memory_does_not_grow_with_the_number_of_tokens():
+    net = TwoHeads()
+    collector = GramCollector({"q": net.q, "k": net.k, "o": net.o}, torch.device("cpu"))
+    for _ in range(50):
+        collector.begin(torch.ones(4, 8, dtype=torch.bool), "cal")
+        net(torch.randn(4, 8, 6))
+    held = [m.sum for m in collector.moments.values()]
+    assert sum(t.numel() for t in held) == 6 * 6 + 4 * 4  # one Gram per distinct input, nothing per token
+    assert collector.moments[("cal", collector.group_of["q"])].count == 50 * 32
+
+
+def test_cross_moment_pairs_full_precision_and_quantized_inputs():
+    torch.manual_seed(1)
+    net = TwoHeads()
+    collector = GramCollector({"q": net.q, "k": net.k, "o": net.o}, torch.device("cpu"))
+    x_fp, x_q, mask = torch.randn(2, 5, 6), torch.randn(2, 5, 6), torch.ones(2, 5, dtype=torch.bool)
+    collector.begin(mask, "cal", mode="stash")
+    net(x_fp)
+    collector.begin(mask, "cal", mode="cross")
+    net(x_q)
+    a, b = x_fp.reshape(-1, 6).double(), x_q.reshape(-1, 6).double()
+    assert torch.allclose(collector.cross("q"), a.T @ b / 10)
+    assert torch.allclose(collector.gram("q", "fp:cal"), a.T @ a / 10)
+    assert torch.allclose(collector.gram("q", "cal"), b.T @ b / 10)
