@@ -142,7 +142,7 @@ def capture_block_inputs(
             )
     finally:
         handle.remove()
-        for m, home in zip(pre, homes):
+        for m, home in zip(pre, homes, strict=True):
             m.to(home)
     return batches
 

@@ -89,18 +89,22 @@ class InitSettings:
     method: str = "quailora"
     inputs: str = "fp"
     damping: float = 0.01
-    als_iters: int = 20
+    als_iters: int = 100  # upper bound; ALS stops early once an iteration gains < 1e-10
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     batch_size: int = 8  # calibration sequences per forward through a block
 
 
 @dataclass
 class TrainSettings:
-    """Fine-tuning settings (used by `quailora train`)."""
+    """Fine-tuning settings (used by `quailora train`).
 
-    data: str = ""
+    Relative paths in a run file are relative to the run file's folder.
+    """
+
+    data: str = ""  # a file, folder, hub dataset id, or demo
+    data_format: str = "auto"  # auto | text | prompt_response (auto: from the fields)
     text_column: str = "text"
-    validation_data: str = ""
+    validation_data: str = ""  # "" = hold out validation_fraction of the data
     validation_fraction: float = 0.05
     max_steps: int = 100
     epochs: float = 0.0  # > 0 overrides max_steps
@@ -110,9 +114,12 @@ class TrainSettings:
     seq_len: int = 512
     eval_interval: int = 50
     save_interval: int = 50
+    log_interval: int = 1
     warmup_steps: int = 0
     seed: int = 0
-    output: str = ""
+    adapter: str = ""  # the initialized adapter folder; "" = the run's `output`
+    output: str = ""  # training output folder; "" = the adapter folder's name + "-trained"
+    resume: bool = False  # continue from the last checkpoint in `output`
 
 
 @dataclass
@@ -161,7 +168,7 @@ class RunConfig:
         if not ini.damping >= 0:
             raise InputError(f"damping must be >= 0, got {ini.damping}.", "The usual value is 0.01.")
         if ini.als_iters < 1:
-            raise InputError(f"als_iters must be at least 1, got {ini.als_iters}.", "The usual value is 20.")
+            raise InputError(f"als_iters must be at least 1, got {ini.als_iters}.", "The usual value is 100.")
         if ini.batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {ini.batch_size}.", "Use 8.")
         if cal.samples < 1:

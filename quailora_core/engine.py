@@ -1,0 +1,358 @@
+"""The QuAILoRA initialization run: model + calibration text -> peft adapter.
+
+`run_init` is the one entry point the CLI, the GUI and the tests call. It validates
+everything cheap first (config, model reference, targets, rank, calibration file), then
+loads the full-precision model on the host and walks it block by block on the compute
+device: capture block 0's inputs, then for each block collect input statistics with
+hooks, quantize each target weight exactly as bitsandbytes will, solve for the LoRA
+pair, emit a `LayerResult`, produce the next block's inputs and move on. Only one block
+sits on the accelerator at a time, and the host keeps one block's activations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import solvers
+from .adapter import write_adapter
+from .blocks import BlockBatch, capture_block_inputs, find_decoder_blocks, run_block, target_linears
+from .config import RunConfig
+from .device import resolve_device, resolve_dtype
+from .errors import Cancelled, EngineError, InputError
+from .events import CancelToken, EventCallback, Finished, LayerResult, Log, Stage, ignore_events
+from .model_info import load_model_config, meta_model, resolve_model_path
+from .quantize import quantization_record, quantize_dequantize
+from .results import summarize
+from .stats import GramCollector
+
+# ALS stops once an iteration improves the damped objective by less than this (relative):
+# by then it sits within ~1e-5 of the closed form on real layers (tests/test_engine.py).
+ALS_TOL = 1e-10
+
+
+@dataclass
+class InitResult:
+    output_dir: str
+    layers: list[LayerResult] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Preflight:
+    """What the cheap checks found: everything needed to start the heavy work."""
+
+    model_path: str
+    device: torch.device
+    dtype: torch.dtype
+    texts: list[str]
+    target_names: list[str]
+
+
+def preflight(config: RunConfig, build_demo: bool = True) -> Preflight:
+    """All checks that need no weights: config, model folder, targets vs. the module tree,
+    rank vs. layer sizes, calibration data. Raises InputError; writes nothing."""
+    from .data import load_texts
+
+    config.validate()
+    device = resolve_device(config.init.device)
+    dtype = resolve_dtype(config.model.dtype, device)
+    model_path = resolve_model_path(config.model.path, build_demo=build_demo)
+    hf_config = load_model_config(model_path, config.model.trust_remote_code)
+    skeleton = meta_model(hf_config, config.model.trust_remote_code)
+    blocks = find_decoder_blocks(skeleton)
+    targets = target_linears(blocks, skeleton, config.lora.targets)
+    smallest = min(min(m.in_features, m.out_features) for _, _, _, m in targets)
+    if config.lora.rank > smallest:
+        name = next(full for _, full, _, m in targets if min(m.in_features, m.out_features) == smallest)
+        raise InputError(
+            f"rank {config.lora.rank} is larger than the smallest target dimension ({smallest}, in {name}).",
+            f"Use --rank {smallest} or less.",
+        )
+    cal = config.calibration
+    texts = load_texts(cal.source, cal.text_column, cal.dataset_config, cal.split)
+    return Preflight(model_path, device, dtype, texts, [full for _, full, _, _ in targets])
+
+
+def run_init(
+    config: RunConfig, on_event: EventCallback = ignore_events, cancel: CancelToken | None = None
+) -> InitResult:
+    """Initialize the LoRA adapter described by `config` and write it to `config.output`."""
+    cancel = cancel or CancelToken()
+    on_event(Stage("load"))
+    pre = preflight(config)
+    return _Run(config, pre, on_event, cancel).run()
+
+
+def _check(cancel: CancelToken) -> None:
+    if cancel.cancelled:
+        raise Cancelled()
+
+
+class _Run:
+    """One initialization run (state that would otherwise be passed everywhere)."""
+
+    def __init__(self, config: RunConfig, pre: Preflight, on_event: EventCallback, cancel: CancelToken) -> None:
+        self.config, self.pre, self.emit, self.cancel = config, pre, on_event, cancel
+        self.device, self.dtype = pre.device, pre.dtype
+        self.work_dtype = torch.float64 if self.device.type == "cpu" else torch.float32
+        self.layers: list[LayerResult] = []
+        self.factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.fallbacks: list[str] = []
+
+    # ------------------------------------------------------------------ top level
+    def run(self) -> InitResult:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from .data import pack
+
+        cfg, cal = self.config, self.config.calibration
+        started = time.perf_counter()
+        tokenizer = AutoTokenizer.from_pretrained(self.pre.model_path, trust_remote_code=cfg.model.trust_remote_code)
+        data = pack(self.pre.texts, tokenizer, cal.samples, cal.seq_len, cal.heldout_samples, cal.seed)
+        for warning in data.warnings:
+            self.emit(Log("warning", warning))
+        _check(self.cancel)
+        model = AutoModelForCausalLM.from_pretrained(
+            self.pre.model_path, dtype=self.dtype, low_cpu_mem_usage=True, trust_remote_code=cfg.model.trust_remote_code
+        )
+        model.eval()
+        model.config.use_cache = False
+        blocks = find_decoder_blocks(model)
+        targets = target_linears(blocks, model, cfg.lora.targets)
+        self.emit(
+            Log(
+                "info",
+                f"{len(targets)} layers in {len(blocks.blocks)} blocks; {data.input_ids.shape[0]} x "
+                f"{data.input_ids.shape[1]} calibration tokens, {data.heldout_input_ids.shape[0]} held-out sequences; "
+                f"device {self.device}, {str(self.dtype).removeprefix('torch.')}",
+            )
+        )
+        bs = cfg.init.batch_size
+        with torch.no_grad():
+            streams = {
+                "cal": capture_block_inputs(model, blocks, data.input_ids, data.attention_mask, bs, self.device),
+                "heldout": capture_block_inputs(
+                    model, blocks, data.heldout_input_ids, data.heldout_attention_mask, bs, self.device
+                )
+                if data.heldout_input_ids.shape[0]
+                else [],
+            }
+            # asymmetric keeps a second, quantized-path stream; it starts equal to the first
+            qstreams = dict(streams) if cfg.init.inputs == "asymmetric" else {}
+            self.emit(Stage("calibrate", total=len(targets)))
+            by_block: dict[int, list[tuple[str, str, nn.Module]]] = {}
+            for b, full, sub, module in targets:
+                by_block.setdefault(b, []).append((full, sub, module))
+            for b, block in enumerate(blocks.blocks):
+                _check(self.cancel)
+                home = next(block.parameters()).device
+                block.to(self.device)
+                try:
+                    streams, qstreams = self._block(b, block, by_block.get(b, []), streams, qstreams)
+                finally:
+                    block.to(home)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        _check(self.cancel)
+        summary = summarize(self.layers)
+        summary["wall_seconds"] = time.perf_counter() - started
+        self.emit(Stage("export"))
+        architecture = (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
+        metadata = self._metadata(data.summary, summary, targets, architecture)
+        output = write_adapter(
+            model, cfg.lora, self.pre.target_names, self.factors, cfg.output, cfg.overwrite, metadata
+        )
+        summary["wall_seconds"] = time.perf_counter() - started
+        self.emit(Finished(str(output), summary))
+        return InitResult(str(output), self.layers, summary)
+
+    # ------------------------------------------------------------------ one block
+    def _block(self, b, block, layers, streams, qstreams):
+        """Collect statistics for this block's targets, solve them, return the next inputs.
+
+        fp: one stream, the full-precision model's. propagated: one stream, produced by
+        the already quantized-and-initialized earlier blocks. asymmetric: both, paired
+        token by token (full-precision targets, quantized-path inputs).
+        """
+        inputs = self.config.init.inputs
+        modules = {sub: module for _, sub, module in layers}
+        collector = GramCollector(modules, self.device)
+        next_fp: dict[str, list[torch.Tensor]] = {}
+        try:
+            for key in ("cal", "heldout"):
+                outs = []
+                for i, batch in enumerate(streams[key]):
+                    if inputs == "asymmetric":
+                        collector.begin(batch.token_mask, key, mode="stash")
+                        outs.append(run_block(block, batch))
+                        collector.begin(batch.token_mask, key, mode="cross")
+                        run_block(block, qstreams[key][i])
+                    else:
+                        collector.begin(batch.token_mask, key)
+                        outs.append(run_block(block, batch))
+                next_fp[key] = outs
+        finally:
+            collector.remove()
+        originals: dict[str, torch.Tensor] = {}
+        for full, sub, module in layers:
+            _check(self.cancel)
+            effective = self._layer(b, full, sub, module, collector)
+            if inputs != "fp":
+                originals[sub] = module.weight.data
+                module.weight.data = effective.to(module.weight.dtype)
+        if inputs == "fp":
+            return {k: _with_hidden(streams[k], v) for k, v in next_fp.items()}, {}
+        # run the block as the quantized + initialized model will, for the next block's inputs
+        quantized = streams if inputs == "propagated" else qstreams
+        try:
+            new_q = {k: _with_hidden(v, [run_block(block, qb) for qb in v]) for k, v in quantized.items()}
+        finally:
+            for _, sub, module in layers:
+                if sub in originals:
+                    module.weight.data = originals[sub]
+        if inputs == "propagated":
+            return new_q, {}
+        return {k: _with_hidden(streams[k], v) for k, v in next_fp.items()}, new_q
+
+    # ------------------------------------------------------------------ one layer
+    def _layer(self, b: int, full: str, sub: str, module: nn.Module, collector: GramCollector) -> torch.Tensor:
+        """Quantize, solve and report one layer; returns its effective weight Q + L."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        w_load = module.weight.data
+        q = quantize_dequantize(w_load, cfg.quantization).to(self.work_dtype)
+        w = w_load.to(self.work_dtype)
+        e = w - q
+        method, rank, damping = cfg.init.method, cfg.lora.rank, cfg.init.damping
+        h = collector.gram(sub, "cal")
+        h_ho = collector.gram(sub, "heldout")
+        if h is None:
+            raise EngineError(f"No calibration inputs reached {full}.", "Check the calibration data.")
+        h = h.to(self.work_dtype)
+        h_ho = h_ho.to(self.work_dtype) if h_ho is not None else None
+        if cfg.init.inputs == "asymmetric":
+            h_fp = collector.gram(sub, "fp:cal").to(self.work_dtype)
+            cross = collector.cross(sub, "cal").to(self.work_dtype)
+            lora, used, warning = _asymmetric(method, w, q, e, h, cross, rank, damping, cfg.init.als_iters)
+            metrics = _asymmetric_errors(w, q, lora, h_fp, h, cross)
+            if h_ho is not None:
+                ho = _asymmetric_errors(
+                    w,
+                    q,
+                    lora,
+                    collector.gram(sub, "fp:heldout").to(self.work_dtype),
+                    h_ho,
+                    collector.cross(sub, "heldout").to(self.work_dtype),
+                )
+                metrics["heldout_err_before"], metrics["heldout_err_after"] = ho["cal_err_before"], ho["cal_err_after"]
+        else:
+            lora, used, warning = solvers.safe_solve(method, e, h, rank, damping, cfg.init.als_iters, tol=ALS_TOL)
+            metrics = solvers.relative_errors(w, e, lora, h, h_ho)
+        if warning:
+            self.fallbacks.append(full)
+            self.emit(Log("warning", f"{full}: {warning}"))
+        if lora is not None:
+            a, bmat = solvers.split_lora(lora, cfg.lora.scaling, rank)
+            self.factors[full] = (a.cpu(), bmat.cpu())
+            effective = q + cfg.lora.scaling * (bmat.to(self.work_dtype) @ a.to(self.work_dtype))
+        else:
+            effective = q
+        result = LayerResult(
+            index=len(self.layers),
+            name=full,
+            block=b,
+            module=sub,
+            shape=(int(w.shape[0]), int(w.shape[1])),
+            cal_err_before=float(metrics["cal_err_before"]),
+            cal_err_after=float(metrics["cal_err_after"]),
+            uncal_err_before=float(metrics["uncal_err_before"]),
+            uncal_err_after=float(metrics["uncal_err_after"]),
+            heldout_err_before=float(metrics.get("heldout_err_before", float("nan"))),
+            heldout_err_after=float(metrics.get("heldout_err_after", float("nan"))),
+            seconds=time.perf_counter() - t0,
+            method=used,
+        )
+        self.layers.append(result)
+        self.emit(result)
+        return effective
+
+    # ------------------------------------------------------------------ record
+    def _metadata(self, cal_summary: dict[str, Any], summary: dict[str, Any], targets, architecture: str) -> dict[str, Any]:
+        cfg = self.config
+        first = targets[0][3].weight.data
+        versions = {}
+        for pkg in ("quailora", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets"):
+            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+                versions[pkg] = importlib.metadata.version(pkg)
+        return {
+            "format": 1,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "base_model": {
+                "path": self.pre.model_path,
+                "reference": cfg.model.path,
+                "architecture": architecture,
+                "fingerprint": weight_fingerprint(first),
+            },
+            "quantization": quantization_record(cfg.quantization, self.dtype),
+            "lora": {**asdict(cfg.lora), "scaling": cfg.lora.scaling},
+            "init": {**asdict(cfg.init), "device": str(self.device)},
+            "calibration": {**asdict(cfg.calibration), **cal_summary},
+            "targets": self.pre.target_names,
+            "fallback_layers": self.fallbacks,
+            "summary": summary,
+            "layers": [asdict(r) for r in self.layers],
+            "versions": versions,
+            "python": platform.python_version(),
+            "run_config": cfg.to_dict(),
+        }
+
+
+def weight_fingerprint(weight: torch.Tensor) -> str:
+    """sha256 of the first targeted weight's bytes: `quailora train` refuses another base."""
+    data = weight.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _with_hidden(batches: list[BlockBatch], hidden: list[torch.Tensor]) -> list[BlockBatch]:
+    return [BlockBatch(h, bt.args, bt.kwargs, bt.token_mask) for bt, h in zip(batches, hidden, strict=True)]
+
+
+def _asymmetric(method, w, q, e, h_q, cross, rank, damping, iters):
+    """min ||W X_fp^T - (Q + L) X_q^T||: the objective equals tr((L - L0) H_q (L - L0)^T) up to a
+    constant, so the chosen solver runs on (L0, H_q) (qlora and loftq ignore inputs, as always)."""
+    if method in ("qlora", "loftq"):
+        return solvers.safe_solve(method, e, h_q, rank, damping, iters)
+    try:
+        l0 = solvers.asymmetric_target(w, q, h_q, cross, damping)
+    except (RuntimeError, ValueError) as exc:
+        lora, _, _ = solvers.safe_solve("loftq", e, h_q, rank, damping, iters)
+        return lora, "loftq", f"asymmetric target failed ({exc}); fell back to loftq"
+    return solvers.safe_solve(method, l0, h_q, rank, damping, iters, tol=ALS_TOL)
+
+
+def _asymmetric_errors(w, q, lora, h_fp, h_q, cross) -> dict[str, float]:
+    """||W X_fp^T - M X_q^T||^2 / ||W X_fp^T||^2 = (tr(W H_fp W^T) - 2 tr(W C M^T) + tr(M H_q M^T)) / tr(W H_fp W^T)."""
+    ref = float(((w @ h_fp) * w).sum())
+
+    def err(m: torch.Tensor) -> float:
+        return (ref - 2 * float(((w @ cross) * m).sum()) + float(((m @ h_q) * m).sum())) / ref
+
+    e = w - q
+    after = q if lora is None else q + lora
+    wn = float(torch.linalg.norm(w))
+    return {
+        "cal_err_before": err(q),
+        "cal_err_after": err(after),
+        "uncal_err_before": float(torch.linalg.norm(e)) / wn,
+        "uncal_err_after": float(torch.linalg.norm(w - after)) / wn,
+    }

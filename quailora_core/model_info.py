@@ -1,0 +1,159 @@
+"""Resolve a model reference and describe the model from its config alone.
+
+A model is a local folder, a hub id (for real users; tests never use one), or `demo`.
+Everything here is cheap: no weights are read. The summary builds the model on the
+`meta` device (accelerate's `init_empty_weights`), which costs milliseconds and gives
+the exact module tree, so the GUI can list linear modules and the engine can check
+rank and target names before any heavy work.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+
+from .blocks import find_decoder_blocks
+from .config import DEMO_MODEL
+from .errors import InputError
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+
+
+@dataclass
+class ModelSummary:
+    path: str
+    architecture: str
+    model_type: str
+    n_params: int
+    n_blocks: int
+    hidden_size: int
+    intermediate_size: int
+    vocab_size: int
+    linear_modules: list[str] = field(default_factory=list)  # distinct leaf names inside the blocks
+    linear_shapes: dict[str, tuple[int, int]] = field(default_factory=dict)  # leaf name -> (out, in)
+    is_demo: bool = False
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get(
+        "TRANSFORMERS_OFFLINE", "0"
+    ).lower() in ("1", "true", "yes")
+
+
+def looks_like_local_path(ref: str) -> bool:
+    """A reference with path syntax is a local path; `owner/name` is a hub id."""
+    return (
+        ref.startswith((".", "/", "~"))
+        or os.sep in ref.replace("/", "", 1)
+        or ref.count("/") > 1
+        or "\\" in ref
+        or not _HUB_ID.match(ref)
+    )
+
+
+def resolve_model_path(ref: str, build_demo: bool = True) -> str:
+    """`demo` -> the locally built demo model folder; a local folder -> itself (checked);
+    a hub id -> itself (checked for offline). Raises InputError with a fix."""
+    if not ref:
+        raise InputError("No model given.", "Use --model PATH, a hub id, or --model demo.")
+    if ref == DEMO_MODEL:
+        from .demo import demo_model_path, ensure_demo_model
+
+        return str(ensure_demo_model() if build_demo else demo_model_path())
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(f"Model path {ref!r} is a file, not a model folder.", "Give the folder that holds config.json.")
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise InputError(f"Model folder {ref!r} is not readable.", "Check its permissions.")
+        if not (path / "config.json").is_file():
+            raise InputError(
+                f"Folder {ref!r} is not a model: it has no config.json.",
+                "Give a folder saved with save_pretrained(), or a hub id.",
+            )
+        return str(path)
+    if looks_like_local_path(ref):
+        raise InputError(f"Model folder {ref!r} does not exist.", "Check the path, or use --model demo.")
+    if offline():
+        raise InputError(
+            f"{ref!r} looks like a Hugging Face Hub id, but the hub cannot be reached (offline mode).",
+            "Download the model first, or give a local model folder.",
+        )
+    return ref
+
+
+def load_model_config(ref: str, trust_remote_code: bool = False) -> PretrainedConfig:
+    """The model's config, with clear errors for a hub id that cannot be fetched."""
+    try:
+        return AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        text = str(exc)
+        if Path(ref).exists():
+            raise InputError(f"Could not read the model config in {ref!r}: {text.splitlines()[0]}", "") from None
+        if "connect" in text.lower() or "offline" in text.lower() or "resolve" in text.lower():
+            raise InputError(
+                f"Cannot reach the Hugging Face Hub to fetch {ref!r} (offline?).",
+                "Download the model first, or give a local model folder.",
+            ) from None
+        raise InputError(f"Model {ref!r} was not found: {text.splitlines()[0]}", "Check the hub id.") from None
+
+
+def meta_model(hf_config: PretrainedConfig, trust_remote_code: bool = False) -> nn.Module:
+    """The model's module tree on the meta device: shapes and names, no memory."""
+    from accelerate import init_empty_weights
+
+    try:
+        with init_empty_weights():
+            return AutoModelForCausalLM.from_config(hf_config, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        raise InputError(
+            f"{type(hf_config).__name__} is not a causal language model: {str(exc).splitlines()[0]}",
+            "QuAILoRA initializes causal LMs (AutoModelForCausalLM).",
+        ) from None
+
+
+def summarize_model(ref: str, trust_remote_code: bool = False) -> ModelSummary:
+    """Architecture, size and linear modules of a model, from its config alone (fast)."""
+    is_demo = ref == DEMO_MODEL
+    if is_demo:
+        from .demo import demo_config
+
+        hf_config = demo_config()
+        path = ref
+    else:
+        path = resolve_model_path(ref)
+        hf_config = load_model_config(path, trust_remote_code)
+    model = meta_model(hf_config, trust_remote_code)
+    blocks = find_decoder_blocks(model)
+    names: list[str] = []
+    shapes: dict[str, tuple[int, int]] = {}
+    for sub, module in blocks.blocks[0].named_modules():
+        if isinstance(module, nn.Linear):
+            leaf = sub.split(".")[-1]
+            if leaf not in shapes:
+                names.append(leaf)
+                shapes[leaf] = (module.out_features, module.in_features)
+    n_params = sum(p.numel() for p in model.parameters())
+    return ModelSummary(
+        path=path,
+        architecture=(getattr(hf_config, "architectures", None) or [type(model).__name__])[0],
+        model_type=getattr(hf_config, "model_type", ""),
+        n_params=int(n_params),
+        n_blocks=len(blocks.blocks),
+        hidden_size=int(getattr(hf_config, "hidden_size", 0) or 0),
+        intermediate_size=int(getattr(hf_config, "intermediate_size", 0) or 0),
+        vocab_size=int(getattr(hf_config, "vocab_size", 0) or 0),
+        linear_modules=names,
+        linear_shapes=shapes,
+        is_demo=is_demo,
+    )
+
+
+def dtype_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()

@@ -1,0 +1,153 @@
+"""`quailora init`: every bad input is one clear line on stderr, exit code 2, nothing on disk."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tiny_models import save_tiny
+
+from quailora_core.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    path = save_tiny("llama", tmp_path_factory.mktemp("tiny") / "llama")
+    from transformers import AutoTokenizer  # noqa: F401  (tokenizer not needed for refusals)
+
+    return path
+
+
+@pytest.fixture
+def text(tmp_path):
+    path = tmp_path / "cal.txt"
+    path.write_text("The quick brown fox jumps over the lazy dog. " * 200)
+    return path
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main(["init", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def refused(args, capsys, tmp_path, expect: str, output: Path | None = None):
+    output = output or tmp_path / "never-written"
+    code, _, err = run_cli([*args, "--output", str(output), "--device", "cpu"], capsys)
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and expect.lower() in lines[0].lower(), err
+    assert not output.exists()
+    assert not [p for p in output.parent.iterdir() if ".partial-" in p.name]
+    return lines[0]
+
+
+def test_missing_model_path(capsys, tmp_path, text):
+    refused(["--model", str(tmp_path / "nope"), "--calibration", str(text)], capsys, tmp_path, "does not exist")
+
+
+def test_folder_that_is_not_a_model(capsys, tmp_path, text):
+    (tmp_path / "empty").mkdir()
+    refused(["--model", str(tmp_path / "empty"), "--calibration", str(text)], capsys, tmp_path, "no config.json")
+
+
+def test_hub_model_id_while_offline(capsys, tmp_path, text, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    refused(["--model", "someone/some-model", "--calibration", str(text)], capsys, tmp_path, "offline")
+
+
+def test_hub_dataset_id_while_offline(capsys, tmp_path, tiny_llama, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    refused(["--model", str(tiny_llama), "--calibration", "someone/some-dataset"], capsys, tmp_path, "offline")
+
+
+@pytest.mark.parametrize(
+    "name,content,expect",
+    [
+        ("missing.txt", None, "does not exist"),
+        ("empty.txt", b"", "empty"),
+        ("binary.txt", b"\x00\x01\x02\xff" * 100, "binary"),
+        ("rows.jsonl", b'{"body": "some text here"}\n', "column"),
+    ],
+)
+def test_bad_calibration_file(capsys, tmp_path, tiny_llama, name, content, expect):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    line = refused(["--model", str(tiny_llama), "--calibration", str(path)], capsys, tmp_path, expect)
+    if name == "rows.jsonl":
+        assert "body" in line  # names the columns the file has
+
+
+@pytest.mark.parametrize(
+    "extra,expect",
+    [
+        (["--rank", "0"], "rank must be at least 1"),
+        (["--rank", "65"], "larger than the smallest target dimension"),
+        (["--bits", "3"], "bits must be 4 or 8"),
+        (["--method", "magic"], "unknown method"),
+        (["--inputs", "psychic"], "unknown input source"),
+        (["--targets", "wq,wk"], "matches no layer"),
+        (["--quant-type", "int4"], "unknown quantization type"),
+    ],
+)
+def test_bad_settings(capsys, tmp_path, tiny_llama, text, extra, expect):
+    refused(["--model", str(tiny_llama), "--calibration", str(text), *extra], capsys, tmp_path, expect)
+
+
+def test_cuda_asked_for_but_absent(capsys, tmp_path, tiny_llama, text):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, _, err = run_cli(
+        ["--model", str(tiny_llama), "--calibration", str(text), "--device", "cuda", "--output", str(tmp_path / "o")],
+        capsys,
+    )
+    assert code == 2 and "no CUDA GPU" in err and not (tmp_path / "o").exists()
+
+
+def test_non_empty_output_is_refused_unless_overwrite(capsys, tmp_path, demo_model, text):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    refused(["--model", str(demo_model), "--calibration", str(text)], capsys, tmp_path, "not empty", output=out)
+    assert (out / "keep.txt").read_text() == "mine"
+    args = ["--model", str(demo_model), "--calibration", str(text), "--samples", "4", "--seq-len", "32",
+            "--heldout", "1", "--rank", "4", "--device", "cpu", "--output", str(out), "--overwrite"]
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert (out / "adapter_config.json").is_file() and not (out / "keep.txt").exists()
+    assert "mean calibrated error" in stdout
+
+
+def test_json_streams_events_and_config_round_trips(capsys, tmp_path, demo_model, text):
+    run_file = tmp_path / "run.toml"
+    args = ["--model", str(demo_model), "--calibration", str(text), "--samples", "4", "--seq-len", "32",
+            "--heldout", "1", "--rank", "4", "--method", "exact", "--device", "cpu",
+            "--output", str(tmp_path / "a"), "--save-config", str(run_file), "--json"]
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 0, err
+    events = [json.loads(line) for line in stdout.strip().splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "Stage" and kinds[-1] == "Finished" and kinds.count("LayerResult") == 28
+    # the saved run file repeats the run exactly
+    code, stdout2, err = run_cli(["--config", str(run_file), "--output", str(tmp_path / "b"), "--json"], capsys)
+    assert code == 0, err
+    again = [json.loads(line) for line in stdout2.strip().splitlines()]
+    first = [e["cal_err_after"] for e in events if e["event"] == "LayerResult"]
+    second = [e["cal_err_after"] for e in again if e["event"] == "LayerResult"]
+    assert first == pytest.approx(second, rel=1e-9)
+
+
+def test_installed_command_exits_2_on_bad_input(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "quailora_core", "init", "--model", str(tmp_path / "missing"), "--output",
+         str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: Model folder")
