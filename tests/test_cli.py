@@ -36,11 +36,12 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
 
 def refused(args, capsys, tmp_path, expect: str, output: Path | None = None):
     output = output or tmp_path / "never-written"
+    existed = output.exists()
     code, _, err = run_cli([*args, "--output", str(output), "--device", "cpu"], capsys)
     assert code == 2, err
     lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and expect.lower() in lines[0].lower(), err
-    assert not output.exists()
+    assert output.exists() == existed
     assert not [p for p in output.parent.iterdir() if ".partial-" in p.name]
     return lines[0]
 
@@ -90,7 +91,8 @@ def test_bad_calibration_file(capsys, tmp_path, tiny_llama, name, content, expec
         (["--bits", "3"], "bits must be 4 or 8"),
         (["--method", "magic"], "unknown method"),
         (["--inputs", "psychic"], "unknown input source"),
-        (["--targets", "wq,wk"], "matches no layer"),
+        (["--targets", "wq,wk"], "no layer matches the targets"),
+        (["--targets", "q_proj,wk"], "'wk' matches no layer"),
         (["--quant-type", "int4"], "unknown quantization type"),
     ],
 )
