@@ -26,7 +26,7 @@ from torch import nn
 from . import solvers
 from .adapter import write_adapter
 from .blocks import BlockBatch, capture_block_inputs, find_decoder_blocks, run_block, target_linears
-from .config import RunConfig
+from .config import DEMO_MODEL, RunConfig
 from .device import resolve_device, resolve_dtype
 from .errors import Cancelled, EngineError, InputError
 from .events import CancelToken, EventCallback, Finished, LayerResult, Log, Stage, ignore_events
@@ -58,7 +58,7 @@ class Preflight:
     target_names: list[str]
 
 
-def preflight(config: RunConfig, build_demo: bool = True) -> Preflight:
+def preflight(config: RunConfig, build_demo: bool = True, on_event: EventCallback = ignore_events) -> Preflight:
     """All checks that need no weights: config, model folder, targets vs. the module tree,
     rank vs. layer sizes, calibration data. Raises InputError; writes nothing."""
     from .data import load_texts
@@ -66,8 +66,14 @@ def preflight(config: RunConfig, build_demo: bool = True) -> Preflight:
     config.validate()
     device = resolve_device(config.init.device)
     dtype = resolve_dtype(config.model.dtype, device)
-    model_path = resolve_model_path(config.model.path, build_demo=build_demo)
-    hf_config = load_model_config(model_path, config.model.trust_remote_code)
+    is_demo = config.model.path == DEMO_MODEL
+    if is_demo:  # checked from its recipe; built only once every other check has passed
+        from .demo import demo_config
+
+        hf_config = demo_config()
+    else:
+        model_path = resolve_model_path(config.model.path)
+        hf_config = load_model_config(model_path, config.model.trust_remote_code)
     skeleton = meta_model(hf_config, config.model.trust_remote_code)
     blocks = find_decoder_blocks(skeleton)
     targets = target_linears(blocks, skeleton, config.lora.targets)
@@ -80,6 +86,10 @@ def preflight(config: RunConfig, build_demo: bool = True) -> Preflight:
         )
     cal = config.calibration
     texts = load_texts(cal.source, cal.text_column, cal.dataset_config, cal.split)
+    if is_demo:
+        model_path = resolve_model_path(
+            DEMO_MODEL, build_demo=build_demo, on_log=lambda message: on_event(Log("info", message))
+        )
     return Preflight(model_path, device, dtype, texts, [full for _, full, _, _ in targets])
 
 
@@ -89,7 +99,7 @@ def run_init(
     """Initialize the LoRA adapter described by `config` and write it to `config.output`."""
     cancel = cancel or CancelToken()
     on_event(Stage("load"))
-    pre = preflight(config)
+    pre = preflight(config, on_event=on_event)
     return _Run(config, pre, on_event, cancel).run()
 
 

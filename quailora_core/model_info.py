@@ -57,7 +57,7 @@ def looks_like_local_path(ref: str) -> bool:
     )
 
 
-def resolve_model_path(ref: str, build_demo: bool = True) -> str:
+def resolve_model_path(ref: str, build_demo: bool = True, on_log=None) -> str:
     """`demo` -> the locally built demo model folder; a local folder -> itself (checked);
     a hub id -> itself (checked for offline). Raises InputError with a fix."""
     if not ref:
@@ -65,7 +65,7 @@ def resolve_model_path(ref: str, build_demo: bool = True) -> str:
     if ref == DEMO_MODEL:
         from .demo import demo_model_path, ensure_demo_model
 
-        return str(ensure_demo_model() if build_demo else demo_model_path())
+        return str(ensure_demo_model(on_log=on_log) if build_demo else demo_model_path())
     path = Path(ref).expanduser()
     if path.exists():
         if not path.is_dir():
