@@ -182,3 +182,18 @@ def test_adapter_folder_has_peft_files_metadata_and_model_card(demo_model, tmp_p
     tensors = load_file(str(out / "adapter_model.safetensors"))
     assert all(t.dtype == torch.float32 for t in tensors.values())
     assert len(tensors) == 2 * 28
+
+
+@pytest.mark.parametrize("kind", ["mistral", "qwen2", "gpt_neox", "opt", "phi"])
+def test_engine_runs_on_other_architectures(demo_model, tmp_path, kind):
+    from tiny_models import save_tiny
+
+    model = save_tiny(kind, tmp_path / kind, tokenizer_from=demo_model)
+    cfg = make_config(model, tmp_path / "adapter", calibration__samples=4, calibration__heldout_samples=1)
+    result = run_init(cfg)
+    assert len(result.layers) >= 8
+    assert {r.block for r in result.layers} == {0, 1}
+    for r in result.layers:
+        assert 0 < r.cal_err_after < r.cal_err_before, r.name
+    weights = effective_weights(cfg, result.output_dir)
+    assert set(weights) == {r.name for r in result.layers}

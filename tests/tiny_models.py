@@ -26,9 +26,19 @@ CONFIGS = {
 }
 
 
-def save_tiny(kind: str, path: Path, seed: int = 0) -> Path:
-    """Save a tiny randomly initialized causal LM of `kind` to `path` and return it."""
+def save_tiny(kind: str, path: Path, seed: int = 0, tokenizer_from: Path | None = None) -> Path:
+    """Save a tiny randomly initialized causal LM of `kind` to `path` and return it.
+
+    With `tokenizer_from` (a model folder), that tokenizer is saved alongside and the
+    vocabulary is sized to it, so the engine can run on the model end to end.
+    """
     torch.manual_seed(seed)
-    model = tf.AutoModelForCausalLM.from_config(CONFIGS[kind]())
+    config = CONFIGS[kind]()
+    if tokenizer_from is not None:
+        tokenizer = tf.AutoTokenizer.from_pretrained(tokenizer_from)
+        config.vocab_size = len(tokenizer)
+        config.pad_token_id = config.bos_token_id = config.eos_token_id = None
+        tokenizer.save_pretrained(path)
+    model = tf.AutoModelForCausalLM.from_config(config)
     model.save_pretrained(path)
     return path
