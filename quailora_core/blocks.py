@@ -60,7 +60,7 @@ class BlockBatch:
     (attention mask, rotary embeddings, positions) the model passed to block 0, reused
     unchanged for every block, plus the token mask that excludes padding from statistics."""
 
-    hidden: torch.Tensor
+    hidden: torch.Tensor  # kept on the host when the block runs on an accelerator
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     token_mask: torch.Tensor  # (batch, seq) bool, True for real tokens
@@ -138,7 +138,12 @@ def capture_block_inputs(
             kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_value", "past_key_values")}
             kwargs["use_cache"] = False
             batches.append(
-                BlockBatch(hidden=hidden.detach(), args=tuple(args[1:]), kwargs=kwargs, token_mask=mask.bool())
+                BlockBatch(
+                    hidden=hidden.detach().to("cpu"),
+                    args=tuple(args[1:]),
+                    kwargs=kwargs,
+                    token_mask=mask.bool(),
+                )
             )
     finally:
         handle.remove()
@@ -147,10 +152,17 @@ def capture_block_inputs(
     return batches
 
 
-def run_block(block: nn.Module, batch: BlockBatch, hidden: torch.Tensor | None = None) -> torch.Tensor:
-    """Output hidden states of `block` on one batch (optionally with other input hidden states)."""
-    out = block(batch.hidden if hidden is None else hidden, *batch.args, **batch.kwargs)
-    return out[0] if isinstance(out, (tuple, list)) else out
+def run_block(block: nn.Module, batch: BlockBatch) -> torch.Tensor:
+    """Output hidden states of `block` on one batch, returned to the host.
+
+    Activations of all calibration sequences live in host memory; only the batch being
+    processed visits the accelerator, so accelerator memory does not grow with the number
+    of calibration samples.
+    """
+    device = batch.token_mask.device
+    out = block(batch.hidden.to(device, non_blocking=True), *batch.args, **batch.kwargs)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    return out.to("cpu")
 
 
 def target_linears(

@@ -89,7 +89,7 @@ class InitSettings:
     method: str = "quailora"
     inputs: str = "fp"
     damping: float = 0.01
-    als_iters: int = 100  # upper bound; ALS stops early once an iteration gains < 1e-10
+    als_iters: int = 500  # upper bound; ALS stops early once an iteration gains < 1e-10
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     batch_size: int = 8  # calibration sequences per forward through a block
 
@@ -168,7 +168,7 @@ class RunConfig:
         if not ini.damping >= 0:
             raise InputError(f"damping must be >= 0, got {ini.damping}.", "The usual value is 0.01.")
         if ini.als_iters < 1:
-            raise InputError(f"als_iters must be at least 1, got {ini.als_iters}.", "The usual value is 100.")
+            raise InputError(f"als_iters must be at least 1, got {ini.als_iters}.", "The usual value is 500.")
         if ini.batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {ini.batch_size}.", "Use 8.")
         if cal.samples < 1:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 
 import torch
 
@@ -49,3 +51,27 @@ def available_devices() -> list[tuple[str, str]]:
             name = torch.cuda.get_device_name(i)
             out.append((f"cuda:{i}", f"cuda:{i} {name} ({free / 2**30:.1f} of {total / 2**30:.1f} GiB free)"))
     return out
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run a section with `n` intra-op CPU threads (None: leave as is), then restore.
+
+    Small linear algebra on a small machine runs far faster on one thread: measured on
+    the 2-core development box, ALS on a 128x128 layer took 0.05 s on 1 thread and
+    8.9 s on 2 when another process was busy (threads spin-waiting on a shared core).
+    """
+    if n is None or n == torch.get_num_threads():
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def cpu_threads_for(device: torch.device, size: int) -> int | None:
+    """1 thread for CPU work on matrices of up to 1024 x 2048 elements, else the default."""
+    return 1 if device.type == "cpu" and size <= 1024 * 2048 else None

@@ -27,7 +27,7 @@ from . import solvers
 from .adapter import write_adapter
 from .blocks import BlockBatch, capture_block_inputs, find_decoder_blocks, run_block, target_linears
 from .config import DEMO_MODEL, RunConfig
-from .device import resolve_device, resolve_dtype
+from .device import cpu_threads_for, resolve_device, resolve_dtype, torch_threads
 from .errors import Cancelled, EngineError, InputError
 from .events import CancelToken, EventCallback, Finished, LayerResult, Log, Stage, ignore_events
 from .model_info import load_model_config, meta_model, resolve_model_path
@@ -56,6 +56,7 @@ class Preflight:
     dtype: torch.dtype
     texts: list[str]
     target_names: list[str]
+    hidden_size: int = 0
 
 
 def preflight(config: RunConfig, build_demo: bool = True, on_event: EventCallback = ignore_events) -> Preflight:
@@ -90,7 +91,8 @@ def preflight(config: RunConfig, build_demo: bool = True, on_event: EventCallbac
         model_path = resolve_model_path(
             DEMO_MODEL, build_demo=build_demo, on_log=lambda message: on_event(Log("info", message))
         )
-    return Preflight(model_path, device, dtype, texts, [full for _, full, _, _ in targets])
+    hidden = int(getattr(hf_config, "hidden_size", 0) or 0)
+    return Preflight(model_path, device, dtype, texts, [full for _, full, _, _ in targets], hidden)
 
 
 def run_init(
@@ -121,6 +123,12 @@ class _Run:
 
     # ------------------------------------------------------------------ top level
     def run(self) -> InitResult:
+        """The whole run; on the CPU a small model runs single-threaded (see torch_threads)."""
+        hidden = self.pre.hidden_size
+        with torch_threads(cpu_threads_for(self.device, hidden * hidden * 2)):
+            return self._run()
+
+    def _run(self) -> InitResult:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from .data import pack
@@ -253,7 +261,8 @@ class _Run:
         if cfg.init.inputs == "asymmetric":
             h_fp = collector.gram(sub, "fp:cal").to(self.work_dtype)
             cross = collector.cross(sub, "cal").to(self.work_dtype)
-            lora, used, warning = _asymmetric(method, w, q, e, h, cross, rank, damping, cfg.init.als_iters)
+            with torch_threads(cpu_threads_for(self.device, e.numel())):
+                lora, used, warning = _asymmetric(method, w, q, e, h, cross, rank, damping, cfg.init.als_iters)
             metrics = _asymmetric_errors(w, q, lora, h_fp, h, cross)
             if h_ho is not None:
                 ho = _asymmetric_errors(
@@ -266,7 +275,8 @@ class _Run:
                 )
                 metrics["heldout_err_before"], metrics["heldout_err_after"] = ho["cal_err_before"], ho["cal_err_after"]
         else:
-            lora, used, warning = solvers.safe_solve(method, e, h, rank, damping, cfg.init.als_iters, tol=ALS_TOL)
+            with torch_threads(cpu_threads_for(self.device, e.numel())):
+                lora, used, warning = solvers.safe_solve(method, e, h, rank, damping, cfg.init.als_iters, tol=ALS_TOL)
             metrics = solvers.relative_errors(w, e, lora, h, h_ho)
         if warning:
             self.fallbacks.append(full)
