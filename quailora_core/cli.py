@@ -37,7 +37,7 @@ _INIT_FLAGS: dict[str, tuple[str | None, str, Any, str]] = {
     "--method": ("init", "method", str, f"one of {', '.join(METHODS)} (default quailora)"),
     "--inputs": ("init", "inputs", str, f"calibration input source: {', '.join(INPUT_SOURCES)} (default fp)"),
     "--damping": ("init", "damping", float, "damping lambda of H (default 0.01)"),
-    "--als-iters": ("init", "als_iters", int, "most alternating least squares iterations (default 100; stops early when converged)"),
+    "--als-iters": ("init", "als_iters", int, "most alternating least squares iterations (default 500; stops early when converged)"),
     "--batch-size": ("init", "batch_size", int, "sequences per forward pass through a block (default 8)"),
     "--device": ("init", "device", str, "auto, cpu, cuda or cuda:N (default auto)"),
     "--output": (None, "output", str, "adapter folder to write (refused if it exists and is not empty)"),
@@ -319,7 +319,7 @@ def _run_reporting(args: argparse.Namespace, work, progress=None) -> tuple[int, 
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if progress is not None:
+        if hasattr(progress, "close"):
             progress.close()
 
 
