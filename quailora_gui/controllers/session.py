@@ -1,0 +1,112 @@
+"""Finished runs of this session, kept so that one can be overlaid on another."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from .formatting import fmt_duration, fmt_err, fmt_pct
+from .labels import METHOD_SHORT
+from .results import RunResults
+
+# Known summary keys of quailora_core.results.summarize, with their row labels; any other
+# key is shown too, labelled from its name.
+SUMMARY_LABELS: dict[str, str] = {
+    "layers": "Layers",
+    "n_layers": "Layers",
+    "mean_cal_err_before": "Mean calibrated error, before",
+    "mean_cal_err_after": "Mean calibrated error, after",
+    "mean_heldout_err_before": "Mean held-out error, before",
+    "mean_heldout_err_after": "Mean held-out error, after",
+    "mean_uncal_err_before": "Mean weight error, before",
+    "mean_uncal_err_after": "Mean weight error, after",
+    "mean_improvement": "Mean share of error removed",
+    "mean_cal_improvement": "Mean share of calibrated error removed",
+    "mean_heldout_improvement": "Mean share of held-out error removed",
+    "total_seconds": "Total time",
+    "seconds": "Time in the solver (sum over layers)",
+    "wall_seconds": "Wall-clock time of the run",
+}
+
+
+def run_name(config: Any, number: int) -> str:
+    """'#2 QuAILoRA / r16 / 4-bit NF4': method, rank and bits, as the compare list shows it."""
+    q = config.quantization
+    bits = f"{q.bits}-bit" + (f" {q.quant_type.upper()}" if q.bits == 4 else "")
+    method = METHOD_SHORT.get(config.init.method, config.init.method)
+    return f"#{number} {method} / r{config.lora.rank} / {bits}"
+
+
+def format_summary_value(key: str, value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int) or (isinstance(value, float) and key in ("layers", "n_layers")):
+        return f"{int(value):,}"
+    if isinstance(value, float):
+        if "seconds" in key or key.endswith("_s"):
+            return fmt_duration(value)
+        if "improvement" in key or "removed" in key:
+            return fmt_pct(value)
+        return fmt_err(value)
+    return str(value)
+
+
+def summary_label(key: str) -> str:
+    return SUMMARY_LABELS.get(key, key.replace("_", " ").capitalize())
+
+
+@dataclass
+class FinishedRun:
+    number: int
+    config: Any  # RunConfig, deep-copied
+    layers: list[Any]
+    summary: dict[str, Any]
+    output_dir: str
+    results: RunResults = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.results = RunResults(self.layers)
+
+    @property
+    def name(self) -> str:
+        return run_name(self.config, self.number)
+
+
+class Session:
+    """The list of finished runs, newest last."""
+
+    def __init__(self) -> None:
+        self.runs: list[FinishedRun] = []
+
+    def add(self, config: Any, layers: list[Any], summary: dict[str, Any], output_dir: str) -> FinishedRun:
+        run = FinishedRun(len(self.runs) + 1, copy.deepcopy(config), list(layers), dict(summary), output_dir)
+        self.runs.append(run)
+        return run
+
+    def get(self, number: int) -> FinishedRun | None:
+        for run in self.runs:
+            if run.number == number:
+                return run
+        return None
+
+    @property
+    def latest(self) -> FinishedRun | None:
+        return self.runs[-1] if self.runs else None
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+
+def compare_rows(a: dict[str, Any], b: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    """(label, value in a, value in b) for every summary figure of either run, a's order first."""
+    keys = list(a)
+    for key in b or {}:
+        if key not in keys:
+            keys.append(key)
+    rows = []
+    for key in keys:
+        va = format_summary_value(key, a[key]) if key in a else "–"
+        vb = format_summary_value(key, b[key]) if b is not None and key in b else "–"
+        rows.append((summary_label(key), va, vb))
+    return rows

@@ -1,0 +1,112 @@
+"""Dialogs: an engine failure, and 'exported: here is where it went and how to load it'."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import QUrl
+from PySide6.QtGui import QDesktopServices, QGuiApplication
+from PySide6.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QHBoxLayout,
+    QLabel,
+    QMessageBox,
+    QPlainTextEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .common import named, role_label
+
+
+def show_failure(parent: QWidget, failed: Any, title: str = "Run failed") -> QMessageBox:
+    """A non-blocking message box: one clear sentence, the hint, details on demand."""
+    box = QMessageBox(parent)
+    box.setObjectName("errorDialog")
+    box.setIcon(QMessageBox.Icon.Critical)
+    box.setWindowTitle(title)
+    box.setText(failed.message)
+    if getattr(failed, "hint", ""):
+        box.setInformativeText(failed.hint)
+    if getattr(failed, "details", ""):
+        box.setDetailedText(failed.details)
+    box.setStandardButtons(QMessageBox.StandardButton.Ok)
+    box.open()
+    return box
+
+
+def show_input_error(parent: QWidget, exc: Any, title: str) -> QMessageBox:
+    """Same dialog for an InputError raised by an action (open, export)."""
+    box = QMessageBox(parent)
+    box.setObjectName("errorDialog")
+    box.setIcon(QMessageBox.Icon.Warning)
+    box.setWindowTitle(title)
+    box.setText(getattr(exc, "message", None) or str(exc))
+    hint = getattr(exc, "hint", "")
+    if hint:
+        box.setInformativeText(hint)
+    box.open()
+    return box
+
+
+class ExportDialog(QDialog):
+    """Lists what was written where and shows the Python code that loads the adapter."""
+
+    def __init__(self, parent: QWidget, written: list[tuple[str, str]], code: str, folder: str) -> None:
+        super().__init__(parent)
+        self.setObjectName("exportDialog")
+        self.setWindowTitle("Export finished")
+        self.resize(720, 520)
+        self.folder = folder
+        lines = "".join(
+            f"<tr><td style='color:#64748b; padding-right:10px'>{what}</td><td><code>{path}</code></td></tr>"
+            for what, path in written
+        )
+        self.whereLabel = QLabel(f"<b>Written</b><table>{lines}</table>")
+        self.whereLabel.setObjectName("exportWhereLabel")
+        self.whereLabel.setTextInteractionFlags(self.whereLabel.textInteractionFlags() | self._selectable())
+        self.whereLabel.setWordWrap(True)
+        self.loadingCodeView = named(
+            QPlainTextEdit(), "loadingCodeView", "Python that loads the base model and this adapter."
+        )
+        self.loadingCodeView.setReadOnly(True)
+        self.loadingCodeView.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
+        self.loadingCodeView.setPlainText(code)
+        self.loadingCodeView.setVisible(bool(code))
+        self.copyCodeButton = named(
+            QPushButton("Copy code"), "copyCodeButton", "Copy the loading code to the clipboard."
+        )
+        self.copyCodeButton.clicked.connect(self.copy_code)
+        self.copyCodeButton.setVisible(bool(code))
+        self.openFolderButton = named(
+            QPushButton("Open folder"), "openFolderButton", "Show the folder in the file manager."
+        )
+        self.openFolderButton.clicked.connect(
+            lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(self.folder))
+        )
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(self.reject)
+        buttons.accepted.connect(self.accept)
+        row = QHBoxLayout()
+        row.addWidget(self.openFolderButton)
+        row.addWidget(self.copyCodeButton)
+        row.addStretch(1)
+        row.addWidget(buttons)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.whereLabel)
+        if code:
+            layout.addWidget(role_label("Load it for fine-tuning with:", "hint"))
+        layout.addWidget(self.loadingCodeView, 1)
+        layout.addLayout(row)
+
+    @staticmethod
+    def _selectable() -> Any:
+        from PySide6.QtCore import Qt
+
+        return Qt.TextInteractionFlag.TextSelectableByMouse
+
+    def copy_code(self) -> None:
+        QGuiApplication.clipboard().setText(self.loadingCodeView.toPlainText())
+        self.copyCodeButton.setText("Copied")

@@ -1,0 +1,234 @@
+"""The Qt-free controllers: what the views show, computed without a display or Qt."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from quailora_gui.controllers import checks
+from quailora_gui.controllers.formatting import fmt_count, fmt_duration, fmt_err, fmt_gb, fmt_pct
+from quailora_gui.controllers.paths import RecentList, classify_path, model_path_for, next_free_output
+from quailora_gui.controllers.progress import ProgressTracker
+from quailora_gui.controllers.results import RunResults, improvement, layer_tooltip
+from quailora_gui.controllers.session import Session, compare_rows
+
+
+def layer(index, block, module, before=0.02, after=0.01, held_before=0.03, held_after=0.02):
+    from quailora_core.events import LayerResult
+
+    return LayerResult(
+        index=index,
+        name=f"model.layers.{block}.{module}",
+        block=block,
+        module=module,
+        shape=(64, 64),
+        cal_err_before=before,
+        cal_err_after=after,
+        uncal_err_before=0.1,
+        uncal_err_after=0.05,
+        heldout_err_before=held_before,
+        heldout_err_after=held_after,
+        seconds=0.25,
+    )
+
+
+def test_controllers_import_without_qt():
+    code = (
+        "import sys\n"
+        "import quailora_gui, quailora_gui.controllers.checks, quailora_gui.controllers.results\n"
+        "import quailora_gui.controllers.progress, quailora_gui.controllers.session\n"
+        "import quailora_gui.controllers.paths, quailora_gui.controllers.formatting\n"
+        "import quailora_gui.controllers.labels\n"
+        "bad = [m for m in sys.modules if m.startswith(('PySide6', 'pyqtgraph', 'torch'))]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_progress_reports_layer_count_and_eta_from_the_calibrate_stage():
+    from quailora_core.events import Stage
+
+    now = [100.0]
+    tracker = ProgressTracker(clock=lambda: now[0])
+    tracker.on_event(Stage("load"))
+    assert tracker.busy and tracker.eta_seconds() is None
+    now[0] = 130.0  # loading took 30 s: must not count towards the ETA
+    tracker.on_event(Stage("calibrate", total=10))
+    now[0] = 134.0
+    tracker.on_event(layer(0, 0, "q_proj"))
+    tracker.on_event(layer(1, 0, "k_proj"))
+    assert not tracker.busy
+    assert (tracker.done, tracker.total) == (2, 10)
+    assert tracker.eta_seconds() == pytest.approx(8 * 2.0)
+    assert tracker.status_text() == "Layer 2 of 10: model.layers.0.k_proj"
+    assert "16 s left" in tracker.eta_text() and "elapsed 34 s" in tracker.eta_text()
+
+
+def test_results_are_kept_in_model_order_grouped_by_block():
+    results = RunResults()
+    for lr in (layer(2, 1, "q_proj"), layer(0, 0, "q_proj"), layer(1, 0, "v_proj"), layer(3, 1, "v_proj")):
+        results.add(lr)
+    assert [r.index for r in results.layers] == [0, 1, 2, 3]
+    assert results.x_positions() == [0.0, 1.0, 3.0, 4.0]  # one empty slot between blocks
+    assert results.block_centres() == [(0.5, 0), (3.5, 1)]
+    assert results.nearest(3.2).index == 2 and results.nearest(2.0) is None
+    assert results.modules() == ["q_proj", "v_proj"] and results.blocks() == [0, 1]
+
+
+def test_heat_matrix_holds_share_of_error_removed_per_block_and_module():
+    results = RunResults(
+        [
+            layer(0, 0, "q_proj", 0.02, 0.005),
+            layer(1, 0, "v_proj", 0.04, 0.03),
+            layer(2, 1, "q_proj", 0.1, 0.1),
+        ]
+    )
+    grid = results.heat_matrix()
+    assert grid[0] == [pytest.approx(0.75), pytest.approx(0.25)]
+    assert grid[1] == [pytest.approx(0.0), None]  # block 1 has no v_proj (yet)
+    assert improvement(0.0, 0.0) is None
+
+
+def test_running_mean_follows_model_order():
+    results = RunResults([layer(i, 0, f"m{i}", before=b) for i, b in enumerate([0.1, 0.3, 0.2])])
+    assert results.running_mean("cal_err_before") == pytest.approx([0.1, 0.2, 0.2])
+
+
+def test_tooltip_has_name_and_exact_numbers():
+    text = layer_tooltip(layer(5, 1, "up_proj", 0.0123456, 0.00456789))
+    assert "model.layers.1.up_proj" in text and "0.01235" in text and "0.004568" in text and "63.0 %" in text
+
+
+def test_dropped_paths_are_classified(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"text": "hello"}\n')
+    run = tmp_path / "run.toml"
+    run.write_text("")
+    assert classify_path(str(model)) == "model"
+    assert classify_path(str(model / "config.json")) == "model"
+    assert model_path_for(str(model / "config.json")) == str(model)
+    assert classify_path(str(data)) == "calibration"
+    assert classify_path(str(tmp_path)) == "calibration"  # a folder of text files
+    assert classify_path(str(run)) == "run"
+    assert classify_path(str(tmp_path / "missing")) is None
+
+
+def test_next_free_output_skips_non_empty_folders(tmp_path):
+    base = tmp_path / "adapter"
+    assert next_free_output(str(base)) == str(base)
+    base.mkdir()
+    assert next_free_output(str(base)) == str(base)  # empty: still usable
+    (base / "x").write_text("x")
+    assert next_free_output(str(base)) == f"{base}-2"
+    (tmp_path / "adapter-2").mkdir()
+    (tmp_path / "adapter-2" / "x").write_text("x")
+    assert next_free_output(f"{base}-2") == f"{base}-3"
+
+
+def test_recent_list_is_most_recent_first_without_duplicates():
+    recent = RecentList(["a", "b"], limit=3)
+    recent.add("c")
+    recent.add("a")
+    recent.add("d")
+    assert recent.items == ["d", "a", "c"]
+
+
+def test_session_names_runs_by_method_rank_and_bits_and_compares_summaries():
+    from quailora_core.config import RunConfig
+
+    cfg = RunConfig()
+    cfg.lora.rank = 8
+    session = Session()
+    first = session.add(
+        cfg, [layer(0, 0, "q_proj")], {"layers": 1, "mean_cal_err_after": 0.01, "seconds": 3.0}, "/a"
+    )
+    cfg.quantization.bits = 8
+    cfg.init.method = "loftq"
+    second = session.add(cfg, [], {"layers": 1, "mean_cal_err_after": 0.02}, "/b")
+    assert first.name == "#1 QuAILoRA / r8 / 4-bit NF4"
+    assert second.name == "#2 LoftQ / r8 / 8-bit"
+    assert first.config.quantization.bits == 4  # a copy, not the live config
+    rows = compare_rows(first.summary, second.summary)
+    assert rows[0] == ("Layers", "1", "1")
+    assert rows[1] == ("Mean calibrated error, after", "0.01", "0.02")
+    assert rows[2] == ("Time in the solver (sum over layers)", "3.0 s", "–")
+
+
+def test_number_formatting():
+    assert fmt_err(0.0123456) == "0.01235" and fmt_err(None) == "–"
+    assert fmt_pct(0.4213) == "42.1 %"
+    assert fmt_count(6_738_415_616) == "6.74 B" and fmt_count(115_000) == "115.0 k"
+    assert (
+        fmt_duration(0.01) == "< 0.1 s"
+        and fmt_duration(0.44) == "0.4 s"
+        and fmt_duration(185) == "3 min 05 s"
+        and fmt_duration(3720) == "1 h 02 min"
+    )
+    assert fmt_gb(0.34) == "340 MB" and fmt_gb(12.34) == "12.3 GB"
+
+
+def test_messages_of_validate_map_to_their_fields():
+    assert checks.field_for_message("rank must be at least 1, got 0.") == checks.LORA
+    assert checks.field_for_message("Output folder 'x' exists and is not empty.") == checks.OUTPUT
+    assert checks.field_for_message("Unknown method 'x'.") == checks.METHOD
+    assert (
+        checks.field_for_message("Device 'cuda' was asked for but no CUDA GPU is available.") == checks.DEVICE
+    )
+    assert checks.field_for_message("something else") == checks.GENERAL
+    assert checks.columns_from_message("'a.csv' has no column 'text'; its columns are 'id', 'body'.") == [
+        "id",
+        "body",
+    ]
+
+
+def test_checker_reports_each_problem_next_to_its_field(tmp_path):
+    from quailora_core.config import RunConfig
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("x")
+    cfg = RunConfig(output=str(out))
+    cfg.model.path = str(tmp_path / "no-such-model")
+    cfg.calibration.source = str(tmp_path / "no-such-file.txt")
+    report = checks.ConfigChecker().check(cfg)
+    assert set(report.errors) >= {checks.MODEL, checks.CALIBRATION, checks.OUTPUT}
+    assert "does not exist" in report.errors[checks.MODEL]
+    assert "not empty" in report.errors[checks.OUTPUT]
+    assert report.summary is None and report.estimate is None
+
+
+def test_checker_uses_injected_core_functions_and_caches_summaries(tmp_path):
+    from quailora_core.config import RunConfig
+
+    calls = []
+    summary = SimpleNamespace(
+        linear_modules=["q_proj", "v_proj"], linear_shapes={"q_proj": (8, 8), "v_proj": (8, 4)}
+    )
+
+    def summarize(path, trust_remote_code=False):
+        calls.append(path)
+        return summary
+
+    preview = SimpleNamespace(columns=["text"], rows=["x"])
+    checker = checks.ConfigChecker(
+        summarize_model=summarize,
+        preview=lambda *a, **k: preview,
+        estimate_run=lambda cfg, s: SimpleNamespace(peak_memory_gb=1.0, seconds=2.0, tokens=3, note=""),
+    )
+    cfg = RunConfig(output=str(tmp_path / "new"))
+    cfg.init.device = "cpu"
+    cfg.lora.rank = 4
+    assert checker.check(cfg).ok
+    cfg.lora.rank = 5  # v_proj's smaller side is 4
+    report = checker.check(cfg)
+    assert "larger than the smallest target dimension (4, in v_proj)" in report.errors[checks.LORA]
+    cfg.lora.rank = 4
+    cfg.lora.targets = ["q_proj", "o_proj"]
+    assert "no linear module named 'o_proj'" in checker.check(cfg).errors[checks.TARGETS]
+    assert calls == ["demo"]  # summarized once, then cached

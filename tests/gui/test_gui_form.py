@@ -1,0 +1,153 @@
+"""The run form: named controls with tooltips, instant model/data summaries, and Run
+disabled with the reason next to the field while the input cannot work."""
+
+from __future__ import annotations
+
+import pytest
+from gui_helpers import configure, settle
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QWidget
+
+NAMED = [
+    "modelPathEdit", "calibrationPathEdit", "rankSpin", "bitsCombo", "methodCombo", "runButton", "cancelButton",
+    "exportAdapterButton", "launchTrainingButton", "exportRunButton", "layerErrorChart", "lossChart", "progressBar",
+    "logView", "alphaSpin", "quantTypeCombo", "doubleQuantCheck", "inputsCombo", "dampingSpin", "deviceCombo",
+    "samplesSpin", "seqLenSpin", "textColumnCombo", "targetsList", "heatMap", "resultsTable", "compareCombo",
+    "outputPathEdit", "heldoutSpin", "seedSpin", "alsItersSpin", "batchSizeSpin", "rsloraCheck", "dtypeCombo",
+    "computeDtypeCombo", "overwriteCheck", "trustRemoteCodeCheck", "allLinearCheck", "logScaleCheck",
+    "modelBrowseButton", "calibrationBrowseButton", "outputBrowseButton", "exportChartsButton", "exportCsvButton",
+]  # fmt: skip
+
+
+def test_every_control_has_a_stable_name_and_a_one_sentence_tooltip(window):
+    for name in NAMED:
+        widget = window.findChild(QWidget, name)
+        assert widget is not None, name
+        tip = widget.toolTip()
+        assert tip and tip.endswith(".") and tip.count(". ") == 0, (name, tip)
+        if name in ("rankSpin", "bitsCombo", "methodCombo", "dampingSpin", "samplesSpin", "seqLenSpin"):
+            assert "usual" in tip, (name, tip)
+    assert not window.launchTrainingButton.isEnabled() and not window.exportRunButton.isEnabled()
+
+
+def test_model_summary_fills_the_target_checkboxes(qtbot, window, tiny_model_dir, text_file, tmp_path):
+    configure(window, tiny_model_dir, text_file, tmp_path / "out")
+    report = settle(qtbot, window)
+    assert report.ok, report.errors
+    form = window.form
+    summary = form.modelSummaryLabel.text()
+    assert "LlamaForCausalLM" in summary and "115.0 k" in summary and "64 / 128" in summary
+    names = [form.targetsList.item(i).text() for i in range(form.targetsList.count())]
+    assert names == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert form.allLinearCheck.isChecked() and form.to_config().lora.targets == ["all-linear"]
+    form.targetsList.item(1).setCheckState(Qt.CheckState.Unchecked)
+    assert not form.allLinearCheck.isChecked()
+    assert form.to_config().lora.targets == [
+        "q_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
+    form.allLinearCheck.setChecked(False)  # unchecking "all" keeps the individual choice
+    form.allLinearCheck.setChecked(True)
+    assert form.to_config().lora.targets == ["all-linear"]
+    assert "peak memory" in form.estimateLabel.text()
+    assert not window.runButton.isEnabled()  # the edits are not checked yet
+    assert settle(qtbot, window).ok and window.runButton.isEnabled()
+
+
+@pytest.mark.parametrize("problem", ["missing model", "missing calibration file", "non-empty output folder"])
+def test_bad_input_disables_run_with_the_reason_next_to_the_field(
+    qtbot, window, tiny_model_dir, text_file, tmp_path, problem
+):
+    configure(window, tiny_model_dir, text_file, tmp_path / "out")
+    assert settle(qtbot, window).ok
+    assert window.runButton.isEnabled()
+    form = window.form
+    if problem == "missing model":
+        form.modelPathEdit.setText(str(tmp_path / "no-such-model"))
+        label, words = form.findChild(QWidget, "modelError"), "does not exist"
+    elif problem == "missing calibration file":
+        form.calibrationPathEdit.setText(str(tmp_path / "no-such-text.txt"))
+        label, words = form.findChild(QWidget, "calibrationError"), "no-such-text.txt"
+    else:
+        (tmp_path / "full").mkdir()
+        (tmp_path / "full" / "adapter_model.safetensors").write_bytes(b"x")
+        form.outputPathEdit.setText(str(tmp_path / "full"))
+        label, words = form.findChild(QWidget, "outputError"), "not empty"
+    assert not window.runButton.isEnabled()  # disabled at once, before the check answers
+    report = settle(qtbot, window)
+    assert not report.ok
+    assert not window.runButton.isEnabled()
+    assert not label.isHidden() and words in label.text()
+    assert "problem marked in red" in window.runStatusLabel.text()
+    if problem == "non-empty output folder":
+        form.overwriteCheck.setChecked(True)  # the fix the message suggests
+        assert settle(qtbot, window).ok and window.runButton.isEnabled() and label.isHidden()
+
+
+def test_rank_larger_than_a_layer_is_refused_before_run(qtbot, window, tiny_model_dir, text_file, tmp_path):
+    configure(window, tiny_model_dir, text_file, tmp_path / "out", rank=33)
+    report = settle(qtbot, window)
+    assert "smallest target dimension (32, in k_proj)" in report.errors["lora"]  # 2 kv heads x 16
+    assert not window.runButton.isEnabled()
+    assert "rank 32 or less" in window.form.findChild(QWidget, "loraError").text()
+
+
+def test_csv_calibration_offers_its_columns_and_previews_the_chosen_one(
+    qtbot, window, tiny_model_dir, tmp_path
+):
+    data = tmp_path / "notes.csv"
+    data.write_text('id,body\n1,"The first note is about lists."\n2,"The second note is about dicts."\n')
+    configure(window, tiny_model_dir, data, tmp_path / "out")
+    report = settle(qtbot, window)
+    form = window.form
+    assert "no column 'text'" in report.errors["text_column"]
+    assert [form.textColumnCombo.itemText(i) for i in range(form.textColumnCombo.count())] == ["id", "body"]
+    assert form.textColumnCombo.isEnabled()
+    form.textColumnCombo.setCurrentIndex(1)
+    report = settle(qtbot, window)
+    assert report.ok, report.errors
+    assert "first note is about lists" in form.calibrationPreview.toPlainText()
+    assert "columns: id, body" in form.calibrationStatsLabel.text()
+
+
+def test_token_count_follows_samples_and_sequence_length(window):
+    form = window.form
+    form.samplesSpin.setValue(128)
+    form.seqLenSpin.setValue(512)
+    form.heldoutSpin.setValue(16)
+    text = form.tokenCountLabel.text()
+    assert "128 × 512 = <b>65,536</b>" in text and "16 × 512 = 8,192 held out" in text
+
+
+def test_8_bit_disables_the_4_bit_options_and_plain_methods_the_solver_options(window):
+    form = window.form
+    form.bitsCombo.setCurrentIndex(form.bitsCombo.findData(8))
+    assert not form.quantTypeCombo.isEnabled() and not form.doubleQuantCheck.isEnabled()
+    assert form.to_config().quantization.bits == 8
+    form.methodCombo.setCurrentIndex(form.methodCombo.findData("loftq"))
+    assert not form.dampingSpin.isEnabled() and not form.inputsCombo.isEnabled()
+    form.methodCombo.setCurrentIndex(form.methodCombo.findData("quailora"))
+    assert form.dampingSpin.isEnabled() and form.alsItersSpin.isEnabled()
+
+
+def test_demo_model_and_sample_text_are_in_the_pickers(qtbot, window, tmp_path):
+    form = window.form
+    form.modelPathEdit.setText("")
+    form.calibrationPathEdit.setText("")
+    form._fill_model_menu()
+    demo = [a for a in form.modelMenu.actions() if a.objectName() == "demoModelAction"][0]
+    assert demo.text() == "Demo model (built locally)"
+    demo.trigger()
+    form._fill_calibration_menu()
+    [a for a in form.calibrationMenu.actions() if a.objectName() == "demoCalibrationAction"][0].trigger()
+    assert form.modelPathEdit.text() == "demo" and form.calibrationPathEdit.text() == "demo"
+    assert not form.demoModelBadge.isHidden() and "no download" in form.demoModelBadge.text()
+    form.outputPathEdit.setText(str(tmp_path / "out"))
+    report = settle(qtbot, window)
+    assert report.ok, report.errors
+    assert report.summary.is_demo and "Blocks" in form.modelSummaryLabel.text()
+    assert "Most mornings" in form.calibrationPreview.toPlainText() or form.calibrationPreview.toPlainText()

@@ -1,0 +1,152 @@
+"""Run files (File > Save run / Open run, `quailora-gui run.toml`), the command line, and
+settings remembered between sessions (in a private QSettings file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gui_helpers import settle
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QFileDialog
+
+from quailora_core.config import RunConfig
+
+
+def set_every_field(form, model, calibration, output):
+    """Give every field of the form a value different from its default."""
+    form.modelPathEdit.setText(str(model))
+    form.dtypeCombo.setCurrentIndex(form.dtypeCombo.findData("bfloat16"))
+    form.trustRemoteCodeCheck.setChecked(True)
+    form.calibrationPathEdit.setText(str(calibration))
+    form.textColumnCombo.setEditText("body")
+    form.datasetConfigEdit.setText("wikitext-2-raw-v1")
+    form.splitEdit.setText("validation")
+    form.samplesSpin.setValue(7)
+    form.seqLenSpin.setValue(96)
+    form.heldoutSpin.setValue(3)
+    form.seedSpin.setValue(5)
+    form.quantTypeCombo.setCurrentIndex(form.quantTypeCombo.findData("fp4"))
+    form.doubleQuantCheck.setChecked(False)
+    form.computeDtypeCombo.setCurrentIndex(form.computeDtypeCombo.findData("float16"))
+    form.bitsCombo.setCurrentIndex(form.bitsCombo.findData(8))
+    form.rankSpin.setValue(12)
+    form.alphaSpin.setValue(24.5)
+    form.rsloraCheck.setChecked(True)
+    for i in range(form.targetsList.count()):
+        item = form.targetsList.item(i)
+        item.setCheckState(
+            Qt.CheckState.Checked if item.text() in ("q_proj", "v_proj") else Qt.CheckState.Unchecked
+        )
+    form.methodCombo.setCurrentIndex(form.methodCombo.findData("exact"))
+    form.inputsCombo.setCurrentIndex(form.inputsCombo.findData("asymmetric"))
+    form.dampingSpin.setValue(0.05)
+    form.alsItersSpin.setValue(7)
+    form.deviceCombo.setCurrentIndex(form.deviceCombo.findData("cpu"))
+    form.batchSizeSpin.setValue(3)
+    form.outputPathEdit.setText(str(output))
+    form.overwriteCheck.setChecked(True)
+
+
+def test_save_and_open_run_round_trips_every_field(
+    qtbot, make_window, tiny_model_dir, text_file, tmp_path, monkeypatch
+):
+    # a run file with training settings the form does not show: they must survive
+    start = RunConfig(output=str(tmp_path / "o"))
+    start.model.path = str(tiny_model_dir)
+    start.train.max_steps, start.train.data, start.train.learning_rate = 77, "train.jsonl", 1e-4
+    first_file = tmp_path / "first.toml"
+    start.save(first_file)
+    window = make_window()
+    assert window.open_run(str(first_file))
+    settle(qtbot, window)  # the model's linear modules fill the target checkboxes
+    set_every_field(window.form, tiny_model_dir, text_file, tmp_path / "adapter")
+
+    saved = tmp_path / "run.toml"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(saved), "Run files (*.toml)"))
+    window.saveRunAction.trigger()
+    loaded = RunConfig.load(saved)
+    expected = RunConfig(output=str(tmp_path / "adapter"), overwrite=True)
+    expected.model.path, expected.model.dtype, expected.model.trust_remote_code = (
+        str(tiny_model_dir),
+        "bfloat16",
+        True,
+    )
+    cal = expected.calibration
+    cal.source, cal.text_column, cal.dataset_config, cal.split = (
+        str(text_file),
+        "body",
+        "wikitext-2-raw-v1",
+        "validation",
+    )
+    cal.samples, cal.seq_len, cal.heldout_samples, cal.seed = 7, 96, 3, 5
+    q = expected.quantization
+    q.bits, q.quant_type, q.double_quant, q.compute_dtype = 8, "fp4", False, "float16"
+    lo = expected.lora
+    lo.rank, lo.alpha, lo.rslora, lo.targets = 12, 24.5, True, ["q_proj", "v_proj"]
+    ini = expected.init
+    ini.method, ini.inputs, ini.damping, ini.als_iters, ini.device, ini.batch_size = (
+        "exact",
+        "asymmetric",
+        0.05,
+        7,
+        "cpu",
+        3,
+    )
+    expected.train = start.train
+    assert loaded.to_dict() == expected.to_dict()
+
+    # File > Open run in a fresh window shows the very same run
+    other = make_window(restore_settings=False)
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(saved), "Run files (*.toml)"))
+    other.openRunAction.trigger()
+    assert other.form.to_config().to_dict() == expected.to_dict()
+    assert "run.toml" in other.windowTitle()
+
+
+def test_command_line_opens_a_run_file_or_preselects_the_demo(qtbot, tmp_path):
+    from quailora_gui.app import build_window, parse_args
+
+    config = RunConfig(output=str(tmp_path / "x"))
+    config.lora.rank = 48
+    config.init.method = "loftq"
+    config.save(tmp_path / "run.toml")
+    assert parse_args(["run.toml"]).run_file == "run.toml" and parse_args(["--demo"]).demo
+
+    windows = [build_window([str(tmp_path / "run.toml")]), build_window(["--demo"])]
+    try:
+        from_file, demo = windows
+        assert from_file.form.rankSpin.value() == 48
+        assert from_file.form.methodCombo.currentData() == "loftq"
+        assert demo.form.modelPathEdit.text() == "demo" and demo.form.calibrationPathEdit.text() == "demo"
+        assert not demo.form.demoModelBadge.isHidden()
+        assert demo.form.samplesSpin.value() == 32  # demo settings run in seconds
+        assert Path(demo.form.outputPathEdit.text()).parent == tmp_path / "outputs"
+    finally:
+        for w in windows:
+            w.shutdown()
+            w.close()
+
+
+def test_settings_remember_last_choices_window_geometry_and_recent_models(
+    qtbot, make_window, tiny_model_dir, text_file, private_settings
+):
+    first = make_window()
+    first.show()
+    first.form.choose_model(str(tiny_model_dir))
+    first.form.choose_calibration(str(text_file))
+    first.form.rankSpin.setValue(24)
+    first.logScaleCheck.setChecked(True)
+    first.resize(1234, 777)
+    first.shutdown()
+    first.close()
+    assert private_settings.is_file()  # the test's own file, never the user's settings
+
+    second = make_window()
+    assert second.form.modelPathEdit.text() == str(tiny_model_dir)
+    assert second.form.calibrationPathEdit.text() == str(text_file)
+    assert second.form.rankSpin.value() == 24
+    assert second.logScaleCheck.isChecked()
+    assert (second.width(), second.height()) == (1234, 777)
+    assert second.recent_models.items == [str(tiny_model_dir)]
+    second.form._fill_model_menu()
+    assert str(tiny_model_dir) in [a.text() for a in second.form.modelMenu.actions()]
