@@ -13,6 +13,7 @@ embeddings runs and only one block at a time needs to sit on the accelerator.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,13 +55,43 @@ class _StopForward(Exception):
     """Raised by the capture hook to end the forward pass right at block 0."""
 
 
+class HiddenStore:
+    """Where the hidden states of all calibration sequences wait between blocks.
+
+    In memory (the default) a handle is the tensor itself. With a folder, each batch's
+    hidden states go to a file and only the batch being processed is in memory, so host
+    memory no longer grows with the number of calibration samples (at the cost of
+    writing and reading one block's activations per block).
+    """
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = folder
+        self._count = 0
+
+    def put(self, hidden: torch.Tensor) -> torch.Tensor | Path:
+        hidden = hidden.detach().to("cpu")
+        if self.folder is None:
+            return hidden
+        self._count += 1
+        path = self.folder / f"h{self._count:07d}.pt"
+        torch.save(hidden.contiguous(), path)
+        return path
+
+    def get(self, handle: torch.Tensor | Path) -> torch.Tensor:
+        return torch.load(handle, weights_only=True) if isinstance(handle, Path) else handle
+
+    def drop(self, handle: torch.Tensor | Path) -> None:
+        if isinstance(handle, Path):
+            handle.unlink(missing_ok=True)
+
+
 @dataclass
 class BlockBatch:
     """One batch of inputs to a decoder block: hidden states plus the keyword arguments
     (attention mask, rotary embeddings, positions) the model passed to block 0, reused
     unchanged for every block, plus the token mask that excludes padding from statistics."""
 
-    hidden: torch.Tensor  # kept on the host when the block runs on an accelerator
+    hidden: torch.Tensor | Path  # a HiddenStore handle: on the host (RAM or a file), never on the accelerator
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     token_mask: torch.Tensor  # (batch, seq) bool, True for real tokens
@@ -101,6 +132,7 @@ def capture_block_inputs(
     attention_mask: torch.Tensor,
     batch_size: int,
     device: torch.device,
+    store: HiddenStore,
 ) -> list[BlockBatch]:
     """Run the model up to block 0 on each batch and record block 0's inputs on `device`.
 
@@ -139,7 +171,7 @@ def capture_block_inputs(
             kwargs["use_cache"] = False
             batches.append(
                 BlockBatch(
-                    hidden=hidden.detach().to("cpu"),
+                    hidden=store.put(hidden),
                     args=tuple(args[1:]),
                     kwargs=kwargs,
                     token_mask=mask.bool(),
@@ -152,17 +184,16 @@ def capture_block_inputs(
     return batches
 
 
-def run_block(block: nn.Module, batch: BlockBatch) -> torch.Tensor:
-    """Output hidden states of `block` on one batch, returned to the host.
+def run_block(block: nn.Module, batch: BlockBatch, store: HiddenStore) -> torch.Tensor | Path:
+    """Run `block` on one batch and hand its output hidden states to `store`.
 
-    Activations of all calibration sequences live in host memory; only the batch being
+    Activations of all calibration sequences live on the host; only the batch being
     processed visits the accelerator, so accelerator memory does not grow with the number
     of calibration samples.
     """
     device = batch.token_mask.device
-    out = block(batch.hidden.to(device, non_blocking=True), *batch.args, **batch.kwargs)
-    out = out[0] if isinstance(out, (tuple, list)) else out
-    return out.to("cpu")
+    out = block(store.get(batch.hidden).to(device, non_blocking=True), *batch.args, **batch.kwargs)
+    return store.put(out[0] if isinstance(out, (tuple, list)) else out)
 
 
 def target_linears(

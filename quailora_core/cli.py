@@ -58,6 +58,10 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--double-quant", dest="double_quant", action="store_true", default=None, help="double quantization on (default)")
     p.add_argument("--no-double-quant", dest="double_quant", action="store_false", help="double quantization off")
     p.add_argument("--rslora", action="store_true", default=None, help="rank-stabilized scaling alpha/sqrt(r)")
+    p.add_argument(
+        "--offload-activations", action="store_true", default=None,
+        help="keep block activations in a temporary folder on disk: host memory stays flat in --samples",
+    )
     p.add_argument("--overwrite", action="store_true", default=None, help="replace a non-empty output folder")
     p.add_argument("--save-config", help="also write the resolved run file (TOML) here")
     p.add_argument("--json", action="store_true", help="stream events as JSON lines on stdout")
@@ -78,6 +82,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         config.quantization.double_quant = args.double_quant
     if args.rslora is not None:
         config.lora.rslora = args.rslora
+    if args.offload_activations is not None:
+        config.init.offload_activations = args.offload_activations
     if args.overwrite is not None:
         config.overwrite = args.overwrite
     return config

@@ -92,6 +92,9 @@ class InitSettings:
     als_iters: int = 500  # upper bound; ALS stops early once an iteration gains < 1e-10
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     batch_size: int = 8  # calibration sequences per forward through a block
+    # keep block activations in a temporary folder instead of RAM: host memory then stays
+    # flat in the number of calibration samples, at the cost of disk I/O per block
+    offload_activations: bool = False
 
 
 @dataclass

@@ -16,8 +16,10 @@ import datetime as _dt
 import hashlib
 import importlib.metadata
 import platform
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +27,14 @@ from torch import nn
 
 from . import solvers
 from .adapter import write_adapter
-from .blocks import BlockBatch, capture_block_inputs, find_decoder_blocks, run_block, target_linears
+from .blocks import (
+    BlockBatch,
+    HiddenStore,
+    capture_block_inputs,
+    find_decoder_blocks,
+    run_block,
+    target_linears,
+)
 from .config import DEMO_MODEL, RunConfig
 from .device import cpu_threads_for, resolve_device, resolve_dtype, torch_threads
 from .errors import Cancelled, EngineError, InputError
@@ -125,7 +134,12 @@ class _Run:
     def run(self) -> InitResult:
         """The whole run; on the CPU a small model runs single-threaded (see torch_threads)."""
         hidden = self.pre.hidden_size
-        with torch_threads(cpu_threads_for(self.device, hidden * hidden * 2)):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch_threads(cpu_threads_for(self.device, hidden * hidden * 2)))
+            folder = None
+            if self.config.init.offload_activations:
+                folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="quailora-activations-")))
+            self.store = HiddenStore(folder)
             return self._run()
 
     def _run(self) -> InitResult:
@@ -158,9 +172,11 @@ class _Run:
         bs = cfg.init.batch_size
         with torch.no_grad():
             streams = {
-                "cal": capture_block_inputs(model, blocks, data.input_ids, data.attention_mask, bs, self.device),
+                "cal": capture_block_inputs(
+                    model, blocks, data.input_ids, data.attention_mask, bs, self.device, self.store
+                ),
                 "heldout": capture_block_inputs(
-                    model, blocks, data.heldout_input_ids, data.heldout_attention_mask, bs, self.device
+                    model, blocks, data.heldout_input_ids, data.heldout_attention_mask, bs, self.device, self.store
                 )
                 if data.heldout_input_ids.shape[0]
                 else [],
@@ -212,12 +228,16 @@ class _Run:
                 for i, batch in enumerate(streams[key]):
                     if inputs == "asymmetric":
                         collector.begin(batch.token_mask, key, mode="stash")
-                        outs.append(run_block(block, batch))
+                        outs.append(run_block(block, batch, self.store))
                         collector.begin(batch.token_mask, key, mode="cross")
-                        run_block(block, qstreams[key][i])
+                        self.store.drop(run_block(block, qstreams[key][i], self.store))
                     else:
                         collector.begin(batch.token_mask, key)
-                        outs.append(run_block(block, batch))
+                        out = run_block(block, batch, self.store)
+                        if inputs == "propagated":  # statistics only: its next inputs come later
+                            self.store.drop(out)
+                        else:
+                            outs.append(out)
                 next_fp[key] = outs
         finally:
             collector.remove()
@@ -229,18 +249,26 @@ class _Run:
                 originals[sub] = module.weight.data
                 module.weight.data = effective.to(module.weight.dtype)
         if inputs == "fp":
-            return {k: _with_hidden(streams[k], v) for k, v in next_fp.items()}, {}
+            return self._advance(streams, next_fp), {}
         # run the block as the quantized + initialized model will, for the next block's inputs
         quantized = streams if inputs == "propagated" else qstreams
         try:
-            new_q = {k: _with_hidden(v, [run_block(block, qb) for qb in v]) for k, v in quantized.items()}
+            new_q = {k: [run_block(block, qb, self.store) for qb in v] for k, v in quantized.items()}
         finally:
             for _, sub, module in layers:
                 if sub in originals:
                     module.weight.data = originals[sub]
         if inputs == "propagated":
-            return new_q, {}
-        return {k: _with_hidden(streams[k], v) for k, v in next_fp.items()}, new_q
+            return self._advance(streams, new_q), {}
+        return self._advance(streams, next_fp), self._advance(qstreams, new_q)
+
+    def _advance(self, old: dict[str, list[BlockBatch]], hidden: dict[str, list[Any]]) -> dict[str, list[BlockBatch]]:
+        """The next block's input batches; the old hidden states are released."""
+        new = {k: _with_hidden(old[k], v) for k, v in hidden.items()}
+        for batches in old.values():
+            for batch in batches:
+                self.store.drop(batch.hidden)
+        return new
 
     # ------------------------------------------------------------------ one layer
     def _layer(self, b: int, full: str, sub: str, module: nn.Module, collector: GramCollector) -> torch.Tensor:
@@ -343,7 +371,7 @@ def weight_fingerprint(weight: torch.Tensor) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def _with_hidden(batches: list[BlockBatch], hidden: list[torch.Tensor]) -> list[BlockBatch]:
+def _with_hidden(batches: list[BlockBatch], hidden: list[Any]) -> list[BlockBatch]:
     return [BlockBatch(h, bt.args, bt.kwargs, bt.token_mask) for bt, h in zip(batches, hidden, strict=True)]
 
 

@@ -197,3 +197,26 @@ def test_engine_runs_on_other_architectures(demo_model, tmp_path, kind):
         assert 0 < r.cal_err_after < r.cal_err_before, r.name
     weights = effective_weights(cfg, result.output_dir)
     assert set(weights) == {r.name for r in result.layers}
+
+
+@pytest.mark.parametrize("inputs", ["fp", "propagated", "asymmetric"])
+def test_offloaded_activations_give_the_same_adapter(demo_model, tmp_path, inputs, monkeypatch):
+    import tempfile
+
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill))
+    kept = run_init(make_config(demo_model, tmp_path / "ram", init__inputs=inputs)).layers
+    seen = []
+    cfg = make_config(demo_model, tmp_path / "disk", init__inputs=inputs, init__offload_activations=True)
+
+    def watch(event):
+        if isinstance(event, LayerResult):
+            seen.extend(p.name for p in spill.rglob("*.pt"))
+
+    offloaded = run_init(cfg, watch).layers
+    assert seen, "activations were not written to disk"
+    assert list(spill.iterdir()) == []  # the temporary folder is gone afterwards
+    for a, b in zip(kept, offloaded, strict=True):
+        assert a.cal_err_after == pytest.approx(b.cal_err_after, rel=1e-12)
+        assert a.heldout_err_after == pytest.approx(b.heldout_err_after, rel=1e-12)
