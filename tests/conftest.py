@@ -4,6 +4,8 @@
   so no test reads or writes `~/.cache/quailora` (datasets' Arrow cache, the demo model).
 - `demo_model` (session): the demo model, built once per session into that cache (about
   35 s on two CPU cores); returns its folder (a `Path`).
+- `one_torch_thread` (session, autouse): tests run on one torch thread.
+- `demo_adapter` (session): a rank-8 NF4 QuAILoRA adapter for the demo model.
 - `text_file`: a small UTF-8 text file (stdlib docstrings, blank-line separated paragraphs,
   about 20 KB) in the test's `tmp_path`.
 
@@ -44,3 +46,27 @@ def text_file(tmp_path) -> Path:
     path = tmp_path / "calibration.txt"
     path.write_text("\n\n".join(pretraining_corpus(20_000)) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Every test on one torch thread: the tests use tiny matrices, and two threads on a busy
+    two-core machine made a training step ~100x slower (5 s instead of 40 ms)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def demo_adapter(demo_model, tmp_path_factory) -> Path:
+    """A QuAILoRA adapter (rank 8, NF4) for the demo model, made once per session."""
+    from helpers import make_config
+
+    from quailora_core.engine import run_init
+
+    out = tmp_path_factory.mktemp("demo-adapter") / "adapter"
+    run_init(make_config(demo_model, out))
+    return out

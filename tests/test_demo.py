@@ -47,12 +47,10 @@ def test_marker_says_what_it_is_and_that_it_learned(demo_model):
     marker = json.loads((demo_model / demo.MARKER_FILE).read_text())
     assert marker["kind"] == demo.MARKER_KIND and "built locally" in marker["description"]
     assert marker["hidden_size"] == 128 and marker["layers"] == 4 and marker["vocab_size"] == 2000
-    assert marker["steps"] >= 50  # even a very slow machine gets this far within the time budget
+    assert marker["steps"] == demo.DEMO_RECIPE["steps"]  # no time cap: the same model everywhere
     assert marker["final_loss"] < marker["ln_vocab"] - 1.5
     assert marker["heldout_loss"] < marker["ln_vocab"] - 1.5
-    # Measured: ~35 s on two shared CPU cores (target < 60 s); training stops at 40 s anyway,
-    # so this bound only fails on a machine too busy to time anything.
-    assert marker["build_seconds"] < 90, marker["build_seconds"]
+    assert marker["build_seconds"] > 0  # recorded; how long it takes is a benchmark, not a test
 
 
 def test_loads_offline_with_auto_classes_and_predicts_unseen_text(demo_model):

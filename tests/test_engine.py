@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_config
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -23,19 +24,6 @@ from quailora_core.engine import run_init
 from quailora_core.errors import Cancelled
 from quailora_core.events import CancelToken, Finished, LayerResult, Stage
 from quailora_core.quantize import bnb_config, dequantized_module_weight
-
-
-def make_config(model: Path, output: Path, **changes) -> RunConfig:
-    cfg = RunConfig(output=str(output))
-    cfg.model.path = str(model)
-    cfg.model.dtype = "float32"
-    cfg.calibration.samples, cfg.calibration.seq_len, cfg.calibration.heldout_samples = 12, 64, 4
-    cfg.init.device = "cpu"
-    cfg.lora.rank, cfg.lora.alpha = 8, 16.0
-    for key, value in changes.items():
-        section, name = key.split("__")
-        setattr(getattr(cfg, section), name, value)
-    return cfg
 
 
 def independent_grams(cfg: RunConfig, names: list[str]) -> dict[str, torch.Tensor]:

@@ -14,8 +14,7 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
-from test_engine import make_config
+from helpers import make_config
 
 from quailora_core.cli import main
 from quailora_core.corpus import finetune_corpus
@@ -23,14 +22,6 @@ from quailora_core.engine import run_init
 from quailora_core.errors import InputError
 from quailora_core.evaluate import evaluate_adapter
 from quailora_core.events import event_from_json
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices; two threads on a busy two-core machine are far slower
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_engine import make_config
+from helpers import make_config
 
 from quailora_core.cli import main
 from quailora_core.config import RunConfig
-from quailora_core.engine import run_init
 from quailora_core.errors import InputError
 from quailora_core.events import Finished, TrainStep, event_from_json
 from quailora_core.run_export import export_run
@@ -23,21 +22,9 @@ from quailora_core.run_export import export_run
 PAIRS = [{"prompt": f"What is {i} plus {i}?", "response": f"{i} plus {i} is {2 * i}."} for i in range(12)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices; two threads on a busy two-core machine are far slower
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def adapter(demo_model, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("init") / "adapter"
-    run_init(make_config(demo_model, out))
-    return out
+def adapter(demo_adapter) -> Path:
+    return demo_adapter
 
 
 def run_config(demo_model: Path, adapter: Path, tmp: Path) -> RunConfig:

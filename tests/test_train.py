@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_config
 from safetensors.torch import load_file
-from test_engine import make_config
 from tiny_models import save_tiny
 
 from quailora_core.adapter import read_metadata
 from quailora_core.cli import main
-from quailora_core.engine import run_init
 from quailora_core.errors import InputError
 from quailora_core.events import CancelToken, EvalResult, Finished, TrainStep
 from quailora_core.train import (
@@ -34,21 +33,9 @@ from quailora_core.train import (
 REPEATED = "The quick brown fox jumps over the lazy dog, and the dog sleeps in the sun. " * 40
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: these matrices are tiny, and on a busy two-core machine two OpenMP
-    threads made each training step ~100x slower (5 s instead of 40 ms)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def adapter(demo_model, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("init") / "adapter"
-    run_init(make_config(demo_model, out))
-    return out
+def adapter(demo_adapter) -> Path:
+    return demo_adapter
 
 
 def train_config(demo_model: Path, adapter: Path, tmp: Path, **train):

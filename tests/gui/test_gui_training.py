@@ -1,0 +1,231 @@
+"""The Training tab: launch the exported run's command as a child process from the window,
+live curves with the trainer's numbers, Stop (the whole process gone, a checkpoint kept),
+Resume (the step count goes on), a failing run explained in a dialog, and Export run.
+
+The child trains the tiny Llama of conftest.py on one CPU thread (OMP_NUM_THREADS=1 in its
+environment: on a busy two-core machine two threads make each step ~100x slower).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from gui_helpers import configure, settle
+from PySide6.QtCore import QProcess, Qt
+from PySide6.QtWidgets import QDialog, QFileDialog, QMessageBox, QPlainTextEdit
+
+from quailora_core.events import EvalResult, Failed, Finished, TrainStep, event_to_json
+from quailora_gui.controllers.training import LineBuffer, TrainingState, parse_line, train_command
+
+CHILD_TIMEOUT = 120_000  # a child process loads torch + transformers (~10 s here) before its first step
+REPEATED = "The quick brown fox jumps over the lazy dog, and the dog sleeps in the sun. " * 40
+
+
+def click(qtbot, button) -> None:
+    assert button.isEnabled(), button.objectName()
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+
+
+def initialized_window(qtbot, window, model, text_file, tmp_path: Path):
+    """A window with one finished initialization run (its adapter is what training starts from)."""
+    configure(window, model, text_file, tmp_path / "adapter", rank=4, bits=4)
+    assert settle(qtbot, window).ok
+    assert not window.launchTrainingButton.isEnabled() and not window.exportRunButton.isEnabled()
+    with qtbot.waitSignal(window.runEnded, timeout=180_000) as blocker:
+        click(qtbot, window.runButton)
+    assert blocker.args == ["finished"], window.logView.toPlainText()
+    window.training_env["OMP_NUM_THREADS"] = "1"
+    window.tabs.setCurrentWidget(window.trainingPanel)
+    return window
+
+
+def fill_training(window, data: Path, output: Path, max_steps: int) -> None:
+    p = window.trainingPanel
+    p.trainDataEdit.setText(str(data))
+    p.maxStepsSpin.setValue(max_steps)
+    p.learningRateSpin.setValue(5e-3)
+    p.trainBatchSizeSpin.setValue(2)
+    p.gradAccumSpin.setValue(1)
+    p.trainSeqLenSpin.setValue(32)
+    p.evalIntervalSpin.setValue(10)
+    p.saveIntervalSpin.setValue(1000)  # the only checkpoint is the one Stop saves
+    p.trainOutputEdit.setText(str(output))
+    window._sync_training_actions()
+
+
+def test_launch_stream_stop_and_resume(qtbot, window, tiny_model_dir, text_file, tmp_path):
+    initialized_window(qtbot, window, tiny_model_dir, text_file, tmp_path)
+    data = tmp_path / "repeated.txt"
+    data.write_text(REPEATED, encoding="utf-8")
+    fill_training(window, data, tmp_path / "training", max_steps=60)
+    steps: list[TrainStep] = []
+    window.trainingStep.connect(steps.append)
+
+    with qtbot.waitSignal(window.trainingStarted, timeout=30_000) as started:
+        click(qtbot, window.launchTrainingButton)
+    run_dir = Path(started.args[0])
+    assert run_dir == tmp_path / "training" and (run_dir / "run.toml").is_file() and (run_dir / "launch.sh").is_file()
+    assert window.train_process.process.arguments()[-2:] == [str(run_dir / "run.toml"), "--json"]
+    assert window.train_process.process.processEnvironment().value("OMP_NUM_THREADS") == "1"
+    pid = window.train_process.pid
+    assert pid > 0 and os.getpgid(pid) == pid  # its own process group: Stop reaches all of it
+    assert not window.runButton.isEnabled() and not window.launchTrainingButton.isEnabled()
+    assert window.stopTrainingButton.isEnabled()
+
+    # loss points arrive on the chart: exactly the TrainStep losses received
+    with qtbot.waitSignal(window.trainingStep, timeout=CHILD_TIMEOUT, check_params_cb=lambda e: e.step >= 3):
+        pass
+    xs, ys = window.trainingPanel.charts.loss_data()
+    assert xs == [e.step for e in steps] and ys == pytest.approx([e.loss for e in steps], rel=1e-12)
+    assert [e.step for e in steps] == list(range(1, len(steps) + 1)) and steps[0].total_steps == 60
+    stats = window.trainingPanel.trainStatsLabel.text()
+    assert "Tokens/s" in stats and f"{steps[-1].tokens_per_second:,.0f}" in stats
+    assert window.progressBar.format() == "%v / %m steps" and window.progressBar.maximum() == 60
+
+    # Stop: SIGTERM to the group; the trainer checkpoints at the step end; the process is gone
+    with qtbot.waitSignal(window.trainingStopped, timeout=60_000) as stopped:
+        click(qtbot, window.stopTrainingButton)
+    assert window.train_process.process.state() == QProcess.ProcessState.NotRunning
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    last = steps[-1].step
+    assert stopped.args[0].step == last < 60, window.logView.toPlainText()[-3000:]
+    assert (run_dir / "output" / f"checkpoint-{last}" / "trainer_state.json").is_file()
+    assert "Training stopped" in window.logView.toPlainText()
+    assert window.resumeTrainingButton.isEnabled() and window.runButton.isEnabled()
+
+    # Resume: the same run folder with --resume; the step count goes on to the end
+    received = len(steps)
+    with qtbot.waitSignal(window.trainingFinished, timeout=CHILD_TIMEOUT) as finished:
+        click(qtbot, window.resumeTrainingButton)
+        assert "--resume" in window.train_process.process.arguments()
+    resumed = [e.step for e in steps[received:]]
+    assert resumed == list(range(last + 1, 61)), resumed
+    assert finished.args[0].kind == "finished" and finished.args[0].step == 60
+    xs, ys = window.trainingPanel.charts.loss_data()
+    assert xs == list(range(1, 61)) and ys == pytest.approx([e.loss for e in steps], rel=1e-12)
+    eval_x, _ = window.trainingPanel.charts.evalPoints.getData()
+    assert 10 in list(eval_x) and 60 in list(eval_x)
+    metrics = json.loads((run_dir / "output" / "metrics.json").read_text())
+    assert metrics["global_step"] == 60 and metrics["resumed_from"] == f"checkpoint-{last}"
+    assert (run_dir / "output" / "adapter" / "adapter_model.safetensors").is_file()
+    # the next launch gets a fresh folder; everything is enabled again
+    assert window.trainingPanel.trainOutputEdit.text() == f"{tmp_path / 'training'}-2"
+    assert window.launchTrainingButton.isEnabled() and window.runButton.isEnabled()
+
+
+def test_failing_run_shows_its_cause_and_export_run_still_works(
+    qtbot, window, tiny_model_dir, text_file, tmp_path, monkeypatch
+):
+    initialized_window(qtbot, window, tiny_model_dir, text_file, tmp_path)
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text("".join(json.dumps({"question": f"q{i}", "answer": f"a{i}"}) + "\n" for i in range(8)))
+    fill_training(window, bad, tmp_path / "training", max_steps=5)
+    with qtbot.waitSignal(window.trainingFailed, timeout=CHILD_TIMEOUT) as failed:
+        click(qtbot, window.launchTrainingButton)
+    outcome = failed.args[0]
+    assert "question" in outcome.message and outcome.hint, outcome  # the fields it found, and what it needs
+    dialog = window.findChild(QMessageBox, "errorDialog")
+    assert dialog is not None and dialog.isVisible() and dialog.text() == outcome.message
+    assert dialog.informativeText() == outcome.hint
+    assert outcome.message in window.logView.toPlainText()
+    assert window.train_process.process.state() == QProcess.ProcessState.NotRunning
+    dialog.close()
+
+    # the window keeps working: Export run writes the folder and says how to start it
+    good = tmp_path / "repeated.txt"
+    good.write_text(REPEATED, encoding="utf-8")
+    window.trainingPanel.trainDataEdit.setText(str(good))
+    dest = tmp_path / "exported"
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(dest))
+    with qtbot.waitSignal(window.exported, timeout=30_000):
+        click(qtbot, window.exportRunButton)
+    assert sorted(p.name for p in dest.iterdir()) == ["README.md", "adapter", "data", "launch.sh", "run.toml"]
+    run_toml = (dest / "run.toml").read_text()
+    assert 'data = "data/repeated.txt"' in run_toml and "max_steps = 5" in run_toml
+    export_dialog = window.findChild(QDialog, "exportDialog")
+    assert export_dialog.isVisible() and str(dest) in export_dialog.whereLabel.text()
+    code = export_dialog.findChild(QPlainTextEdit, "loadingCodeView").toPlainText()
+    assert str(dest / "launch.sh") in code and f"python -m quailora_core.train {dest / 'run.toml'}" in code
+    export_dialog.close()
+    assert window.launchTrainingButton.isEnabled() and window.runButton.isEnabled()
+
+
+TRAINING_INPUTS = [
+    "trainDataEdit", "maxStepsSpin", "epochsSpin", "learningRateSpin", "trainBatchSizeSpin", "gradAccumSpin",
+    "trainSeqLenSpin", "evalIntervalSpin", "saveIntervalSpin", "trainOutputEdit", "launchTrainingButton",
+    "exportRunButton", "stopTrainingButton", "resumeTrainingButton",
+]  # fmt: skip
+
+
+def test_training_controls_are_named_with_a_usual_value_and_wait_for_a_finished_run(window):
+    from PySide6.QtWidgets import QWidget
+
+    for name in [*TRAINING_INPUTS, "lossChart", "lrChart", "perplexityChart", "trainStatsLabel"]:
+        widget = window.findChild(QWidget, name)
+        assert widget is not None, name
+        tip = widget.toolTip()
+        assert tip and tip.endswith(".") and tip.count(". ") == 0, (name, tip)
+        if name in TRAINING_INPUTS:
+            assert "usual" in tip, (name, tip)
+    for name in ("launchTrainingButton", "exportRunButton", "stopTrainingButton", "resumeTrainingButton"):
+        assert not window.findChild(QWidget, name).isEnabled(), name
+    assert window.trainingPanel.trainDataEdit.text() == "demo"  # the built-in fine-tuning text
+
+
+# ---------------------------------------------------------------------------- Qt-free parts
+def test_training_controller_imports_without_qt():
+    code = (
+        "import sys, quailora_gui.controllers.training\n"
+        "bad = [m for m in sys.modules if m.startswith(('PySide6', 'pyqtgraph', 'torch'))]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_lines_events_eta_and_outcomes():
+    buf = LineBuffer()
+    line = event_to_json(TrainStep(1, 10, 2.5, 1e-4, 1000.0)).encode()
+    assert buf.feed(line[:7]) == [] and buf.feed(line[7:] + b"\nnot json\n{\"half") == [line.decode(), "not json"]
+    assert buf.flush() == ['{"half'] and buf.flush() == []
+    assert parse_line("not json") is None and parse_line('{"event": "Nope"}') is None
+    assert parse_line(line.decode()) == TrainStep(1, 10, 2.5, 1e-4, 1000.0)
+
+    now = [0.0]
+    state = TrainingState(clock=lambda: now[0])
+    state.begin()
+    for step in range(1, 5):
+        now[0] = 10.0 + 2.0 * step
+        state.on_event(TrainStep(step, 10, 3.0 - step / 10, 1e-4, 500.0, 1.5 if step == 4 else None))
+    state.on_event(EvalResult(4, 2.0, 7.389))
+    assert state.eta_seconds() == pytest.approx(2.0 * 6)  # 2 s per step, 6 steps left
+    stats = dict(state.stats())
+    assert stats["Step"] == "4 / 10" and stats["Tokens/s"] == "500" and stats["GPU memory"] == "1.5 GB"
+    assert stats["Validation perplexity"] == "7.389"
+    assert state.smoothed_losses()[0] == pytest.approx(2.9) and 2.6 < state.smoothed_losses()[-1] < 2.75
+    # a resume that re-logs steps replaces them instead of doubling the curve
+    state.begin()
+    state.on_event(TrainStep(4, 10, 1.0, 1e-4, 500.0))
+    assert state.steps == [1, 2, 3, 4] and state.losses[-1] == 1.0
+
+    assert state.outcome(1, False, stop_requested=True, checkpoint_in="/x/output").kind == "stopped"
+    state.on_event(Failed("The data has no text.", "Use a text column."))
+    out = state.outcome(2, False, stop_requested=False)
+    assert (out.kind, out.message, out.hint) == ("failed", "The data has no text.", "Use a text column.")
+    crashed = TrainingState()
+    crashed.on_stderr("Traceback ...")
+    crashed.on_stderr("RuntimeError: CUDA out of memory")
+    out = crashed.outcome(9, True, stop_requested=False)
+    assert out.kind == "failed" and "out of memory" in out.hint and "CUDA out of memory" in out.details
+    out = crashed.outcome(1, False, stop_requested=False)
+    assert out.message == "The training process exited with code 1: RuntimeError: CUDA out of memory"
+    done = TrainingState()
+    done.on_event(Finished("/x/output"))
+    assert done.outcome(0, False, stop_requested=True).kind == "finished"  # it ended before the stop
+    cmd = train_command("/r", resume=True, max_steps=80)
+    assert cmd[1:] == ["-m", "quailora_core.train", "/r/run.toml", "--json", "--resume", "--max-steps", "80"]
