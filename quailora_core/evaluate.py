@@ -88,7 +88,8 @@ class EvalReport:
         lines.append(f"{self.samples} x {self.seq_len} tokens of {self.data!r} ({self.tokens} predicted tokens)")
         share = self.gap_recovered
         if math.isfinite(share):
-            lines.append(f"the adapter recovers {100 * share:.1f}% of the perplexity lost to quantization")
+            percent = round(100 * share, 1) + 0.0  # + 0.0 turns a rounded -0.0 into 0.0
+            lines.append(f"the adapter recovers {percent:.1f}% of the perplexity lost to quantization")
         else:
             lines.append("quantization costs no measurable perplexity on this text")
         return "\n".join(lines)
