@@ -31,13 +31,13 @@ import contextlib
 import functools
 import json
 import os
-import re
 import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import hub
 from .config import DEMO_CALIBRATION, CalibrationConfig
 from .errors import InputError
 
@@ -55,7 +55,6 @@ SUPPORTED = ", ".join(FORMATS)
 # Suffixes that mark a reference as a (missing) local file rather than a hub dataset id.
 _FILE_SUFFIXES = set(FORMATS) | {".gz", ".zip", ".xz", ".bz2", ".zst", ".arrow", ".text", ".html", ".xml",
                                  ".pdf", ".docx", ".doc", ".rtf", ".tar", ".yaml", ".yml", ".toml"}  # fmt: skip
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 EXACT_LIMIT = 32 << 20  # preview counts exactly up to 32 MiB, estimates beyond
 PREVIEW_CHARS = 300
 TOKENIZE_LIMIT = 1_000_000  # pack tokenizes at most max(this, 8 x needed) tokens
@@ -78,10 +77,8 @@ def _datasets_cache() -> str:
 
 
 def looks_like_hub_id(source: str) -> bool:
-    """`owner/name` or `name` without path syntax or a file suffix (and not present locally)."""
-    if source.startswith((".", "/", "~")) or "\\" in source or not _HUB_ID.match(source):
-        return False
-    return Path(source).suffix.lower() not in _FILE_SUFFIXES
+    """`owner/name` or `name` without path syntax or a data file suffix (see hub.py)."""
+    return hub.looks_like_hub_id(source, _FILE_SUFFIXES)
 
 
 # ---------------------------------------------------------------------------- demo text
@@ -347,9 +344,7 @@ def _quiet_datasets() -> Iterator[None]:
 
 
 def _env_offline() -> bool:
-    return any(
-        os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
+    return hub.offline(("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def _offline_error(source: str) -> InputError:

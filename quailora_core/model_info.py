@@ -10,7 +10,6 @@ rank and target names before any heavy work.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,8 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 from .blocks import find_decoder_blocks
 from .config import DEMO_MODEL
 from .errors import InputError
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+from .hub import looks_like_hub_id, offline
 
 
 @dataclass
@@ -38,23 +36,6 @@ class ModelSummary:
     linear_modules: list[str] = field(default_factory=list)  # distinct leaf names inside the blocks
     linear_shapes: dict[str, tuple[int, int]] = field(default_factory=dict)  # leaf name -> (out, in)
     is_demo: bool = False
-
-
-def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get(
-        "TRANSFORMERS_OFFLINE", "0"
-    ).lower() in ("1", "true", "yes")
-
-
-def looks_like_local_path(ref: str) -> bool:
-    """A reference with path syntax is a local path; `owner/name` is a hub id."""
-    return (
-        ref.startswith((".", "/", "~"))
-        or os.sep in ref.replace("/", "", 1)
-        or ref.count("/") > 1
-        or "\\" in ref
-        or not _HUB_ID.match(ref)
-    )
 
 
 def resolve_model_path(ref: str, build_demo: bool = True, on_log=None) -> str:
@@ -78,7 +59,7 @@ def resolve_model_path(ref: str, build_demo: bool = True, on_log=None) -> str:
                 "Give a folder saved with save_pretrained(), or a hub id.",
             )
         return str(path)
-    if looks_like_local_path(ref):
+    if not looks_like_hub_id(ref):
         raise InputError(f"Model folder {ref!r} does not exist.", "Check the path, or use --model demo.")
     if offline():
         raise InputError(

@@ -122,14 +122,14 @@ def _source(value: str, base: Path) -> str:
 
 
 def _model_ref(value: str, base: Path) -> str:
-    from .model_info import looks_like_local_path
+    from .hub import looks_like_hub_id
 
     if not value or value == DEMO_MODEL:
         return value
     path = Path(value).expanduser()
     if path.is_absolute():
         return str(path)
-    if (base / path).exists() or looks_like_local_path(value):
+    if (base / path).exists() or not looks_like_hub_id(value):
         return str((base / path).resolve())
     return value
 
@@ -268,7 +268,7 @@ def read_base_weight(model_path: str, name: str):
         try:
             from huggingface_hub import snapshot_download
 
-            from .model_info import offline
+            from .hub import offline
 
             folder = Path(
                 snapshot_download(model_path, allow_patterns=["*.json", "*.safetensors"], local_files_only=offline())
