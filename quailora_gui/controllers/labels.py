@@ -67,9 +67,32 @@ TOOLTIPS: dict[str, str] = {
     "exportAdapterButton": "Copy the finished adapter to a folder of your choice.",
     "exportChartsButton": "Save the charts as PNG images.",
     "exportCsvButton": "Save the per-layer results as a CSV file.",
-    "launchTrainingButton": "Fine-tune from this adapter (coming in a later version).",
-    "exportRunButton": "Write run.toml, the adapter and launch.sh for training elsewhere (coming in a later "
-    "version).",
+    "launchTrainingButton": "Export the run into the output folder and fine-tune the adapter there, "
+    "with live curves (usual: after checking the settings on the left).",
+    "exportRunButton": "Write run.toml, the adapter, the data and launch.sh to a folder, to train here or "
+    "on a GPU machine (usual: a new folder).",
+    "stopTrainingButton": "Stop training at the end of the current step; a checkpoint is saved there "
+    "(usual: when the loss has levelled off).",
+    "resumeTrainingButton": "Continue the stopped training from its last checkpoint, up to Max steps (usual: "
+    "after Stop).",
+    "trainDataEdit": "Training text (.txt, .md, a folder) or prompt/response JSON lines, a hub dataset id, "
+    "or 'demo' for the built-in fine-tuning text (usual: your task's data).",
+    "trainDataBrowseButton": "Choose a local training data file.",
+    "maxStepsSpin": "Optimizer steps to train for (usual: 100 to 1000).",
+    "epochsSpin": "Passes over the data; above 0 it replaces Max steps (usual: off).",
+    "learningRateSpin": "Peak learning rate of the adapter (usual: 0.0002, QLoRA uses 1e-4 to 2e-4).",
+    "trainBatchSizeSpin": "Sequences per step and GPU (usual: 4).",
+    "gradAccumSpin": "Micro-batches summed into each optimizer step (usual: 1).",
+    "trainSeqLenSpin": "Tokens per training sequence (usual: 512).",
+    "evalIntervalSpin": "Measure validation loss and perplexity every this many steps (usual: 50).",
+    "saveIntervalSpin": "Save a checkpoint every this many steps; the last two are kept (usual: 50).",
+    "trainOutputEdit": "Folder the run is exported to and trained in: run.toml, adapter/, launch.sh and "
+    "output/ with checkpoints and the trained adapter (usual: a new folder).",
+    "trainOutputBrowseButton": "Choose the training output folder.",
+    "perplexityChart": "Perplexity on the validation data, exp(validation loss), at each evaluation.",
+    "lrChart": "Learning rate of each step, as the scheduler set it.",
+    "trainStatsLabel": "Latest step, loss, learning rate, tokens per second, validation perplexity and "
+    "time left.",
     "logScaleCheck": "Show errors on a logarithmic axis, since errors after initialization are often 10-100x "
     "smaller (usual: on).",
     "compareCombo": "A finished run of this session to overlay on the charts (usual: the previous run).",
@@ -78,7 +101,7 @@ TOOLTIPS: dict[str, str] = {
     "bar for exact numbers.",
     "heatMap": "Share of the calibrated error removed, 1 - after/before, per block and module.",
     "resultsTable": "Per-layer results; click a header to sort.",
-    "lossChart": "Training loss (filled by training runs in a later version).",
-    "progressBar": "Layers initialized so far.",
+    "lossChart": "Training loss per step (thin line, with its moving average) and validation loss (points).",
+    "progressBar": "Layers initialized, or training steps done, so far.",
     "logView": "Messages from the engine.",
 }

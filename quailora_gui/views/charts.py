@@ -1,4 +1,4 @@
-"""Live per-layer charts (pyqtgraph): error bars, the block x module heat map, the loss placeholder.
+"""Live per-layer charts (pyqtgraph): error bars, the block x module heat map.
 
 The charts draw a `RunResults` (and optionally a compared run) as they are handed one;
 they never compute metrics. Hover anywhere over a bar or cell for the exact numbers.
@@ -421,26 +421,3 @@ class HeatMapView(QWidget):
             QToolTip.showText(QCursor.pos(), text, self)
         else:
             QToolTip.hideText()
-
-
-class LossChart(pg.PlotWidget):
-    """Training loss per step: an empty placeholder until training arrives."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent, background="w")
-        self.setObjectName("lossChart")
-        self.setToolTip(TOOLTIPS["lossChart"])
-        plot = self.getPlotItem()
-        _style_plot(plot)
-        plot.setTitle("<span style='color:#1e3a8a; font-weight:bold'>Training loss</span>", size="10pt")
-        plot.setLabel("bottom", "step")
-        plot.setLabel("left", "loss")
-        self.curve = plot.plot([], [], pen=pg.mkPen(AFTER, width=2))
-        note = pg.TextItem(
-            "Fine-tuning from the initialized adapter arrives in a later version.",
-            color="#64748b",
-            anchor=(0.5, 0.5),
-        )
-        plot.addItem(note)
-        note.setPos(0.5, 0.5)
-        plot.setRange(xRange=(0, 1), yRange=(0, 1))

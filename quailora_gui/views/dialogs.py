@@ -54,7 +54,15 @@ def show_input_error(parent: QWidget, exc: Any, title: str) -> QMessageBox:
 class ExportDialog(QDialog):
     """Lists what was written where and shows the Python code that loads the adapter."""
 
-    def __init__(self, parent: QWidget, written: list[tuple[str, str]], code: str, folder: str) -> None:
+    def __init__(
+        self,
+        parent: QWidget,
+        written: list[tuple[str, str]],
+        code: str,
+        folder: str,
+        caption: str = "Load it for fine-tuning with:",
+        code_tooltip: str = "Python that loads the base model and this adapter.",
+    ) -> None:
         super().__init__(parent)
         self.setObjectName("exportDialog")
         self.setWindowTitle("Export finished")
@@ -68,15 +76,13 @@ class ExportDialog(QDialog):
         self.whereLabel.setObjectName("exportWhereLabel")
         self.whereLabel.setTextInteractionFlags(self.whereLabel.textInteractionFlags() | self._selectable())
         self.whereLabel.setWordWrap(True)
-        self.loadingCodeView = named(
-            QPlainTextEdit(), "loadingCodeView", "Python that loads the base model and this adapter."
-        )
+        self.loadingCodeView = named(QPlainTextEdit(), "loadingCodeView", code_tooltip)
         self.loadingCodeView.setReadOnly(True)
         self.loadingCodeView.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
         self.loadingCodeView.setPlainText(code)
         self.loadingCodeView.setVisible(bool(code))
         self.copyCodeButton = named(
-            QPushButton("Copy code"), "copyCodeButton", "Copy the loading code to the clipboard."
+            QPushButton("Copy code"), "copyCodeButton", "Copy the code to the clipboard."
         )
         self.copyCodeButton.clicked.connect(self.copy_code)
         self.copyCodeButton.setVisible(bool(code))
@@ -97,7 +103,7 @@ class ExportDialog(QDialog):
         layout = QVBoxLayout(self)
         layout.addWidget(self.whereLabel)
         if code:
-            layout.addWidget(role_label("Load it for fine-tuning with:", "hint"))
+            layout.addWidget(role_label(caption, "hint"))
         layout.addWidget(self.loadingCodeView, 1)
         layout.addLayout(row)
 

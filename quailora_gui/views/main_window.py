@@ -42,8 +42,9 @@ from .charts import HeatMapView, LayerErrorChart
 from .common import app_icon, named, open_settings, role_label, shrinkable
 from .dialogs import ExportDialog, show_failure, show_input_error
 from .form_view import RunForm
-from .panels import ComparePanel, ProgressPanel, TrainingPanel
+from .panels import ComparePanel, ProgressPanel
 from .table import ResultsTable
+from .training_view import TrainingPanel, TrainingProcess
 from .workers import CheckWorker, InitWorker
 
 CHECK_DEBOUNCE_MS = 250
@@ -66,6 +67,11 @@ class MainWindow(QMainWindow):
     checksFinished = Signal(object)  # CheckReport of the current form
     engineReady = Signal()
     exported = Signal(object)  # list of (what, path) written
+    trainingStarted = Signal(str)  # the run folder the child process trains in
+    trainingStep = Signal(object)  # each TrainStep, after the charts were updated
+    trainingFinished = Signal(object)  # controllers.training.Outcome
+    trainingFailed = Signal(object)  # Outcome (message, hint, details: the cause)
+    trainingStopped = Signal(object)  # Outcome
 
     _checkRequested = Signal(object, int)
     _warmUpRequested = Signal()
@@ -117,6 +123,9 @@ class MainWindow(QMainWindow):
         self._clock = QTimer(self)
         self._clock.setInterval(500)
         self._clock.timeout.connect(self._update_progress)
+        self._train_clock = QTimer(self)
+        self._train_clock.setInterval(1000)
+        self._train_clock.timeout.connect(self._update_training_progress)
 
         self.form.changed.connect(self._on_form_changed)
         self.form.modelChosen.connect(self._remember_model)
@@ -188,10 +197,7 @@ class MainWindow(QMainWindow):
         self.resultsTableWidget = ResultsTable()
         self.resultsTable = self.resultsTableWidget.view
         self.comparePanel = ComparePanel()
-        self.trainingPanel = TrainingPanel()
-        self.lossChart = self.trainingPanel.lossChart
-        self.launchTrainingButton = self.trainingPanel.launchTrainingButton
-        self.exportRunButton = self.trainingPanel.exportRunButton
+        self._build_training()
         self.tabs = QTabWidget()
         self.tabs.setObjectName("chartTabs")
         self.tabs.addTab(self.layerErrorChart, "Layer errors")
@@ -236,6 +242,32 @@ class MainWindow(QMainWindow):
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.progressDock)
         self.resizeDocks([self.progressDock], [190], Qt.Orientation.Vertical)
         self.statusBar().showMessage("Loading the engine (torch, transformers)…")
+
+    def _build_training(self) -> None:
+        from ..controllers.training import TrainingState
+
+        self.trainingPanel = p = TrainingPanel()
+        self.lossChart = p.lossChart
+        self.lrChart = p.lrChart
+        self.launchTrainingButton = p.launchTrainingButton
+        self.exportRunButton = p.exportRunButton
+        self.stopTrainingButton = p.stopTrainingButton
+        self.resumeTrainingButton = p.resumeTrainingButton
+        self.training = TrainingState()
+        self.training_active = False
+        self.train_run_dir: str | None = None  # the run folder of the last launch (Resume trains it)
+        # added to the child's environment (tests pin OMP_NUM_THREADS=1)
+        self.training_env: dict[str, str] = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+        self.train_process = TrainingProcess(self)
+        self.train_process.line.connect(self._on_train_line)
+        self.train_process.errorLine.connect(self._on_train_stderr)
+        self.train_process.ended.connect(self._on_train_ended)
+        self.train_process.startFailed.connect(self._on_train_start_failed)
+        p.exportRunButton.clicked.connect(lambda: self.export_run())
+        p.launchTrainingButton.clicked.connect(lambda: self.launch_training())
+        p.stopTrainingButton.clicked.connect(self.stop_training)
+        p.resumeTrainingButton.clicked.connect(self.resume_training)
+        p.trainOutputEdit.textEdited.connect(lambda _text: self._sync_training_actions())
 
     def _build_menus(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
@@ -370,11 +402,13 @@ class MainWindow(QMainWindow):
         self.form.set_devices(devices)
 
     def _update_run_enabled(self) -> None:
-        ok = not self.running and self.report is not None and self.report.ok
+        ok = not self.running and not self.training_active and self.report is not None and self.report.ok
         self.runButton.setEnabled(ok)
         self.runAction.setEnabled(ok)
         if self.running:
             text = "Running…"
+        elif self.training_active:
+            text = "Training is running (see the Training tab)."
         elif self.report is None:
             text = "Checking the settings…"
         elif self.report.ok:
@@ -397,7 +431,7 @@ class MainWindow(QMainWindow):
     # ================================================================== running
     @Slot()
     def start_run(self) -> None:
-        if self.running or self.report is None or not self.report.ok:
+        if self.running or self.training_active or self.report is None or not self.report.ok:
             return
         config = self.form.to_config()
         self._run_config = config
@@ -525,6 +559,7 @@ class MainWindow(QMainWindow):
         config = self._run_config
         run = self.session.add(config, result.layers, result.summary, result.output_dir)
         self.displayed = run
+        self._show_training_source(run)
         self._end_run()
         self.compareCombo.addItem(run.name, run.number)
         self._on_compare_changed()
@@ -618,6 +653,7 @@ class MainWindow(QMainWindow):
         self.exportAdapterButton.setEnabled(has_adapter)
         self.exportChartsButton.setEnabled(has_results)
         self.exportCsvButton.setEnabled(has_results)
+        self._sync_training_actions()
         if hasattr(self, "exportAdapterAction"):
             self.exportAdapterAction.setEnabled(has_adapter)
             self.exportChartsAction.setEnabled(has_results)
@@ -708,6 +744,241 @@ class MainWindow(QMainWindow):
         dialog.open()
         self._dialogs.append(dialog)
         self.exported.emit(written)
+
+    # ================================================================== training
+    def _show_training_source(self, run: FinishedRun) -> None:
+        """The finished run whose adapter Export run / Launch train; a free output folder for it."""
+        from html import escape
+
+        p = self.trainingPanel
+        p.adapterLabel.setText(
+            f"Trains the adapter of <b>{escape(run.name)}</b><br><code>{escape(run.output_dir)}</code>"
+        )
+        if run.config.train.data:
+            p.set_settings(run.config.train)
+        out = p.trainOutputEdit.text().strip()
+        if not out or not is_free_output(out) or self.train_run_dir == out:
+            p.trainOutputEdit.setText(next_free_output(run.output_dir + "-training"))
+        self._sync_training_actions()
+
+    def _sync_training_actions(self) -> None:
+        if not hasattr(self, "trainingPanel"):
+            return
+        from ..controllers.training import has_checkpoint
+
+        p = self.trainingPanel
+        idle = not self.training_active and not self.running
+        has_run = self.displayed is not None
+        p.exportRunButton.setEnabled(has_run and idle)
+        p.launchTrainingButton.setEnabled(has_run and idle and bool(p.trainOutputEdit.text().strip()))
+        p.stopTrainingButton.setEnabled(self.training_active and not self.train_process.stop_requested)
+        p.resumeTrainingButton.setEnabled(idle and has_checkpoint(self.train_run_dir))
+        p.set_inputs_enabled(not self.training_active)
+
+    def _training_config(self) -> Any:
+        from ..controllers.training import training_config
+
+        run = self.displayed
+        return training_config(run.config, run.output_dir, self.trainingPanel.settings())
+
+    def export_run(self, dest: str | None = None) -> str | None:
+        """Write the run folder (run.toml, adapter, data, launch.sh) for the shown run's adapter
+        into `dest` (asked for when None); show where it went and how to start it."""
+        run = self.displayed
+        if run is None:
+            return None
+        if dest is None:
+            dest = QFileDialog.getExistingDirectory(self, "Export the run to", self._last_dir())
+            if not dest:
+                return None
+        self._remember_dir(dest)
+        target = (
+            dest
+            if is_free_output(dest)
+            else next_free_output(str(Path(dest) / (Path(run.output_dir).name + "-run")))
+        )
+        from quailora_core.errors import QuailoraError
+        from quailora_core.run_export import export_run
+
+        from ..controllers.training import launch_text
+
+        try:
+            run_dir = export_run(self._training_config(), target)
+        except (QuailoraError, OSError) as exc:
+            self._dialogs.append(show_input_error(self, exc, "Export failed"))
+            return None
+        written = [("Run folder", str(run_dir)), ("Launcher", str(run_dir / "launch.sh"))]
+        self.log(f"Run exported to {run_dir}; start it with {run_dir / 'launch.sh'}")
+        dialog = ExportDialog(
+            self, written, launch_text(run_dir), str(run_dir), "Start it here or on a GPU machine with:",
+            "The commands that train this run folder.",
+        )  # fmt: skip
+        dialog.open()
+        self._dialogs.append(dialog)
+        self.exported.emit(written)
+        return str(run_dir)
+
+    def launch_training(self) -> bool:
+        """Export the run into the output folder and train it there in a child process."""
+        run = self.displayed
+        if run is None or self.training_active or self.running:
+            return False
+        out = self.trainingPanel.trainOutputEdit.text().strip()
+        from quailora_core.errors import QuailoraError
+        from quailora_core.run_export import export_run
+
+        try:
+            run_dir = export_run(self._training_config(), out)
+        except (QuailoraError, OSError) as exc:
+            self._dialogs.append(show_input_error(self, exc, "Cannot launch the training"))
+            return False
+        self.log(f"Run exported to {run_dir}")
+        self.training.reset()
+        self.trainingPanel.show_state(self.training)
+        self._start_training(str(run_dir), resume=False)
+        return True
+
+    def resume_training(self) -> bool:
+        """Continue the last launched run from its newest checkpoint (the step count goes on)."""
+        from ..controllers.training import has_checkpoint
+
+        if self.training_active or self.running or not has_checkpoint(self.train_run_dir):
+            return False
+        self._start_training(self.train_run_dir, resume=True)
+        return True
+
+    def _start_training(self, run_dir: str, resume: bool) -> None:
+        import shlex
+
+        from ..controllers.training import train_command
+
+        settings = self.trainingPanel.settings()
+        max_steps = settings["max_steps"] if resume and not settings["epochs"] else None
+        command = train_command(run_dir, resume, max_steps)
+        self.train_run_dir = run_dir
+        self.training_active = True
+        self.training.begin()
+        self._sync_training_actions()
+        self._update_run_enabled()
+        self.form.setEnabled(False)
+        self.progressPanel.set_busy("Starting the training process…")
+        self.progressPanel.etaLabel.setText("")
+        self.trainingPanel.trainStatusLabel.setText(f"Training in <code>{run_dir}</code>")
+        self.log(("Resuming" if resume else "Training") + f": {shlex.join(command)}")
+        self._train_clock.start()
+        self.train_process.start(command, run_dir, self.training_env)
+        if self.training_active:
+            self.log(f"Training process {self.train_process.pid} started.")
+            self.trainingStarted.emit(run_dir)
+
+    @Slot()
+    def stop_training(self) -> None:
+        if not self.training_active or self.train_process.stop_requested:
+            return
+        self.train_process.stop()
+        self._sync_training_actions()
+        self.progressPanel.currentLayerLabel.setText("Stopping at the end of the current step…")
+        self.log("Stop requested: the trainer saves a checkpoint at the end of the current step.", "warning")
+
+    @Slot(str)
+    def _on_train_line(self, line: str) -> None:
+        from ..controllers.training import parse_line
+
+        event = parse_line(line)
+        if event is None:
+            if line.strip():
+                self.log(f"[train] {line}")
+            return
+        self.training.on_event(event)
+        kind = type(event).__name__
+        if kind == "TrainStep":
+            self.trainingPanel.show_state(self.training)
+            self._update_training_progress()
+            self.trainingStep.emit(event)
+        elif kind == "EvalResult":
+            self.trainingPanel.show_state(self.training)
+            self.log(
+                f"Validation at step {event.step}: loss {event.loss:.4g}, perplexity {event.perplexity:.4g}"
+            )
+        elif kind == "Stage":
+            if event.name == "export":
+                self.progressPanel.currentLayerLabel.setText("Writing the trained adapter…")
+        elif kind == "Log":
+            self.log(event.message, event.level)
+        elif kind == "Finished":
+            self.log(f"Trained adapter written to {Path(event.output_dir) / 'adapter'}")
+        elif kind == "Failed":
+            self.log(f"{event.message} {event.hint}".strip(), "error")
+
+    @Slot(str)
+    def _on_train_stderr(self, line: str) -> None:
+        self.training.on_stderr(line)
+        if line.strip():
+            self.log(f"[train] {line}")
+
+    def _update_training_progress(self) -> None:
+        if not self.training_active or self.train_process.stop_requested:
+            return
+        t = self.training
+        if t.steps:
+            self.progressPanel.set_progress(t.step, t.total_steps, t.status_text(), t.eta_text(), "steps")
+        else:
+            self.progressPanel.etaLabel.setText(t.eta_text())
+
+    @Slot(int, bool)
+    def _on_train_ended(self, code: int, crashed: bool) -> None:
+        from ..controllers.training import TRAIN_OUTPUT, has_checkpoint
+
+        if not self.training_active:
+            return
+        run_dir = self.train_run_dir or ""
+        checkpoint = str(Path(run_dir) / TRAIN_OUTPUT) if has_checkpoint(run_dir) else ""
+        outcome = self.training.outcome(code, crashed, self.train_process.stop_requested, checkpoint)
+        self._end_training()
+        t = self.training
+        self.trainingPanel.trainStatusLabel.setText(f"{outcome.message} {outcome.hint}".strip())
+        self.progressPanel.set_idle(outcome.message, t.step, t.total_steps, "steps")
+        self.progressPanel.etaLabel.setText(f"elapsed {fmt_duration(t.elapsed())}")
+        if outcome.kind == "finished":
+            self.log(f"{outcome.message} Results in {Path(run_dir) / TRAIN_OUTPUT}")
+            self.trainingFinished.emit(outcome)
+        elif outcome.kind == "stopped":
+            self.log(f"{outcome.message} {outcome.hint}", "warning")
+            self.trainingStopped.emit(outcome)
+        else:
+            self.log(f"Training failed: {outcome.message} {outcome.hint}".strip(), "error")
+            self._dialogs.append(show_failure(self, outcome, "Training failed"))
+            self.trainingFailed.emit(outcome)
+
+    @Slot(str)
+    def _on_train_start_failed(self, error: str) -> None:
+        if not self.training_active:
+            return
+        from ..controllers.training import Outcome
+
+        self._end_training()
+        outcome = Outcome("failed", f"The training process could not be started: {error}", "")
+        self.progressPanel.set_idle(outcome.message)
+        self.log(outcome.message, "error")
+        self._dialogs.append(show_failure(self, outcome, "Training failed"))
+        self.trainingFailed.emit(outcome)
+
+    def _end_training(self) -> None:
+        self.training_active = False
+        self._train_clock.stop()
+        self.form.setEnabled(True)
+        self.trainingPanel.show_state(self.training)
+        out = self.trainingPanel.trainOutputEdit.text().strip()
+        if (
+            out
+            and not is_free_output(out)
+            and Path(out).resolve() == Path(self.train_run_dir or "").resolve()
+        ):
+            self.trainingPanel.trainOutputEdit.setText(
+                next_free_output(out)
+            )  # the next Launch needs a free one
+        self._sync_training_actions()
+        self._update_run_enabled()
 
     # ================================================================== run files
     def open_run(self, path: str | None = None) -> bool:
@@ -872,6 +1143,11 @@ class MainWindow(QMainWindow):
         self.save_settings()
         if self.worker is not None:
             self.worker.cancel()
+        if self.train_process.running():  # the trainer checkpoints at the step end; then it is killed
+            self.train_process.stop()
+            if not self.train_process.process.waitForFinished(min(wait_ms, 15_000)):
+                self.train_process.kill()
+                self.train_process.process.waitForFinished(5_000)
         for thread, _ in self._run_threads:
             thread.quit()
             thread.wait(wait_ms)
@@ -881,6 +1157,16 @@ class MainWindow(QMainWindow):
             dialog.close()
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
+        if self.training_active and not self.running and not self._shut_down:
+            answer = QMessageBox.question(
+                self,
+                "Stop the training?",
+                "Training is in progress. Stop it (a checkpoint is saved; Resume continues it) and close "
+                "the window?",
+            )
+            if answer != QMessageBox.StandardButton.Yes:
+                event.ignore()
+                return
         if self.running and not self._shut_down:
             answer = QMessageBox.question(
                 self,

@@ -1,4 +1,4 @@
-"""Compare tab, training placeholder tab and the progress + log panel."""
+"""Compare tab and the progress + log panel."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from PySide6.QtWidgets import (
 )
 
 from ..controllers.session import compare_rows
-from .charts import LossChart
 from .common import named, role_label, shrinkable
 
 
@@ -61,28 +60,6 @@ class ComparePanel(QWidget):
     def cell(self, row: int, column: int) -> str:
         item = self.table.item(row, column)
         return item.text() if item is not None else ""
-
-
-class TrainingPanel(QWidget):
-    """Placeholder for fine-tuning: the loss chart and the two (disabled) actions."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.lossChart = LossChart()
-        self.launchTrainingButton = named(QPushButton("Launch training"), "launchTrainingButton")
-        self.launchTrainingButton.setEnabled(False)
-        self.exportRunButton = named(QPushButton("Export run…"), "exportRunButton")
-        self.exportRunButton.setEnabled(False)
-        row = QHBoxLayout()
-        row.addWidget(
-            role_label("Training from the initialized adapter comes in a later version.", "hint"), 1
-        )
-        row.addWidget(self.exportRunButton)
-        row.addWidget(self.launchTrainingButton)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(6, 6, 6, 6)
-        layout.addLayout(row)
-        layout.addWidget(self.lossChart, 1)
 
 
 class ProgressPanel(QWidget):
@@ -135,18 +112,20 @@ class ProgressPanel(QWidget):
         self.progressBar.setFormat("")
         self.currentLayerLabel.setText(text)
 
-    def set_progress(self, done: int, total: int, text: str, eta: str) -> None:
+    def set_progress(self, done: int, total: int, text: str, eta: str, unit: str = "layers") -> None:
         self.progressBar.setRange(0, max(1, total))
         self.progressBar.setValue(done)
-        self.progressBar.setFormat("%v / %m layers")
+        self.progressBar.setFormat(f"%v / %m {unit}")
         self.currentLayerLabel.setText(text)
         self.etaLabel.setText(eta)
 
-    def set_idle(self, text: str, done: int | None = None, total: int | None = None) -> None:
+    def set_idle(
+        self, text: str, done: int | None = None, total: int | None = None, unit: str = "layers"
+    ) -> None:
         if total:
             self.progressBar.setRange(0, total)
             self.progressBar.setValue(done or 0)
-            self.progressBar.setFormat("%v / %m layers")
+            self.progressBar.setFormat(f"%v / %m {unit}")
         elif self.progressBar.maximum() == 0:
             self.progressBar.setRange(0, 1)
             self.progressBar.setValue(0)

@@ -69,7 +69,11 @@ def test_launch_stream_stop_and_resume(qtbot, window, tiny_model_dir, text_file,
     with qtbot.waitSignal(window.trainingStarted, timeout=30_000) as started:
         click(qtbot, window.launchTrainingButton)
     run_dir = Path(started.args[0])
-    assert run_dir == tmp_path / "training" and (run_dir / "run.toml").is_file() and (run_dir / "launch.sh").is_file()
+    assert (
+        run_dir == tmp_path / "training"
+        and (run_dir / "run.toml").is_file()
+        and (run_dir / "launch.sh").is_file()
+    )
     assert window.train_process.process.arguments()[-2:] == [str(run_dir / "run.toml"), "--json"]
     assert window.train_process.process.processEnvironment().value("OMP_NUM_THREADS") == "1"
     pid = window.train_process.pid
@@ -191,7 +195,10 @@ def test_training_controller_imports_without_qt():
 def test_lines_events_eta_and_outcomes():
     buf = LineBuffer()
     line = event_to_json(TrainStep(1, 10, 2.5, 1e-4, 1000.0)).encode()
-    assert buf.feed(line[:7]) == [] and buf.feed(line[7:] + b"\nnot json\n{\"half") == [line.decode(), "not json"]
+    assert buf.feed(line[:7]) == [] and buf.feed(line[7:] + b'\nnot json\n{"half') == [
+        line.decode(),
+        "not json",
+    ]
     assert buf.flush() == ['{"half'] and buf.flush() == []
     assert parse_line("not json") is None and parse_line('{"event": "Nope"}') is None
     assert parse_line(line.decode()) == TrainStep(1, 10, 2.5, 1e-4, 1000.0)

@@ -1,0 +1,277 @@
+"""Fine-tuning from the app, without Qt: the command, the event stream, curves, ETA, outcome.
+
+The window trains by exporting the run folder (`quailora_core.run_export.export_run`) and
+starting the very command that folder's `launch.sh` runs, without `accelerate`:
+`python -m quailora_core.train <run_dir>/run.toml --json`, as a child process. Its stdout
+carries one JSON event per line (`TrainStep`, `EvalResult`, `Log`, `Finished`, `Failed`);
+`LineBuffer` cuts the byte stream into lines and `TrainingState` turns them into curves,
+rates, an ETA and, at the end, an outcome with its cause.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .formatting import fmt_duration, fmt_gb
+
+RUN_FILE = "run.toml"  # quailora_core.run_export.RUN_FILE (not imported: the core is heavy)
+TRAIN_OUTPUT = "output"  # quailora_core.run_export.OUTPUT_DIR
+STDERR_TAIL = 20  # stderr lines kept to explain a crash
+ETA_WINDOW = 20  # steps the ETA averages over
+SMOOTHING = 0.9  # weight of the moving average drawn through the training loss
+
+
+# ---------------------------------------------------------------------------- commands
+def train_command(run_dir: str | Path, resume: bool = False, max_steps: int | None = None) -> list[str]:
+    """The child's command line: the exported run's own command without `accelerate`."""
+    cmd = [sys.executable, "-m", "quailora_core.train", str(Path(run_dir) / RUN_FILE), "--json"]
+    if resume:
+        cmd.append("--resume")
+        if max_steps:  # a higher step budget continues a run that already reached its end
+            cmd += ["--max-steps", str(int(max_steps))]
+    return cmd
+
+
+def launch_text(run_dir: str | Path) -> str:
+    """How to start an exported run folder, for the export dialog."""
+    run_dir = Path(run_dir)
+    return (
+        f"# here or on a GPU machine with the package installed:\n"
+        f"{run_dir / 'launch.sh'}\n"
+        f"{run_dir / 'launch.sh'} --resume          # continue from the last checkpoint\n"
+        f"NUM_PROCESSES=4 {run_dir / 'launch.sh'}   # one process per GPU\n"
+        f"# the same without accelerate, one process:\n"
+        f"python -m quailora_core.train {run_dir / RUN_FILE}\n"
+    )
+
+
+def training_config(run_config: Any, adapter_dir: str, settings: dict[str, Any]) -> Any:
+    """A copy of the finished run's RunConfig that trains `adapter_dir` with `settings`
+    (TrainSettings field -> value, from the training panel)."""
+    config = copy.deepcopy(run_config)
+    for key, value in settings.items():
+        setattr(config.train, key, value)
+    config.train.adapter = str(adapter_dir)
+    config.train.resume = False
+    return config
+
+
+def has_checkpoint(run_dir: str | Path | None) -> bool:
+    """Whether the run folder's training output holds a complete checkpoint to resume from
+    (what `quailora_core.train.checkpoints` counts: trainer_state.json + adapter weights)."""
+    if not run_dir:
+        return False
+    out = Path(run_dir) / TRAIN_OUTPUT
+    if not out.is_dir():
+        return False
+    return any(
+        p.is_dir() and p.name.startswith("checkpoint-") and (p / "trainer_state.json").is_file()
+        and (p / "adapter_model.safetensors").is_file()
+        for p in out.iterdir()
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- the stream
+class LineBuffer:
+    """Cuts a byte stream that arrives in arbitrary chunks into complete text lines."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, data: bytes) -> list[str]:
+        self._pending += bytes(data)
+        *lines, self._pending = self._pending.split(b"\n")
+        return [line.decode("utf-8", "replace").rstrip("\r") for line in lines]
+
+    def flush(self) -> list[str]:
+        """The last, unterminated line (at the end of the stream)."""
+        rest, self._pending = self._pending, b""
+        text = rest.decode("utf-8", "replace").rstrip("\r")
+        return [text] if text.strip() else []
+
+
+def parse_line(line: str) -> Any | None:
+    """The event a stdout line carries, or None for any other line (it goes to the log)."""
+    from quailora_core.events import event_from_json
+
+    text = line.strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        return event_from_json(text)
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+@dataclass
+class Outcome:
+    """How a training process ended: finished / stopped / failed, and why."""
+
+    kind: str
+    message: str
+    hint: str = ""
+    details: str = ""
+    step: int = 0
+
+
+@dataclass
+class TrainingState:
+    """What the training tab shows, fed with the child's events (and lines).
+
+    Curves keep growing across a resume (the step count continues), `reset()` starts over.
+    """
+
+    clock: Callable[[], float] = time.monotonic
+    steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    eval_losses: list[float] = field(default_factory=list)
+    perplexities: list[float] = field(default_factory=list)
+    total_steps: int = 0
+    tokens_per_second: float | None = None
+    gpu_memory_gb: float | None = None
+    finished: Any = None  # the Finished event
+    failed: Any = None  # the Failed event
+    stderr_tail: deque = field(default_factory=lambda: deque(maxlen=STDERR_TAIL))
+    _step_times: deque = field(default_factory=lambda: deque(maxlen=ETA_WINDOW + 1))
+    _started: float = 0.0
+
+    def reset(self) -> None:
+        """Forget everything (a new launch)."""
+        self.__init__(clock=self.clock)  # type: ignore[misc]
+        self.begin()
+
+    def begin(self) -> None:
+        """A process starts (a launch or a resume): the outcome and the rate are per process."""
+        self.finished = self.failed = None
+        self.stderr_tail.clear()
+        self._step_times.clear()
+        self._started = self.clock()
+
+    # ------------------------------------------------------------------ feeding
+    def on_event(self, event: Any) -> None:
+        kind = type(event).__name__
+        if kind == "TrainStep":
+            if self.steps and event.step <= self.steps[-1]:  # a resume re-logs no step, but be safe
+                cut = next(i for i, s in enumerate(self.steps) if s >= event.step)
+                del self.steps[cut:], self.losses[cut:], self.lrs[cut:]
+            self.steps.append(int(event.step))
+            self.losses.append(float(event.loss))
+            self.lrs.append(float(event.lr))
+            self.total_steps = int(event.total_steps)
+            self.tokens_per_second = float(event.tokens_per_second)
+            self.gpu_memory_gb = event.gpu_memory_gb
+            self._step_times.append((self.clock(), int(event.step)))
+        elif kind == "EvalResult":
+            self.eval_steps.append(int(event.step))
+            self.eval_losses.append(float(event.loss))
+            self.perplexities.append(float(event.perplexity))
+        elif kind == "Finished":
+            self.finished = event
+        elif kind == "Failed":
+            self.failed = event
+
+    def on_stderr(self, line: str) -> None:
+        if line.strip():
+            self.stderr_tail.append(line)
+
+    # ------------------------------------------------------------------ figures
+    def smoothed_losses(self, weight: float = SMOOTHING) -> list[float]:
+        """The training loss as an exponential moving average (bias-corrected, as TensorBoard
+        draws it): the trend through the step-to-step noise."""
+        out, avg = [], 0.0
+        for i, loss in enumerate(self.losses, 1):
+            avg = weight * avg + (1 - weight) * loss
+            out.append(avg / (1 - weight**i))
+        return out
+
+    @property
+    def step(self) -> int:
+        return self.steps[-1] if self.steps else 0
+
+    def eta_seconds(self) -> float | None:
+        """Seconds left: the mean time per step over the last steps of this process."""
+        if len(self._step_times) < 2 or not self.total_steps:
+            return None
+        (t0, s0), (t1, s1) = self._step_times[0], self._step_times[-1]
+        if s1 <= s0:
+            return None
+        return (t1 - t0) / (s1 - s0) * max(0, self.total_steps - s1)
+
+    def elapsed(self) -> float:
+        return self.clock() - self._started
+
+    def status_text(self) -> str:
+        if not self.steps:
+            return "Loading the model and the training data…"
+        return f"Step {self.step} of {self.total_steps} · loss {self.losses[-1]:.4g}"
+
+    def eta_text(self) -> str:
+        eta = self.eta_seconds()
+        text = f"elapsed {fmt_duration(self.elapsed())}"
+        return text if eta is None else f"{text} · about {fmt_duration(eta)} left"
+
+    def stats(self) -> list[tuple[str, str]]:
+        """(label, value) pairs for the figures under the charts."""
+        rows = [
+            ("Step", f"{self.step} / {self.total_steps}" if self.total_steps else "–"),
+            ("Loss", f"{self.losses[-1]:.4g}" if self.losses else "–"),
+            ("Learning rate", f"{self.lrs[-1]:.3g}" if self.lrs else "–"),
+            ("Tokens/s", f"{self.tokens_per_second:,.0f}" if self.tokens_per_second else "–"),
+            ("Validation perplexity", _ppl(self.perplexities[-1]) if self.perplexities else "–"),
+            ("Time left", fmt_duration(self.eta_seconds()) if self.eta_seconds() is not None else "–"),
+        ]
+        if self.gpu_memory_gb is not None:
+            rows.append(("GPU memory", fmt_gb(self.gpu_memory_gb)))
+        return rows
+
+    # ------------------------------------------------------------------ the end
+    def outcome(
+        self, exit_code: int, crashed: bool, stop_requested: bool, checkpoint_in: str = ""
+    ) -> Outcome:
+        """How the process ended, from its events, exit code and stderr. `checkpoint_in`: the
+        folder holding a checkpoint to resume from ("" when there is none)."""
+        if self.finished is not None and exit_code == 0 and not crashed:
+            return Outcome("finished", f"Training finished at step {self.step}.", step=self.step)
+        if stop_requested:
+            return Outcome(
+                "stopped",
+                f"Training stopped at step {self.step}."
+                if self.steps
+                else "Training stopped before the first step.",
+                f"Resume continues from the checkpoint in {checkpoint_in}."
+                if checkpoint_in
+                else "No checkpoint was saved: Launch starts over.",
+                step=self.step,
+            )
+        tail = "\n".join(self.stderr_tail)
+        if self.failed is not None:
+            details = self.failed.details or tail
+            return Outcome("failed", self.failed.message, self.failed.hint, details, self.step)
+        if crashed:
+            return Outcome(
+                "failed",
+                "The training process crashed (it was killed by a signal).",
+                "A process killed without a message is often out of memory: lower the batch size or "
+                "the sequence length.",
+                tail,
+                self.step,
+            )
+        last = next((line for line in reversed(self.stderr_tail) if line.strip()), "")
+        message = f"The training process exited with code {exit_code}" + (
+            f": {last.strip()}" if last else "."
+        )
+        return Outcome("failed", message, "The log holds its last messages.", tail, self.step)
+
+
+def _ppl(value: float) -> str:
+    return "∞" if not math.isfinite(value) else f"{value:.4g}"

@@ -1,0 +1,374 @@
+"""The Training tab: settings, Export run / Launch / Stop / Resume, live curves; and the child process.
+
+`TrainingPanel` shows the settings and the charts; it computes nothing (the figures come
+from a `controllers.training.TrainingState`). `TrainingProcess` runs the exported run's
+command as a `QProcess` in its own session (so Stop reaches every process it started),
+cuts its stdout into lines and reports through signals on the GUI thread.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from typing import Any
+
+import pyqtgraph as pg
+from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLineEdit,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..controllers.training import LineBuffer, TrainingState
+from .charts import AFTER, BEFORE, COMPARE, HELD_AFTER, _style_plot
+from .common import named, role_label, shrinkable
+
+KILL_AFTER_MS = 30_000  # Stop: SIGTERM (the trainer checkpoints at the step end), then SIGKILL
+
+
+# ============================================================================ the panel
+class TrainingPanel(QWidget):
+    """Training settings on the left, loss / learning-rate / perplexity curves on the right."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.adapterLabel = role_label(
+            "Finish an initialization run first: training starts from its adapter.",
+            "hint",
+            "trainAdapterLabel",
+        )
+        self.adapterLabel.setTextFormat(Qt.TextFormat.RichText)
+
+        self.trainDataEdit = named(QLineEdit("demo"), "trainDataEdit")
+        self.trainDataEdit.setPlaceholderText("file, folder, hub id, or demo")
+        self.trainDataBrowseButton = named(QPushButton("…"), "trainDataBrowseButton")
+        self.trainDataBrowseButton.setFixedWidth(30)
+        self.trainDataBrowseButton.clicked.connect(self._browse_data)
+        self.maxStepsSpin = self._spin("maxStepsSpin", 1, 10_000_000, 100)
+        self.epochsSpin = named(QDoubleSpinBox(), "epochsSpin")
+        self.epochsSpin.setRange(0.0, 1000.0)
+        self.epochsSpin.setDecimals(2)
+        self.epochsSpin.setSingleStep(0.5)
+        self.epochsSpin.setSpecialValueText("off (use max steps)")
+        self.epochsSpin.valueChanged.connect(lambda v: self.maxStepsSpin.setEnabled(v == 0))
+        self.learningRateSpin = named(QDoubleSpinBox(), "learningRateSpin")
+        self.learningRateSpin.setDecimals(6)
+        self.learningRateSpin.setRange(1e-6, 1.0)
+        self.learningRateSpin.setSingleStep(1e-5)
+        self.learningRateSpin.setValue(2e-4)
+        self.trainBatchSizeSpin = self._spin("trainBatchSizeSpin", 1, 4096, 4)
+        self.gradAccumSpin = self._spin("gradAccumSpin", 1, 4096, 1)
+        self.trainSeqLenSpin = self._spin("trainSeqLenSpin", 8, 131_072, 512)
+        self.evalIntervalSpin = self._spin("evalIntervalSpin", 1, 10_000_000, 50)
+        self.saveIntervalSpin = self._spin("saveIntervalSpin", 1, 10_000_000, 50)
+        self.trainOutputEdit = named(QLineEdit(), "trainOutputEdit")
+        self.trainOutputBrowseButton = named(QPushButton("…"), "trainOutputBrowseButton")
+        self.trainOutputBrowseButton.setFixedWidth(30)
+        self.trainOutputBrowseButton.clicked.connect(self._browse_output)
+
+        form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        form.addRow("Training data", _row(self.trainDataEdit, self.trainDataBrowseButton))
+        form.addRow("Max steps", self.maxStepsSpin)
+        form.addRow("Epochs", self.epochsSpin)
+        form.addRow("Learning rate", self.learningRateSpin)
+        form.addRow("Batch size", self.trainBatchSizeSpin)
+        form.addRow("Grad. accumulation", self.gradAccumSpin)
+        form.addRow("Sequence length", self.trainSeqLenSpin)
+        form.addRow("Eval every", self.evalIntervalSpin)
+        form.addRow("Save every", self.saveIntervalSpin)
+        form.addRow("Output folder", _row(self.trainOutputEdit, self.trainOutputBrowseButton))
+        self.settingsBox = QGroupBox("Fine-tuning")
+        self.settingsBox.setObjectName("trainSettingsBox")
+        self.settingsBox.setLayout(form)
+
+        self.exportRunButton = named(QPushButton("Export run…"), "exportRunButton")
+        self.launchTrainingButton = named(QPushButton("Launch"), "launchTrainingButton")
+        self.launchTrainingButton.setProperty("role", "primary")
+        self.stopTrainingButton = named(QPushButton("Stop"), "stopTrainingButton")
+        self.resumeTrainingButton = named(QPushButton("Resume"), "resumeTrainingButton")
+        for b in (
+            self.exportRunButton,
+            self.launchTrainingButton,
+            self.stopTrainingButton,
+            self.resumeTrainingButton,
+        ):
+            b.setEnabled(False)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.exportRunButton)
+        buttons.addStretch(1)
+        buttons.addWidget(self.stopTrainingButton)
+        buttons.addWidget(self.resumeTrainingButton)
+        buttons.addWidget(self.launchTrainingButton)
+        self.trainStatusLabel = role_label("", "hint", "trainStatusLabel")
+        self.trainStatusLabel.setWordWrap(True)
+
+        left = QWidget()
+        lv = QVBoxLayout(left)
+        lv.setContentsMargins(0, 0, 0, 0)
+        lv.addWidget(self.adapterLabel)
+        lv.addWidget(self.settingsBox)
+        lv.addLayout(buttons)
+        lv.addWidget(self.trainStatusLabel)
+        lv.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setObjectName("trainSettingsScroll")
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        scroll.setWidget(left)
+        scroll.setMinimumWidth(300)
+        scroll.setMaximumWidth(380)
+
+        self.charts = TrainingCharts()
+        self.lossChart = self.charts.lossChart
+        self.lrChart = self.charts.lrChart
+        self.perplexityChart = self.charts.perplexityChart
+        self.trainStatsLabel = named(role_label("", "", "trainStatsLabel"), "trainStatsLabel")
+        self.trainStatsLabel.setWordWrap(False)
+        shrinkable(self.trainStatsLabel)
+        right = QWidget()
+        rv = QVBoxLayout(right)
+        rv.setContentsMargins(0, 0, 0, 0)
+        rv.addWidget(self.charts, 1)
+        rv.addWidget(self.trainStatsLabel)
+
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(6, 6, 6, 6)
+        layout.addWidget(scroll)
+        layout.addWidget(right, 1)
+
+    @staticmethod
+    def _spin(name: str, low: int, high: int, value: int) -> QSpinBox:
+        spin = named(QSpinBox(), name)
+        spin.setRange(low, high)
+        spin.setValue(value)
+        spin.setGroupSeparatorShown(True)
+        return spin
+
+    # ------------------------------------------------------------------ values
+    def settings(self) -> dict[str, Any]:
+        """TrainSettings field -> value of the fields shown here (the output is separate)."""
+        return {
+            "data": self.trainDataEdit.text().strip(),
+            "max_steps": self.maxStepsSpin.value(),
+            "epochs": float(self.epochsSpin.value()),
+            "learning_rate": float(self.learningRateSpin.value()),
+            "batch_size": self.trainBatchSizeSpin.value(),
+            "gradient_accumulation": self.gradAccumSpin.value(),
+            "seq_len": self.trainSeqLenSpin.value(),
+            "eval_interval": self.evalIntervalSpin.value(),
+            "save_interval": self.saveIntervalSpin.value(),
+        }
+
+    def set_settings(self, t: Any) -> None:
+        """Show a TrainSettings (data left as is when the run has none)."""
+        if t.data:
+            self.trainDataEdit.setText(t.data)
+        self.maxStepsSpin.setValue(t.max_steps)
+        self.epochsSpin.setValue(t.epochs)
+        self.learningRateSpin.setValue(t.learning_rate)
+        self.trainBatchSizeSpin.setValue(t.batch_size)
+        self.gradAccumSpin.setValue(t.gradient_accumulation)
+        self.trainSeqLenSpin.setValue(t.seq_len)
+        self.evalIntervalSpin.setValue(t.eval_interval)
+        self.saveIntervalSpin.setValue(t.save_interval)
+
+    def set_inputs_enabled(self, on: bool) -> None:
+        self.settingsBox.setEnabled(on)
+
+    def show_state(self, state: TrainingState) -> None:
+        self.charts.show_state(state)
+        self.trainStatsLabel.setText(
+            "  ·  ".join(f"<span style='color:#64748b'>{k}</span> <b>{v}</b>" for k, v in state.stats())
+        )
+
+    def _browse_data(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self,
+            "Training data",
+            "",
+            "Text or JSON lines (*.txt *.md *.jsonl *.json *.csv *.parquet);;All (*)",
+        )
+        if path:
+            self.trainDataEdit.setText(path)
+
+    def _browse_output(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Training output folder")
+        if path:
+            self.trainOutputEdit.setText(path)
+
+
+def _row(*widgets: QWidget) -> QWidget:
+    box = QWidget()
+    lay = QHBoxLayout(box)
+    lay.setContentsMargins(0, 0, 0, 0)
+    lay.setSpacing(4)
+    for i, w in enumerate(widgets):
+        lay.addWidget(w, 1 if i == 0 else 0)
+    return box
+
+
+# ============================================================================ charts
+class TrainingCharts(QWidget):
+    """Training loss with validation loss points (top), validation perplexity and learning rate."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("trainingCharts")
+        self.lossChart, loss = self._plot("lossChart", "Loss", "loss")
+        loss.addLegend(offset=(-10, 10), labelTextColor="#334155")
+        self.lossCurve = loss.plot([], [], pen=pg.mkPen(BEFORE, width=1), name="training")
+        self.smoothCurve = loss.plot([], [], pen=pg.mkPen(AFTER, width=2), name="training (smoothed)")
+        self.evalPoints = loss.plot(
+            [], [], pen=None, symbol="o", symbolSize=9, symbolBrush=pg.mkBrush(COMPARE),
+            symbolPen=pg.mkPen("w"), name="validation",
+        )  # fmt: skip
+        self.perplexityChart, ppl = self._plot("perplexityChart", "Validation perplexity", "perplexity")
+        self.perplexityCurve = ppl.plot(
+            [], [], pen=pg.mkPen(COMPARE, width=1, style=Qt.PenStyle.DashLine), symbol="o",
+            symbolSize=8, symbolBrush=pg.mkBrush(COMPARE), symbolPen=pg.mkPen("w"),
+        )  # fmt: skip
+        self.lrChart, lr = self._plot("lrChart", "Learning rate", "lr")
+        lr.getAxis("left").enableAutoSIPrefix(False)
+        self.lrCurve = lr.plot([], [], pen=pg.mkPen(HELD_AFTER, width=2))
+        grid = QGridLayout(self)
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.setSpacing(4)
+        grid.addWidget(self.lossChart, 0, 0, 1, 2)
+        grid.addWidget(self.perplexityChart, 1, 0)
+        grid.addWidget(self.lrChart, 1, 1)
+        grid.setRowStretch(0, 3)
+        grid.setRowStretch(1, 2)
+
+    @staticmethod
+    def _plot(name: str, title: str, ylabel: str) -> tuple[pg.PlotWidget, pg.PlotItem]:
+        widget = named(pg.PlotWidget(background="w"), name)
+        plot = widget.getPlotItem()
+        _style_plot(plot)
+        plot.setTitle(f"<span style='color:#1e3a8a; font-weight:bold'>{title}</span>", size="10pt")
+        plot.setLabel("bottom", "step")
+        plot.setLabel("left", ylabel)
+        return widget, plot
+
+    def show_state(self, state: TrainingState) -> None:
+        self.lossCurve.setData(state.steps, state.losses)
+        self.smoothCurve.setData(state.steps, state.smoothed_losses())
+        self.evalPoints.setData(state.eval_steps, state.eval_losses)
+        finite = [
+            (s, p) for s, p in zip(state.eval_steps, state.perplexities, strict=True) if math.isfinite(p)
+        ]
+        self.perplexityCurve.setData([s for s, _ in finite], [p for _, p in finite])
+        self.lrCurve.setData(state.steps, state.lrs)
+
+    def loss_data(self) -> tuple[list[float], list[float]]:
+        """(steps, losses) the training-loss curve draws (for tests)."""
+        x, y = self.lossCurve.getData()
+        return ([] if x is None else list(x)), ([] if y is None else list(y))
+
+
+# ============================================================================ the process
+class TrainingProcess(QObject):
+    """The training command as a child process in its own session.
+
+    Signals (GUI thread): `line(str)` for each stdout line, `errorLine(str)` for each
+    stderr line, `ended(int exit_code, bool crashed)` once the process is gone, and
+    `startFailed(str)` when it could not be started at all.
+    """
+
+    line = Signal(str)
+    errorLine = Signal(str)
+    ended = Signal(int, bool)
+    startFailed = Signal(str)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.process = QProcess(self)
+        self.process.setObjectName("trainingProcess")
+        self._out, self._err = LineBuffer(), LineBuffer()
+        self.pid = 0
+        self.stop_requested = False
+        self._kill_timer = QTimer(self)
+        self._kill_timer.setSingleShot(True)
+        self._kill_timer.timeout.connect(self.kill)
+        self.process.readyReadStandardOutput.connect(self._read_out)
+        self.process.readyReadStandardError.connect(self._read_err)
+        self.process.finished.connect(self._on_finished)
+        self.process.errorOccurred.connect(self._on_error)
+
+    def start(self, command: list[str], workdir: str, env: dict[str, str]) -> None:
+        self.stop_requested = False
+        self._out, self._err = LineBuffer(), LineBuffer()
+        environment = QProcessEnvironment.systemEnvironment()
+        for key, value in env.items():
+            environment.insert(key, value)
+        self.process.setProcessEnvironment(environment)
+        self.process.setWorkingDirectory(workdir)
+        if hasattr(QProcess, "setUnixProcessParameters") and os.name == "posix":
+            flags = QProcess.UnixProcessFlag
+            # its own session and process group: Stop signals the whole group, children included
+            self.process.setUnixProcessParameters(flags.CreateNewSession | flags.ResetSignalHandlers)
+        self.process.start(command[0], command[1:])
+        self.pid = 0
+        if self.process.waitForStarted(10_000):
+            self.pid = int(self.process.processId())
+
+    def running(self) -> bool:
+        return self.process.state() != QProcess.ProcessState.NotRunning
+
+    def stop(self, kill_after_ms: int = KILL_AFTER_MS) -> None:
+        """SIGTERM to the process group (the trainer saves a checkpoint at the step end);
+        SIGKILL to the group if it is still there after `kill_after_ms`."""
+        if not self.running():
+            return
+        self.stop_requested = True
+        if not self._signal_group(signal.SIGTERM):
+            self.process.terminate()
+        self._kill_timer.start(kill_after_ms)
+
+    def kill(self) -> None:
+        if self.running() and not self._signal_group(signal.SIGKILL):
+            self.process.kill()
+
+    def _signal_group(self, sig: int) -> bool:
+        if os.name != "posix" or not self.pid:
+            return False
+        try:
+            os.killpg(self.pid, sig)  # the child leads its own group (CreateNewSession)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+
+    def _read_out(self) -> None:
+        for text in self._out.feed(self.process.readAllStandardOutput().data()):
+            self.line.emit(text)
+
+    def _read_err(self) -> None:
+        for text in self._err.feed(self.process.readAllStandardError().data()):
+            self.errorLine.emit(text)
+
+    def _on_finished(self, code: int, status: QProcess.ExitStatus) -> None:
+        self._kill_timer.stop()
+        self._read_out()
+        self._read_err()
+        for text in self._out.flush():
+            self.line.emit(text)
+        for text in self._err.flush():
+            self.errorLine.emit(text)
+        # anything the trainer left behind in its group (it starts none, but a launcher may)
+        self._signal_group(signal.SIGKILL)
+        self.ended.emit(int(code), status == QProcess.ExitStatus.CrashExit)
+
+    def _on_error(self, error: QProcess.ProcessError) -> None:
+        if error == QProcess.ProcessError.FailedToStart:
+            self.startFailed.emit(self.process.errorString())
