@@ -122,7 +122,7 @@ def peak_rss_mib() -> float:
 
 
 # A colour-blind-safe palette (Okabe-Ito).
-PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#999999"]
 
 
 def line_plot(path: Path, panels: list[dict], title: str, width: int = 1500, height: int = 640) -> Path:
