@@ -110,28 +110,27 @@ def _path(value: str, base: Path) -> str:
     return str(path if path.is_absolute() else (base / path).resolve())
 
 
-def _source(value: str, base: Path) -> str:
+def _relative_ref(value: str, base: Path, is_hub_id) -> str:
+    """A run file's path resolved against its folder; `demo` and hub ids stay as they are."""
     if not value or value == DEMO_MODEL:
         return value
     path = Path(value).expanduser()
     if path.is_absolute():
         return str(path)
-    if (base / path).exists() or not looks_like_hub_id(value):
+    if (base / path).exists() or not is_hub_id(value):
         return str((base / path).resolve())
     return value
+
+
+def _source(value: str, base: Path) -> str:
+    """A data source (a data file suffix also marks a local path)."""
+    return _relative_ref(value, base, looks_like_hub_id)
 
 
 def _model_ref(value: str, base: Path) -> str:
-    from .hub import looks_like_hub_id
+    from . import hub
 
-    if not value or value == DEMO_MODEL:
-        return value
-    path = Path(value).expanduser()
-    if path.is_absolute():
-        return str(path)
-    if (base / path).exists() or not looks_like_hub_id(value):
-        return str((base / path).resolve())
-    return value
+    return _relative_ref(value, base, hub.looks_like_hub_id)
 
 
 def adapter_dir(config: RunConfig) -> str:

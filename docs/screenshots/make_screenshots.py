@@ -12,83 +12,22 @@ outputs go to a temporary folder, never to the user's.
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-SIZE = (1600, 1000)
+from _demo_window import grab, open_demo_window, set_method, small_init_form, wait_for
 
 
 def main() -> int:
-    tmp = Path(tempfile.mkdtemp(prefix="quailora-screenshots-"))
-    os.environ["QUAILORA_GUI_SETTINGS"] = str(tmp / "settings.ini")
-    os.environ["QUAILORA_GUI_OUTPUT_ROOT"] = str(tmp / "outputs")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
-        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-
-    from quailora_core.demo import ensure_demo_model
-
-    print("demo model:", ensure_demo_model(on_log=print))
-
-    from PySide6.QtCore import QEventLoop, QTimer
-    from PySide6.QtWidgets import QApplication
-
-    from quailora_gui.app import build_window
-
-    window = build_window(["--demo"])
-    window.resize(*SIZE)
-    window.show()
-    app = QApplication.instance()
-    form = window.form
-
-    def wait_for(signal, timeout_ms: int = 600_000) -> list:
-        loop = QEventLoop()
-        got: list = []
-
-        def done(*args):
-            got.extend(args)
-            loop.quit()
-
-        signal.connect(done)
-        QTimer.singleShot(timeout_ms, loop.quit)
-        loop.exec()
-        signal.disconnect(done)
-        if not got and signal is not window.engineReady:
-            raise SystemExit(f"timed out waiting for {signal}")
-        return got
-
-    def settle() -> None:
-        window.request_check()
-        report = wait_for(window.checksFinished)[0]
-        if not report.ok:
-            raise SystemExit(f"the form has problems: {report.errors}")
-
-    def grab(name: str) -> None:
-        app.processEvents()
-        path = HERE / name
-        window.grab().save(str(path), "PNG")
-        print("wrote", path)
-
-    if not window.engine_ready:
-        wait_for(window.engineReady)
-    form.samplesSpin.setValue(32)
-    form.seqLenSpin.setValue(128)
-    form.heldoutSpin.setValue(8)
-    form.rankSpin.setValue(16)
-    form.alphaSpin.setValue(16.0)
+    app, window = open_demo_window()
+    small_init_form(window)
 
     # run 1: LoftQ, the uncalibrated baseline
-    form.methodCombo.setCurrentIndex(form.methodCombo.findData("loftq"))
-    settle()
+    set_method(window, "loftq")
     window.runButton.click()
-    wait_for(window.runEnded)
+    wait_for(window, window.runEnded)
 
     # run 2: QuAILoRA, grabbed half-way
-    form.methodCombo.setCurrentIndex(form.methodCombo.findData("quailora"))
-    settle()
+    set_method(window, "quailora")
     state = {"grabbed": False}
 
     def on_layer(event) -> None:
@@ -96,22 +35,22 @@ def main() -> int:
             state["grabbed"] = True
             window._refresh_charts(everything=True)
             window._update_progress()
-            grab("main-window-running.png")
+            grab(app, window, "main-window-running.png")
 
     window.layerReceived.connect(on_layer)
     window.runButton.click()
-    outcome = wait_for(window.runEnded)[0]
+    outcome = wait_for(window, window.runEnded)[0]
     if outcome != "finished":
         raise SystemExit(f"the run ended with {outcome}: {window.logView.toPlainText()}")
 
     window.compareCombo.setCurrentIndex(1)  # overlay the LoftQ run
     if window.report is None:
-        wait_for(window.checksFinished)  # the form moved on to a fresh output folder
-    grab("main-window-finished.png")
+        wait_for(window, window.checksFinished)  # the form moved on to a fresh output folder
+    grab(app, window, "main-window-finished.png")
     window.tabs.setCurrentWidget(window.heatMap)
-    grab("main-window-heatmap.png")
+    grab(app, window, "main-window-heatmap.png")
     window.tabs.setCurrentWidget(window.comparePanel)
-    grab("main-window-compare.png")
+    grab(app, window, "main-window-compare.png")
     window.shutdown()
     window.close()
     return 0
