@@ -77,6 +77,43 @@ def make_config(model: str, calibration: str, output: str, samples: int, seq_len
     return cfg
 
 
+def write_results(stem: str, report: dict, md: str | None = None) -> Path:
+    """benchmarks/results/<stem>.json (and .md): every figure in the docs comes from one of these."""
+    import json
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{stem}.json"
+    path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    if md is not None:
+        (RESULTS / f"{stem}.md").write_text(md, encoding="utf-8")
+    return path
+
+
+def layer_grams(model, input_ids, names: list[str], batch: int = 8) -> dict:
+    """Sum of x^T x (float64) over all tokens for the inputs of the named Linear layers,
+    from a plain forward pass with hooks (independent of the engine's own statistics)."""
+    import torch
+
+    sums: dict = {}
+
+    def hook(name):
+        def fn(_module, args):
+            x = args[0].reshape(-1, args[0].shape[-1]).double()
+            sums[name] = sums.get(name, 0) + x.T @ x
+
+        return fn
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
+    try:
+        with torch.no_grad():
+            for s in range(0, input_ids.shape[0], batch):
+                model(input_ids=input_ids[s : s + batch], use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return sums
+
+
 def machine() -> dict:
     import torch
 

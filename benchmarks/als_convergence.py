@@ -14,14 +14,13 @@ calibrated error, and the time per iteration.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, bench_model, calibration_file, machine  # noqa: E402
+from _common import bench_model, calibration_file, layer_grams, machine, write_results  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,21 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     data = pack(load_texts(str(cal)), tok, args.samples, args.seq_len, 0, 0)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     names = [n.strip() for n in args.layers.split(",")]
-    sums: dict[str, torch.Tensor] = {}
-
-    def hook(name):
-        def fn(_m, a):
-            x = a[0].reshape(-1, a[0].shape[-1]).double()
-            sums[name] = sums.get(name, 0) + x.T @ x
-
-        return fn
-
-    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
-    with torch.no_grad():
-        for s in range(0, data.input_ids.shape[0], 8):
-            model(input_ids=data.input_ids[s : s + 8], use_cache=False)
-    for h in handles:
-        h.remove()
+    sums = layer_grams(model, data.input_ids, names)
     qc = QuantConfig(bits=8) if args.quant == "int8" else QuantConfig(quant_type=args.quant)
     n_tok = data.input_ids.numel()
     checkpoints = [c for c in (1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if c <= args.iters]
@@ -109,10 +94,9 @@ def main(argv: list[str] | None = None) -> int:
             ug = "" if r["undamped_gap"] is None else f"   reported (undamped) gap {r['undamped_gap']:.2e}"
             print(f"  after {r['iters']:>5} iterations: damped-objective gap {r['damped_gap']:.2e}{ug}")
     if not args.no_write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
         report = {"benchmark": "als_convergence", "machine": machine(), "model": label, "quant": args.quant,
                   "samples": args.samples, "seq_len": args.seq_len, "layers": out}  # fmt: skip
-        (RESULTS / "als_convergence.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        write_results("als_convergence", report)
     return 0
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, machine, make_config  # noqa: E402
+from _common import machine, make_config, write_results  # noqa: E402
 
 LLAMA3_8B = dict(
     hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
@@ -213,11 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(md)
         if not args.no_write:
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            stem = "gpu_llama8b" + ("-tiny" if args.tiny else "")
-            (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-            (RESULTS / f"{stem}.md").write_text(md, encoding="utf-8")
-            print(f"wrote {RESULTS / (stem + '.json')} and .md")
+            path = write_results("gpu_llama8b" + ("-tiny" if args.tiny else ""), report, md)
+            print(f"wrote {path} and .md")
     finally:
         if temp or not args.keep:
             shutil.rmtree(work if temp else work / "adapter", ignore_errors=True)

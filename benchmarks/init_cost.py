@@ -46,7 +46,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, bench_model, calibration_file, machine, make_config, peak_rss_mib  # noqa: E402
+from _common import (  # noqa: E402
+    bench_model,
+    calibration_file,
+    layer_grams,
+    machine,
+    make_config,
+    peak_rss_mib,
+    write_results,
+)
 
 HERE = Path(__file__).resolve()
 
@@ -243,21 +251,7 @@ def child_solvers(a: dict) -> dict:
     model = _load(a)
     n_blocks = model.config.num_hidden_layers
     names = [f"model.layers.{n_blocks // 2}.self_attn.q_proj", f"model.layers.{n_blocks // 2}.mlp.down_proj"]
-    grams: dict[str, torch.Tensor] = {}
-
-    def hook(name):
-        def fn(_m, args):
-            x = args[0].reshape(-1, args[0].shape[-1]).double()
-            grams[name] = grams.get(name, 0) + x.T @ x
-
-        return fn
-
-    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
-    with torch.no_grad():
-        for s in range(0, data.input_ids.shape[0], 8):
-            model(input_ids=data.input_ids[s : s + 8], use_cache=False)
-    for h in handles:
-        h.remove()
+    grams = layer_grams(model, data.input_ids, names)
     n_tok = data.input_ids.numel()
     iters, tol = InitSettings().als_iters, engine.ALS_TOL
     rows = []
@@ -540,11 +534,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(md)
         if not args.no_write:
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            stem = "init_cost" + (f"-{args.tag}" if args.tag else "")
-            (RESULTS / f"{stem}.json").write_text(json.dumps(r, indent=1) + "\n", encoding="utf-8")
-            (RESULTS / f"{stem}.md").write_text(md, encoding="utf-8")
-            print(f"wrote {RESULTS / (stem + '.json')} and .md")
+            path = write_results("init_cost" + (f"-{args.tag}" if args.tag else ""), r, md)
+            print(f"wrote {path} and .md")
         print(f"total {time.perf_counter() - t_all:.0f} s")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -38,7 +38,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DOCS, RESULTS, bench_model, calibration_file, line_plot, machine, make_config  # noqa: E402
+from _common import (  # noqa: E402
+    DOCS,
+    RESULTS,
+    bench_model,
+    calibration_file,
+    line_plot,
+    machine,
+    make_config,
+    write_results,
+)
 
 QUANTS = {
     "nf4": {"quantization__bits": 4, "quantization__quant_type": "nf4", "quantization__double_quant": True},
@@ -292,9 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(md)
         if not args.no_write:
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            (RESULTS / "init_quality.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-            (RESULTS / "init_quality.md").write_text(md, encoding="utf-8")
+            write_results("init_quality", report, md)
             png = plot(report, DOCS / "init_quality.png")
             print(f"wrote {RESULTS / 'init_quality.json'}, {RESULTS / 'init_quality.md'}, {png}")
             checkpoint.unlink(missing_ok=True)
