@@ -96,7 +96,7 @@ def preflight(config: RunConfig, build_demo: bool = True, on_event: EventCallbac
         )
     cal = config.calibration
     texts = load_texts(cal.source, cal.text_column, cal.dataset_config, cal.split)
-    if is_demo:
+    if is_demo:  # the builder logs its progress ("Building the demo model ... once")
         model_path = resolve_model_path(
             DEMO_MODEL, build_demo=build_demo, on_log=lambda message: on_event(Log("info", message))
         )

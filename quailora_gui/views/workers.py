@@ -43,19 +43,6 @@ class InitWorker(QObject):
     def _emit_event(self, event: Any) -> None:
         self.event.emit(event)
 
-    def _build_demo_model_if_needed(self) -> None:
-        """The demo model is built on first use (about a minute on a laptop CPU): do it here,
-        with its progress in the log, rather than silently inside the engine's load stage."""
-        from quailora_core.config import DEMO_MODEL
-        from quailora_core.demo import demo_model_path, ensure_demo_model, is_demo_path
-        from quailora_core.events import Log, Stage
-
-        if self.config.model.path != DEMO_MODEL or is_demo_path(demo_model_path()):
-            return
-        self._emit_event(Stage("load"))
-        self._emit_event(Log("info", "Building the demo model on this machine (once; about a minute)…"))
-        ensure_demo_model(on_log=lambda message: self._emit_event(Log("info", message)))
-
     @Slot()
     def run(self) -> None:
         from quailora_core.errors import Cancelled, QuailoraError
@@ -66,8 +53,7 @@ class InitWorker(QObject):
             if engine is None:
                 from quailora_core.engine import run_init
 
-                engine = run_init
-                self._build_demo_model_if_needed()
+                engine = run_init  # it builds the demo model on first use, logging its progress
             result = engine(self.config, self._emit_event, self.token)
         except Cancelled:
             self.cancelled.emit()
