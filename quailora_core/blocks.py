@@ -97,18 +97,6 @@ class BlockBatch:
     token_mask: torch.Tensor  # (batch, seq) bool, True for real tokens
 
 
-def _to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, tuple):
-        return tuple(_to_device(v, device) for v in value)
-    if isinstance(value, list):
-        return [_to_device(v, device) for v in value]
-    if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    return value
-
-
 def _embedding_modules(model: nn.Module, blocks: DecoderBlocks) -> list[nn.Module]:
     """Everything that may run before block 0 (embeddings, rotary tables), i.e. every
     module outside the block list and outside the output head."""
