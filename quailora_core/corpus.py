@@ -7,6 +7,11 @@ without a download. CPython ships plenty of it:
   fixed, sorted list of general-purpose stdlib modules (`PRETRAIN_MODULES`: collections,
   pathlib, argparse, ...), module by module, then each public class and function defined
   there, then each class's methods. This is what the demo model is pretrained on.
+* **Broad pretraining domain** (`broad_pretraining_corpus`, `source_docstrings`): the
+  docstrings of the whole standard library and of large installed packages (numpy, pandas,
+  torch, networkx, sympy, transformers), about 23 M characters, read from the source with
+  `ast` (nothing is imported). For benchmark models that need far more text than the
+  stdlib's API docs: the amount depends on the installed versions, so callers record it.
 * **Fine-tuning domain** (`finetune_corpus`): the Python *language reference* topic texts
   that `pydoc` shows for `help("assert")` etc. (`pydoc_data.topics.topics`), cut into
   paragraphs. Long-form grammar and semantics prose instead of API docstrings: a genuine
@@ -20,11 +25,15 @@ first occurrence wins when deduplicating). Nothing here downloads or writes anyt
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import inspect
 import re
+import sysconfig
 import warnings
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 # General-purpose modules: the "pretraining" domain. Only modules that import quickly
 # and without side effects on every platform (no tkinter, no turtle, no idlelib).
@@ -140,3 +149,61 @@ def finetune_corpus(max_chars: int | None = None) -> list[str]:
         para for key in sorted(topics) for para in re.split(r"\n\s*\n", topics[key]) if para.strip()
     )
     return _collect(paragraphs, max_chars, min_chars=80)
+
+
+# Packages whose docstrings make up the broad pretraining domain, in this order. All are
+# installed with this project (directly or as dependencies of torch / datasets); "stdlib"
+# is the whole standard library. Missing ones are skipped.
+BROAD_PACKAGES: tuple[str, ...] = ("stdlib", "numpy", "pandas", "torch", "networkx", "sympy", "transformers")
+
+# Parts of the standard library that are not general API documentation, or that hold the
+# fine-tuning domain (pydoc_data), or that are not importable everywhere anyway.
+_STDLIB_SKIP = frozenset({
+    "site-packages", "dist-packages", "test", "tests", "idlelib", "tkinter", "turtledemo",
+    "lib2to3", "pydoc_data", "ensurepip", "__pycache__",
+})  # fmt: skip
+
+
+def _package_files(package: str) -> list[Path]:
+    """The sorted .py files of an installed package ("stdlib": the standard library)."""
+    if package == "stdlib":
+        root = Path(sysconfig.get_paths()["stdlib"])
+        skip = _STDLIB_SKIP
+    else:
+        spec = importlib.util.find_spec(package)  # a top-level name: finds, does not import
+        if spec is None or not spec.submodule_search_locations:
+            return []
+        root = Path(next(iter(spec.submodule_search_locations)))
+        skip = frozenset({"test", "tests", "testing", "__pycache__"})
+    return sorted(f for f in root.rglob("*.py") if not skip.intersection(f.relative_to(root).parts[:-1]))
+
+
+def _file_docs(path: Path) -> Iterator[str]:
+    """Module, class and function docstrings of one source file, in source order."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
+        return
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield ast.get_docstring(node) or ""
+
+
+def source_docstrings(packages: Iterable[str] = BROAD_PACKAGES, max_chars: int | None = None) -> list[str]:
+    """Docstrings parsed from the source of the given installed packages (never imported).
+
+    Deterministic for given installed versions: files in sorted order, first occurrence of
+    a docstring wins, docstrings under `MIN_DOC_CHARS` skipped; stops after the entry that
+    reaches `max_chars` characters in total (None: no limit).
+    """
+    return _collect(
+        (doc for pkg in packages for f in _package_files(pkg) for doc in _file_docs(f)), max_chars
+    )
+
+
+def broad_pretraining_corpus(max_chars: int | None = None) -> list[str]:
+    """The broad pretraining domain: docstrings of the stdlib and of `BROAD_PACKAGES`.
+
+    Disjoint from `finetune_corpus` (the language reference lives in pydoc_data, skipped).
+    """
+    return source_docstrings(BROAD_PACKAGES, max_chars)

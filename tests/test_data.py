@@ -357,3 +357,27 @@ def test_corpus_is_deterministic_deduplicated_and_disjoint():
     assert len(fine) > 100 and not set(pre) & set(fine)
     capped = corpus.stdlib_docstrings(max_chars=5_000)
     assert capped == pre[: len(capped)] and 5_000 <= sum(map(len, capped)) < 5_000 + max(map(len, capped))
+
+
+def test_source_docstrings_read_packages_without_importing_them():
+    """The broad corpus parses source files: a package that is not imported stays unimported,
+    the stdlib part skips pydoc_data (the fine-tuning domain), and the cap is honoured."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from quailora_core import corpus; "
+        "docs = corpus.source_docstrings(('stdlib', 'numpy'), max_chars=2_000_000); "
+        "print(len(docs), sum(map(len, docs)), 'numpy' in sys.modules, 'antigravity' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    n_docs, n_chars = int(out[0]), int(out[1])
+    assert n_docs > 1000 and 2_000_000 <= n_chars < 2_100_000
+    assert out[2:] == ["False", "False"]  # found and parsed, never imported (antigravity opens a browser)
+    docs = corpus.source_docstrings(("stdlib",), max_chars=300_000)
+    assert docs == corpus.source_docstrings(("stdlib",), max_chars=300_000)
+    assert len(docs) == len(set(docs)) and min(map(len, docs)) >= corpus.MIN_DOC_CHARS
+    assert not set(docs) & set(corpus.finetune_corpus())
+    assert corpus.source_docstrings(("no_such_package_here",)) == []
