@@ -17,6 +17,8 @@ training then stops early and `bench_model.json` says so.
 
     python benchmarks/pretrain_tiny.py --size small
     python benchmarks/pretrain_tiny.py --size medium --steps 600 --force
+    python benchmarks/pretrain_tiny.py --size broad-xs --max-minutes 45   # ~25 min each
+    python benchmarks/pretrain_tiny.py --size broad-s --max-minutes 45
 """
 
 from __future__ import annotations
@@ -36,17 +38,37 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 MARKER = "bench_model.json"
 MARKER_KIND = "quailora-bench-model"
 
-# Chosen so that each size trains in roughly 8-10 minutes on two busy CPU cores.
+# "small" / "medium": stdlib docstrings (164 k tokens), each about 8-10 minutes on two busy
+# CPU cores. They see that text about 6 and 2 times and stay far from converged, which leaves
+# them nearly insensitive to 4-bit quantization (see docs/benchmarks.md, section 4).
+# "broad-xs" / "broad-s": the broad corpus (docstrings of the stdlib and of large installed
+# packages, about 6.7 M tokens), about 25 minutes each on one core of this machine (both
+# at once): broad-xs sees ~10.6 M tokens, broad-s ~3.3 M, so both are far better trained.
 SIZES: dict[str, dict] = {
     "small": dict(
         hidden_size=256, intermediate_size=688, layers=6, heads=8, kv_heads=4, vocab_size=4000,
-        steps=500, seq_len=256, batch_size=8, lr=2e-3,
+        steps=500, seq_len=256, batch_size=8, lr=2e-3, corpus="stdlib",
     ),
     "medium": dict(
         hidden_size=384, intermediate_size=1024, layers=8, heads=12, kv_heads=4, vocab_size=4000,
-        steps=160, seq_len=256, batch_size=8, lr=2e-3,
+        steps=160, seq_len=256, batch_size=8, lr=2e-3, corpus="stdlib",
+    ),
+    "broad-xs": dict(
+        hidden_size=128, intermediate_size=352, layers=4, heads=4, kv_heads=2, vocab_size=4000,
+        steps=2600, seq_len=256, batch_size=16, lr=3e-3, corpus="broad",
+    ),
+    "broad-s": dict(
+        hidden_size=256, intermediate_size=688, layers=6, heads=8, kv_heads=4, vocab_size=4000,
+        steps=1600, seq_len=256, batch_size=8, lr=2e-3, corpus="broad",
     ),
 }  # fmt: skip
+
+
+def corpus_texts(name: str) -> list[str]:
+    """The pretraining text of a recipe: "stdlib" docstrings or the "broad" corpus."""
+    from quailora_core.corpus import broad_pretraining_corpus, pretraining_corpus
+
+    return broad_pretraining_corpus() if name == "broad" else pretraining_corpus()
 
 
 def bench_root() -> Path:
@@ -74,7 +96,6 @@ def find_model(size: str = "small") -> Path | None:
 
 
 def build(size: str, steps: int | None, out: str | None, force: bool, max_minutes: float, threads: int) -> dict:
-    from quailora_core.corpus import pretraining_corpus
     from quailora_core.demo import build_tiny_llm
 
     final = model_dir(size, out)
@@ -83,18 +104,21 @@ def build(size: str, steps: int | None, out: str | None, force: bool, max_minute
         print(f"{final} is already built (use --force to rebuild).")
         return stats
     recipe = dict(SIZES[size])
+    corpus = recipe.pop("corpus")
     if steps:
         recipe["steps"] = steps
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     t0 = time.perf_counter()
     try:
-        texts = pretraining_corpus()
+        texts = corpus_texts(corpus)
         stats = build_tiny_llm(
             tmp, texts=texts, seed=0, num_threads=threads, max_seconds=max_minutes * 60.0,
             on_log=lambda m: print(m, flush=True), **recipe,
         )  # fmt: skip
-        stats = {"kind": MARKER_KIND, "size": size, "threads": threads, "max_minutes": max_minutes, **stats}
+        stats = {"kind": MARKER_KIND, "size": size, "corpus": corpus, "corpus_documents": len(texts),
+                 "corpus_chars": sum(map(len, texts)), "threads": threads, "max_minutes": max_minutes,
+                 **stats}  # fmt: skip
         stats["wall_seconds"] = round(time.perf_counter() - t0, 1)
         (tmp / MARKER).write_text(json.dumps(stats, indent=2), encoding="utf-8")
         if final.exists():
