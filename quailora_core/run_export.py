@@ -27,13 +27,8 @@ from .adapter import atomic_dir, copy_adapter
 from .config import DEMO_MODEL, RunConfig, check_output_dir
 from .data import looks_like_hub_id
 from .errors import InputError
+from .run_layout import ADAPTER_DIR, DATA_DIR, LAUNCHER, OUTPUT_DIR, RUN_FILE
 from .train import adapter_dir, check_settings, read_adapter, recorded_quantization
-
-RUN_FILE = "run.toml"
-LAUNCHER = "launch.sh"
-ADAPTER_DIR = "adapter"
-DATA_DIR = "data"
-OUTPUT_DIR = "output"
 
 LAUNCH_SH = """#!/usr/bin/env bash
 # Fine-tune the QuAILoRA-initialized adapter of this run folder (see README.md).
@@ -145,7 +140,7 @@ A self-contained QLoRA fine-tuning run, exported by QuAILoRA Studio (`quailora e
 | file | what it is |
 |---|---|
 | `run.toml` | the run: base model, quantization, training settings; paths relative to this folder |
-| `adapter/` | the QuAILoRA-initialized LoRA adapter ({meta['init']['method']}, rank {meta['lora']['rank']}, {quant}) |
+| `adapter/` | the QuAILoRA-initialized LoRA adapter ({meta["init"]["method"]}, rank {meta["lora"]["rank"]}, {quant}) |
 | `data/` | the training data (copied here when it was a local file) |
 | `launch.sh` | starts the training with `accelerate launch` |
 

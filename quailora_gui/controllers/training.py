@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quailora_core.run_layout import OUTPUT_DIR, RUN_FILE
+
 from .formatting import fmt_duration, fmt_gb
 
-RUN_FILE = "run.toml"  # quailora_core.run_export.RUN_FILE (not imported: the core is heavy)
-TRAIN_OUTPUT = "output"  # quailora_core.run_export.OUTPUT_DIR
+TRAIN_OUTPUT = OUTPUT_DIR  # where the trained adapter and checkpoints of a run folder go
 STDERR_TAIL = 20  # stderr lines kept to explain a crash
 ETA_WINDOW = 20  # steps the ETA averages over
 SMOOTHING = 0.9  # weight of the moving average drawn through the training loss

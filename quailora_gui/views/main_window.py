@@ -45,7 +45,7 @@ from .form_view import RunForm
 from .panels import ComparePanel, ProgressPanel
 from .table import ResultsTable
 from .training_view import TrainingPanel, TrainingProcess
-from .workers import CheckWorker, InitWorker
+from .workers import CallWorker, CheckWorker, InitWorker
 
 CHECK_DEBOUNCE_MS = 250
 REFRESH_MS = 150  # charts redraw at most this often while layers stream in
@@ -255,6 +255,8 @@ class MainWindow(QMainWindow):
         self.resumeTrainingButton = p.resumeTrainingButton
         self.training = TrainingState()
         self.training_active = False
+        self.exporting = False  # a run folder is being written (in a CallWorker thread)
+        self._export_then: tuple[Callable[[Path], None], str] = (lambda run_dir: None, "")
         self.train_run_dir: str | None = None  # the run folder of the last launch (Resume trains it)
         # added to the child's environment (tests pin OMP_NUM_THREADS=1)
         self.training_env: dict[str, str] = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -767,7 +769,7 @@ class MainWindow(QMainWindow):
         from ..controllers.training import has_checkpoint
 
         p = self.trainingPanel
-        idle = not self.training_active and not self.running
+        idle = not self.training_active and not self.running and not self.exporting
         has_run = self.displayed is not None
         p.exportRunButton.setEnabled(has_run and idle)
         p.launchTrainingButton.setEnabled(has_run and idle and bool(p.trainOutputEdit.text().strip()))
@@ -783,9 +785,10 @@ class MainWindow(QMainWindow):
 
     def export_run(self, dest: str | None = None) -> str | None:
         """Write the run folder (run.toml, adapter, data, launch.sh) for the shown run's adapter
-        into `dest` (asked for when None); show where it went and how to start it."""
+        into `dest` (asked for when None), in a worker thread; then show where it went and how
+        to start it (`exported`). Returns the folder being written, or None."""
         run = self.displayed
-        if run is None:
+        if run is None or self.exporting:
             return None
         if dest is None:
             dest = QFileDialog.getExistingDirectory(self, "Export the run to", self._last_dir())
@@ -797,16 +800,12 @@ class MainWindow(QMainWindow):
             if is_free_output(dest)
             else next_free_output(str(Path(dest) / (Path(run.output_dir).name + "-run")))
         )
-        from quailora_core.errors import QuailoraError
-        from quailora_core.run_export import export_run
+        self._export_in_thread(target, self._on_run_exported, "Export failed")
+        return target
 
+    def _on_run_exported(self, run_dir: Path) -> None:
         from ..controllers.training import launch_text
 
-        try:
-            run_dir = export_run(self._training_config(), target)
-        except (QuailoraError, OSError) as exc:
-            self._dialogs.append(show_input_error(self, exc, "Export failed"))
-            return None
         written = [("Run folder", str(run_dir)), ("Launcher", str(run_dir / "launch.sh"))]
         self.log(f"Run exported to {run_dir}; start it with {run_dir / 'launch.sh'}")
         dialog = ExportDialog(
@@ -816,27 +815,70 @@ class MainWindow(QMainWindow):
         dialog.open()
         self._dialogs.append(dialog)
         self.exported.emit(written)
-        return str(run_dir)
 
     def launch_training(self) -> bool:
-        """Export the run into the output folder and train it there in a child process."""
+        """Export the run into the output folder (worker thread), then train it there in a
+        child process. Returns whether the export started."""
         run = self.displayed
-        if run is None or self.training_active or self.running:
+        if run is None or self.training_active or self.running or self.exporting:
             return False
         out = self.trainingPanel.trainOutputEdit.text().strip()
-        from quailora_core.errors import QuailoraError
-        from quailora_core.run_export import export_run
+        self._export_in_thread(out, self._on_exported_for_training, "Cannot launch the training")
+        return True
 
-        try:
-            run_dir = export_run(self._training_config(), out)
-        except (QuailoraError, OSError) as exc:
-            self._dialogs.append(show_input_error(self, exc, "Cannot launch the training"))
-            return False
+    def _on_exported_for_training(self, run_dir: Path) -> None:
         self.log(f"Run exported to {run_dir}")
         self.training.reset()
         self.trainingPanel.show_state(self.training)
         self._start_training(str(run_dir), resume=False)
+
+    def _export_in_thread(self, target: str, on_done: Callable[[Path], None], failure_title: str) -> None:
+        """quailora_core.run_export.export_run(<the shown run's training config>, target) in a
+        CallWorker thread; then `on_done(run_dir)` on the GUI thread, or an error dialog."""
+        from quailora_core.run_export import export_run
+
+        config = self._training_config()
+        self.exporting = True
+        self._export_then = (on_done, failure_title)
+        self._sync_training_actions()
+        self.log(f"Exporting the run to {target} …")
+        thread = QThread(self)
+        thread.setObjectName("exportThread")
+        worker = CallWorker(export_run, config, target)
+        worker.moveToThread(thread)
+        thread.started.connect(worker.run)
+        # bound methods of this window (a QObject of the GUI thread): Qt queues the calls there
+        queued = Qt.ConnectionType.QueuedConnection
+        worker.succeeded.connect(self._on_export_succeeded, queued)
+        worker.failed.connect(self._on_export_failed, queued)
+        for signal in (worker.succeeded, worker.failed):
+            signal.connect(thread.quit, queued)
+        thread.finished.connect(self._on_thread_finished, queued)
+        self._run_threads.append((thread, worker))
+        thread.start()
+
+    def _export_finished(self) -> bool:
+        """Re-enable the actions; False after shutdown (then nothing more is shown)."""
+        self.exporting = False
+        if self._shut_down:
+            return False
+        self._sync_training_actions()
         return True
+
+    @Slot(object)
+    def _on_export_succeeded(self, run_dir: Any) -> None:
+        if self._export_finished():
+            self._export_then[0](Path(run_dir))
+
+    @Slot(object)
+    def _on_export_failed(self, exc: Any) -> None:
+        from quailora_core.errors import QuailoraError
+
+        if not self._export_finished():
+            return
+        if not isinstance(exc, (QuailoraError, OSError)):
+            exc = QuailoraError(f"The export failed: {checks.error_text(exc)}")
+        self._dialogs.append(show_input_error(self, exc, self._export_then[1]))
 
     def resume_training(self) -> bool:
         """Continue the last launched run from its newest checkpoint (the step count goes on)."""

@@ -122,3 +122,25 @@ class CheckWorker(QObject):
             self.warmed.emit(error_text(exc))
             return
         self.warmed.emit("")
+
+
+class CallWorker(QObject):
+    """Runs one Qt-free core call in a QThread, so that slow file work (export_run copying a
+    data folder) never freezes the window. Then exactly one of `succeeded(result)` or
+    `failed(exception)`."""
+
+    succeeded = Signal(object)
+    failed = Signal(object)
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        super().__init__()
+        self._fn, self._args = fn, args
+
+    @Slot()
+    def run(self) -> None:
+        try:
+            result = self._fn(*self._args)
+        except Exception as exc:  # reported to the window as a dialog, never a crash
+            self.failed.emit(exc)
+        else:
+            self.succeeded.emit(result)

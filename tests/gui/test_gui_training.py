@@ -147,8 +147,22 @@ def test_failing_run_shows_its_cause_and_export_run_still_works(
     window.trainingPanel.trainDataEdit.setText(str(good))
     dest = tmp_path / "exported"
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(dest))
+    import threading
+
+    import quailora_core.run_export as run_export
+
+    threads = []  # the real export_run, called from whichever thread the window uses
+
+    def export_run(*args, **kwargs):
+        threads.append(threading.current_thread())
+        return real_export_run(*args, **kwargs)
+
+    real_export_run = run_export.export_run
+    monkeypatch.setattr(run_export, "export_run", export_run)
     with qtbot.waitSignal(window.exported, timeout=30_000):
         click(qtbot, window.exportRunButton)
+    # copying the data happened in a worker thread: the window stays responsive for big folders
+    assert len(threads) == 1 and threads[0] is not threading.main_thread()
     assert sorted(p.name for p in dest.iterdir()) == ["README.md", "adapter", "data", "launch.sh", "run.toml"]
     run_toml = (dest / "run.toml").read_text()
     assert 'data = "data/repeated.txt"' in run_toml and "max_steps = 5" in run_toml
@@ -236,3 +250,29 @@ def test_lines_events_eta_and_outcomes():
     assert done.outcome(0, False, stop_requested=True).kind == "finished"  # it ended before the stop
     cmd = train_command("/r", resume=True, max_steps=80)
     assert cmd[1:] == ["-m", "quailora_core.train", "/r/run.toml", "--json", "--resume", "--max-steps", "80"]
+
+
+def test_launch_into_a_used_folder_explains_why_and_starts_nothing(
+    qtbot, window, tiny_model_dir, text_file, tmp_path
+):
+    """The export runs in a worker thread; its refusal comes back as a dialog, the actions
+    come back, and no child process is started."""
+    initialized_window(qtbot, window, tiny_model_dir, text_file, tmp_path)
+    data = tmp_path / "repeated.txt"
+    data.write_text(REPEATED, encoding="utf-8")
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "notes.txt").write_text("someone else's file", encoding="utf-8")
+    fill_training(window, data, used, max_steps=5)
+    started: list[str] = []
+    window.trainingStarted.connect(started.append)
+    click(qtbot, window.launchTrainingButton)
+    assert window.exporting and not window.launchTrainingButton.isEnabled()
+    qtbot.waitUntil(lambda: not window.exporting, timeout=30_000)
+    dialog = window.findChild(QMessageBox, "errorDialog")
+    assert dialog is not None and dialog.isVisible() and str(used) in dialog.text() + dialog.informativeText()
+    assert dialog.windowTitle() == "Cannot launch the training"
+    assert sorted(p.name for p in used.iterdir()) == ["notes.txt"]  # nothing written there
+    assert not started and window.train_process.process.state() == QProcess.ProcessState.NotRunning
+    assert window.launchTrainingButton.isEnabled() and window.exportRunButton.isEnabled()
+    dialog.close()
