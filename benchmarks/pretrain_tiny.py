@@ -39,7 +39,7 @@ MARKER = "bench_model.json"
 MARKER_KIND = "quailora-bench-model"
 
 # "small" / "medium": stdlib docstrings (164 k tokens), each about 8-10 minutes on two busy
-# CPU cores. They see that text about 6 and 2 times and stay far from converged, which leaves
+# CPU cores. They see that text about 5 and 2 times and stay far from converged, which leaves
 # them nearly insensitive to 4-bit quantization (see docs/benchmarks.md, section 4).
 # "broad-xs" / "broad-s": the broad corpus (docstrings of the stdlib and of large installed
 # packages, about 6.7 M tokens), about 25 minutes each on one core of this machine (both
