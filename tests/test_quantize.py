@@ -48,3 +48,33 @@ def test_quantization_error_is_real_and_smaller_at_8_bit(tiny_llama):
     err4 = (w - quantize_dequantize(w, QuantConfig(bits=4))).norm() / w.norm()
     err8 = (w - quantize_dequantize(w, QuantConfig(bits=8))).norm() / w.norm()
     assert 0 < err8 < err4 < 0.2
+
+
+def test_training_an_8bit_layer_logs_no_per_step_noise(tmp_path):
+    """A user's training log must not fill with one bitsandbytes "inputs will be cast" line per
+    forward of an 8-bit layer, nor with transformers' deprecation warning that peft triggers;
+    bitsandbytes' other warnings still get through. Run in a fresh interpreter, as a training
+    process starts (`import quailora_core` first)."""
+    import subprocess
+    import sys
+
+    model = save_tiny("llama", tmp_path / "model")
+    code = f"""
+import logging, quailora_core, torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+logging.basicConfig(level=logging.WARNING)
+m = AutoModelForCausalLM.from_pretrained({str(model)!r}, dtype=torch.float32,
+                                         quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+m = get_peft_model(m, LoraConfig(r=2, target_modules="all-linear"))
+x = torch.randint(0, 100, (2, 8))
+for _ in range(3):
+    m(input_ids=x, labels=x).loss.backward()
+logging.getLogger("bitsandbytes.autograd._functions").warning("some other bitsandbytes warning")
+print("trained")
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "trained" in run.stdout, run.stderr[-2000:]
+    assert "inputs will be cast" not in run.stderr
+    assert "is_gradient_checkpointing" not in run.stderr
+    assert "some other bitsandbytes warning" in run.stderr
