@@ -159,7 +159,7 @@ def peak_rss_mib() -> float:
 
 
 # A colour-blind-safe palette (Okabe-Ito).
-PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#999999"]
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#999999", "#882255"]
 
 
 def line_plot(path: Path, panels: list[dict], title: str, width: int = 1500, height: int = 640) -> Path:
@@ -179,7 +179,7 @@ def line_plot(path: Path, panels: list[dict], title: str, width: int = 1500, hei
     win = pg.GraphicsLayoutWidget()
     win.resize(width, height)
     win.addLabel(title, row=0, col=0, colspan=len(panels), size="13pt")
-    symbols = ["o", "s", "t", "d", "+", "x", "star"]
+    symbols = ["o", "s", "t", "d", "+", "x", "star", "h", "p"]
     for i, panel in enumerate(panels):
         plot = win.addPlot(row=1, col=i, title=panel.get("title", ""))
         plot.setLogMode(x=panel.get("log_x", False), y=panel.get("log_y", False))

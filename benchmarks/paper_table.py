@@ -11,8 +11,9 @@ QLoRA. This script runs the same experiment on the benchmark models `broad-xs` a
   drawn from the TRAIN split only; the validation split is used for nothing but evaluation;
 * arms (same seeds, data, steps, hyperparameters): a LoRA on the unquantized base
   ("16-bit" reference: float32 on CPU, bf16 on CUDA), 8-bit QLoRA (B = 0), 4-bit QLoRA
-  (B = 0), 4-bit LoftQ, 4-bit QuAILoRA, 4-bit exact closed form, and QuAILoRA with the
-  `propagated` and `asymmetric` input sources;
+  (B = 0), 4-bit LoftQ, 4-bit QuAILoRA, 4-bit exact closed form, QuAILoRA with the
+  `propagated` and `asymmetric` input sources, and a control: QuAILoRA calibrated on the
+  base model's own pretraining text ("off-domain") instead of the fine-tuning train split;
 * every arm is initialized with `engine.run_init` and fine-tuned with `train.run_train`
   (the product's own code paths). The 16-bit arm trains the 4-bit QLoRA adapter (B = 0,
   same A) on the unquantized base: the script swaps `train.load_quantized_base` for an
@@ -64,7 +65,12 @@ ARMS = {
     "4-bit exact": (4, "exact", "fp"),
     "4-bit QuAILoRA propagated": (4, "quailora", "propagated"),
     "4-bit QuAILoRA asymmetric": (4, "quailora", "asymmetric"),
+    "4-bit QuAILoRA off-domain": (4, "quailora", "fp"),
 }
+# Control arm: calibrated on the base model's own PRETRAINING text instead of the fine-tuning
+# train split, to tell how much of QuAILoRA's result comes from calibrating on the new domain
+# and how much from repairing the quantization error itself.
+OFF_DOMAIN = {"4-bit QuAILoRA off-domain"}
 SWEEP_ARMS = ["8-bit QLoRA", "4-bit QLoRA", "4-bit QuAILoRA"]
 Q4, Q8 = "4-bit QLoRA", "8-bit QLoRA"
 
@@ -86,6 +92,23 @@ def split_corpus(folder: Path, val_fraction: float, seed: int = 1234) -> dict:
     return {"train": str(paths["train"]), "validation": str(paths["validation"]),
             "documents": len(docs), "train_documents": len(train), "validation_documents": len(val),
             "split_seed": seed}  # fmt: skip
+
+
+def pretraining_calibration_file(model: str, folder: Path, max_chars: int = 400_000) -> str:
+    """The start of the base model's pretraining text as a .txt file (the off-domain control's
+    calibration): the corpus its bench_model.json names, else the stdlib docstrings."""
+    from pretrain_tiny import MARKER
+
+    from quailora_core.corpus import broad_pretraining_corpus, pretraining_corpus
+
+    try:
+        corpus = json.loads((Path(model) / MARKER).read_text(encoding="utf-8")).get("corpus", "stdlib")
+    except (OSError, ValueError):
+        corpus = "stdlib"
+    docs = broad_pretraining_corpus(max_chars) if corpus == "broad" else pretraining_corpus(max_chars)
+    path = folder / f"pretraining-{corpus}.txt"
+    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    return str(path)
 
 
 # ---------------------------------------------------------------------------- one arm
@@ -180,13 +203,15 @@ def run_model(args, model: str, label: str, data: dict, work: Path, ranks: list[
                 else:
                     if arm not in calibrated:
                         adapter = work / f"init-{rank}-{arm}"
-                        calibrated[arm] = (adapter, init_adapter(args, model, data["train"], adapter, arm, rank, 0))
+                        cal = pretraining_calibration_file(model, work) if arm in OFF_DOMAIN else data["train"]
+                        calibrated[arm] = (adapter, init_adapter(args, model, cal, adapter, arm, rank, 0))
                     adapter, init_s = calibrated[arm]
                 out = work / f"train-{rank}-{seed}-{arm}"
                 res = train_arm(args, model, data, adapter, out, arm, seed)
                 shutil.rmtree(out, ignore_errors=True)
                 row = {"model": label, "arm": arm, "rank": rank, "seed": seed, "bits": bits, "method": method,
-                       "inputs": ARMS[arm][2], "init_seconds": init_s, **res,
+                       "inputs": ARMS[arm][2], "calibration": "pretraining" if arm in OFF_DOMAIN else "train split",
+                       "init_seconds": init_s, **res,
                        "arm_seconds": time.perf_counter() - t0}  # fmt: skip
                 runs.append(row)
                 print(f"[{time.perf_counter() - report['_t0']:7.0f}s] {label} r={rank} seed={seed} {arm:27s} "
@@ -417,7 +442,9 @@ def main(argv: list[str] | None = None) -> int:
         report["_name"] = f"{name}.json"
         for other in filter(None, args.merge.split(",")):
             extra = json.loads((RESULTS / f"{other.strip()}.json").read_text())
-            report["runs"] += extra["runs"]
+            have = {(r["model"], r["arm"], r["rank"], r["seed"]) for r in report["runs"]}
+            # a process that re-ran the always-run QLoRA arms (same seeds: identical runs) adds no duplicates
+            report["runs"] += [r for r in extra["runs"] if (r["model"], r["arm"], r["rank"], r["seed"]) not in have]
             report.setdefault("merged", []).append({"name": other, "setting": extra["setting"],
                                                     "total_seconds": extra.get("total_seconds")})
         report["summary"] = summarize(report["runs"])
