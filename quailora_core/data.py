@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import hub
 from .config import DEMO_CALIBRATION, CalibrationConfig
-from .errors import InputError
+from .errors import InputError, MissingColumnError
 
 if TYPE_CHECKING:
     import torch
@@ -137,11 +137,12 @@ def _no_text(source: str) -> InputError:
     return InputError(f"{source!r} contains no text.", "Give a file with at least a few paragraphs of text.")
 
 
-def _missing_column(source: str, column: str, columns: Sequence[str]) -> InputError:
+def _missing_column(source: str, column: str, columns: Sequence[str]) -> MissingColumnError:
     have = ", ".join(repr(c) for c in columns) or "none"
-    return InputError(
+    return MissingColumnError(
         f"{source!r} has no column {column!r}; its columns are {have}.",
         "Choose the column that holds the text (--text-column).",
+        columns=[str(c) for c in columns],
     )
 
 

@@ -26,6 +26,15 @@ class InputError(QuailoraError):
     """Bad input detected before any heavy work started (CLI exit code 2)."""
 
 
+class MissingColumnError(InputError):
+    """A tabular source lacks the asked-for text column. `columns` lists the ones it has, as
+    data, so a front end can offer them (the app's column chooser) without parsing the text."""
+
+    def __init__(self, message: str, hint: str = "", columns: list[str] | None = None) -> None:
+        super().__init__(message, hint)
+        self.columns = list(columns or [])
+
+
 class EngineError(QuailoraError):
     """A failure while the engine was running (CLI exit code 1)."""
 

@@ -173,6 +173,7 @@ def test_missing_column_lists_the_columns(tmp_path):
     path.write_text("question,answer\nwhy?,because\n")
     error = _refused(str(path), "no column 'text'", "'question', 'answer'")
     assert "--text-column" in error.hint
+    assert error.columns == ["question", "answer"]  # as data too: the app offers them to choose from
     _refused(str(_write(tmp_path, "parquet")), "no column 'body'", "'id', 'text'", text_column="body")
     _refused(str(_write(tmp_path, "jsonl")), "no column 'body'", "'id', 'text'", text_column="body")
 

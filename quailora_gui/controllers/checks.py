@@ -9,10 +9,8 @@ view runs this off the GUI thread (it imports torch the first time) and debounce
 
 from __future__ import annotations
 
-import ast
 import copy
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,21 +105,6 @@ class CheckReport:
         return next(iter(self.errors.values()), "")
 
 
-_COLUMNS_RE = re.compile(r"its columns are (.+)\.$")
-
-
-def columns_from_message(message: str) -> list[str]:
-    """The column names a missing-column InputError lists ('its columns are 'a', 'b'.')."""
-    match = _COLUMNS_RE.search(message)
-    if not match:
-        return []
-    try:
-        value = ast.literal_eval(f"[{match.group(1)}]")
-    except (ValueError, SyntaxError):
-        return []
-    return [str(v) for v in value]
-
-
 def _mtime(path: str) -> float:
     """Change marker of a local path (0 for hub ids and 'demo'), so edits on disk are seen."""
     p = Path(path)
@@ -193,7 +176,7 @@ class ConfigChecker:
     # ------------------------------------------------------------------ the check
     def check(self, config: Any) -> CheckReport:
         """Check a RunConfig (not modified) and return every problem found, per field."""
-        from quailora_core.errors import InputError
+        from quailora_core.errors import InputError, MissingColumnError
 
         config = copy.deepcopy(config)
         report = CheckReport()
@@ -245,7 +228,7 @@ class ConfigChecker:
             except InputError as exc:
                 key = TEXT_COLUMN if "column" in exc.message.lower() else CALIBRATION
                 errors[key] = error_text(exc)
-                report.columns = columns_from_message(exc.message)
+                report.columns = list(exc.columns) if isinstance(exc, MissingColumnError) else []
             except Exception as exc:
                 errors[CALIBRATION] = f"Could not read the calibration data: {error_text(exc)}"
 

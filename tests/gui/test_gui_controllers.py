@@ -181,10 +181,6 @@ def test_messages_of_validate_map_to_their_fields():
         checks.field_for_message("Device 'cuda' was asked for but no CUDA GPU is available.") == checks.DEVICE
     )
     assert checks.field_for_message("something else") == checks.GENERAL
-    assert checks.columns_from_message("'a.csv' has no column 'text'; its columns are 'id', 'body'.") == [
-        "id",
-        "body",
-    ]
 
 
 def test_checker_reports_each_problem_next_to_its_field(tmp_path):
