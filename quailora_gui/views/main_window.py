@@ -827,6 +827,9 @@ class MainWindow(QMainWindow):
         return True
 
     def _on_exported_for_training(self, run_dir: Path) -> None:
+        if self.running:  # an initialization was started while the folder was being copied
+            self.log(f"Run exported to {run_dir}; not launched while an initialization runs.", "warning")
+            return
         self.log(f"Run exported to {run_dir}")
         self.training.reset()
         self.trainingPanel.show_state(self.training)
