@@ -27,7 +27,7 @@ Calibrated initializations (loftq, quailora, exact, ...) are computed once per m
 rank (calibration seed 0); the B = 0 adapters are made per seed (their random A depends on
 the seed). The training seed changes the data order. Seed noise is reported.
 
-    python benchmarks/paper_table.py                   # the documented run (broad-xs + broad-s, ~21 min)
+    python benchmarks/paper_table.py                   # the documented run (broad-xs + broad-s, ~23 min)
     python benchmarks/paper_table.py --quick           # smoke test, a couple of minutes
     python benchmarks/paper_table.py --model /path/to/hf-model --device cuda --steps 500
     python benchmarks/paper_table.py --replot          # redraw tables and plots from the JSON
