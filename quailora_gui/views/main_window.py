@@ -661,16 +661,21 @@ class MainWindow(QMainWindow):
             self.exportChartsAction.setEnabled(has_results)
             self.exportCsvAction.setEnabled(has_results)
 
+    def _chosen_folder(self, dest: str | None, title: str) -> str | None:
+        """`dest`, or the folder the user picks when it is None (None if they cancel); remembered
+        as the next dialog's starting folder."""
+        if dest is None:
+            dest = QFileDialog.getExistingDirectory(self, title, self._last_dir()) or None
+        if dest is not None:
+            self._remember_dir(dest)
+        return dest
+
     def export_adapter(self, dest: str | None = None) -> str | None:
         """Copy the shown run's adapter into `dest` (asked for when None); show how to load it."""
         run = self.displayed
-        if run is None:
-            return None
+        dest = self._chosen_folder(dest, "Export the adapter to") if run is not None else None
         if dest is None:
-            dest = QFileDialog.getExistingDirectory(self, "Export the adapter to", self._last_dir())
-            if not dest:
-                return None
-        self._remember_dir(dest)
+            return None
         target = dest if is_free_output(dest) else str(Path(dest) / Path(run.output_dir).name)
         from quailora_core.adapter import copy_adapter, loading_code
         from quailora_core.errors import QuailoraError
@@ -691,13 +696,9 @@ class MainWindow(QMainWindow):
 
     def export_charts(self, folder: str | None = None) -> list[str]:
         """Save the layer-error chart and the heat map as PNG files in `folder`."""
-        if not len(self.results):
-            return []
+        folder = self._chosen_folder(folder, "Save the charts in") if len(self.results) else None
         if folder is None:
-            folder = QFileDialog.getExistingDirectory(self, "Save the charts in", self._last_dir())
-            if not folder:
-                return []
-        self._remember_dir(folder)
+            return []
         self._refresh_charts(everything=True)
         Path(folder).mkdir(parents=True, exist_ok=True)
         written = []
@@ -788,13 +789,9 @@ class MainWindow(QMainWindow):
         into `dest` (asked for when None), in a worker thread; then show where it went and how
         to start it (`exported`). Returns the folder being written, or None."""
         run = self.displayed
-        if run is None or self.exporting:
-            return None
+        dest = self._chosen_folder(dest, "Export the run to") if run is not None and not self.exporting else None
         if dest is None:
-            dest = QFileDialog.getExistingDirectory(self, "Export the run to", self._last_dir())
-            if not dest:
-                return None
-        self._remember_dir(dest)
+            return None
         target = (
             dest
             if is_free_output(dest)
