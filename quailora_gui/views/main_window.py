@@ -650,7 +650,7 @@ class MainWindow(QMainWindow):
 
     # ================================================================== export
     def _sync_export_actions(self) -> None:
-        has_adapter = self.displayed is not None and not self.running
+        has_adapter = self.displayed is not None and not self.running and not self.exporting
         has_results = len(self.results) > 0 and not self.running
         self.exportAdapterButton.setEnabled(has_adapter)
         self.exportChartsButton.setEnabled(has_results)
@@ -671,28 +671,26 @@ class MainWindow(QMainWindow):
         return dest
 
     def export_adapter(self, dest: str | None = None) -> str | None:
-        """Copy the shown run's adapter into `dest` (asked for when None); show how to load it."""
+        """Copy the shown run's adapter into `dest` (asked for when None) in a worker thread (a
+        rank-64 adapter of a 70B model is ~1 GB); then show how to load it (`exported`).
+        Returns the folder being written, or None."""
         run = self.displayed
-        dest = self._chosen_folder(dest, "Export the adapter to") if run is not None else None
+        dest = self._chosen_folder(dest, "Export the adapter to") if run is not None and not self.exporting else None
         if dest is None:
             return None
         target = dest if is_free_output(dest) else str(Path(dest) / Path(run.output_dir).name)
-        from quailora_core.adapter import copy_adapter, loading_code
-        from quailora_core.errors import QuailoraError
+        from quailora_core.adapter import copy_adapter
 
-        try:
-            copy_adapter(run.output_dir, target)
-            code = loading_code(target)
-        except QuailoraError as exc:
-            self._dialogs.append(show_input_error(self, exc, "Export failed"))
-            return None
-        except OSError as exc:
-            self._dialogs.append(show_input_error(self, exc, "Export failed"))
-            return None
-        written = [("Adapter", target)]
-        self.log(f"Adapter exported to {target}")
-        self._show_export_dialog(written, code, target)
+        source = run.output_dir
+        self._export_in_thread(lambda: copy_adapter(source, target), self._on_adapter_exported, "Export failed", target)
         return target
+
+    def _on_adapter_exported(self, target: Path) -> None:
+        from quailora_core.adapter import loading_code
+
+        written = [("Adapter", str(target))]
+        self.log(f"Adapter exported to {target}")
+        self._show_export_dialog(written, loading_code(target), str(target))
 
     def export_charts(self, folder: str | None = None) -> list[str]:
         """Save the layer-error chart and the heat map as PNG files in `folder`."""
@@ -797,7 +795,7 @@ class MainWindow(QMainWindow):
             if is_free_output(dest)
             else next_free_output(str(Path(dest) / (Path(run.output_dir).name + "-run")))
         )
-        self._export_in_thread(target, self._on_run_exported, "Export failed")
+        self._export_run_in_thread(target, self._on_run_exported, "Export failed")
         return target
 
     def _on_run_exported(self, run_dir: Path) -> None:
@@ -820,7 +818,7 @@ class MainWindow(QMainWindow):
         if run is None or self.training_active or self.running or self.exporting:
             return False
         out = self.trainingPanel.trainOutputEdit.text().strip()
-        self._export_in_thread(out, self._on_exported_for_training, "Cannot launch the training")
+        self._export_run_in_thread(out, self._on_exported_for_training, "Cannot launch the training")
         return True
 
     def _on_exported_for_training(self, run_dir: Path) -> None:
@@ -832,19 +830,27 @@ class MainWindow(QMainWindow):
         self.trainingPanel.show_state(self.training)
         self._start_training(str(run_dir), resume=False)
 
-    def _export_in_thread(self, target: str, on_done: Callable[[Path], None], failure_title: str) -> None:
+    def _export_run_in_thread(self, target: str, on_done: Callable[[Path], None], failure_title: str) -> None:
         """quailora_core.run_export.export_run(<the shown run's training config>, target) in a
-        CallWorker thread; then `on_done(run_dir)` on the GUI thread, or an error dialog."""
+        worker thread; then `on_done(run_dir)` on the GUI thread, or an error dialog."""
         from quailora_core.run_export import export_run
 
-        config = self._training_config()
+        config = self._training_config()  # read from the widgets here, on the GUI thread
+        self._export_in_thread(lambda: export_run(config, target), on_done, failure_title, target)
+
+    def _export_in_thread(
+        self, job: Callable[[], Path], on_done: Callable[[Path], None], failure_title: str, target: str
+    ) -> None:
+        """Run a Qt-free file job (copy an adapter, write a run folder) in a CallWorker thread,
+        with the export actions disabled meanwhile; then `on_done(its result)` on the GUI
+        thread, or an error dialog titled `failure_title`."""
         self.exporting = True
         self._export_then = (on_done, failure_title)
-        self._sync_training_actions()
-        self.log(f"Exporting the run to {target} …")
+        self._sync_export_actions()
+        self.log(f"Exporting to {target} …")
         thread = QThread(self)
         thread.setObjectName("exportThread")
-        worker = CallWorker(export_run, config, target)
+        worker = CallWorker(job)
         worker.moveToThread(thread)
         thread.started.connect(worker.run)
         # bound methods of this window (a QObject of the GUI thread): Qt queues the calls there
@@ -862,7 +868,7 @@ class MainWindow(QMainWindow):
         self.exporting = False
         if self._shut_down:
             return False
-        self._sync_training_actions()
+        self._sync_export_actions()
         return True
 
     @Slot(object)

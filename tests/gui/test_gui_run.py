@@ -88,8 +88,19 @@ def test_run_charts_the_engine_numbers_and_exports_an_adapter_peft_loads(
     # export the adapter to a chosen folder; the dialog shows where and how to load it
     dest = tmp_path / "exported"
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(dest))
+    import threading
+
+    import quailora_core.adapter as adapter_module
+
+    copied_in = []  # the real copy_adapter, called from whichever thread the window uses
+    real_copy = adapter_module.copy_adapter
+    monkeypatch.setattr(
+        adapter_module, "copy_adapter", lambda *a, **k: copied_in.append(threading.current_thread()) or real_copy(*a, **k)
+    )
     with qtbot.waitSignal(window.exported, timeout=10_000):
         qtbot.mouseClick(window.exportAdapterButton, Qt.MouseButton.LeftButton)
+    assert len(copied_in) == 1 and copied_in[0] is not threading.main_thread()  # the window stays responsive
+    assert (dest / "adapter_model.safetensors").is_file()
     dialog = window.findChild(QDialog, "exportDialog")
     assert dialog.isVisible() and str(dest) in dialog.whereLabel.text()
     code = dialog.findChild(QPlainTextEdit, "loadingCodeView").toPlainText()
