@@ -97,15 +97,9 @@ def split_corpus(folder: Path, val_fraction: float, seed: int = 1234) -> dict:
 def pretraining_calibration_file(model: str, folder: Path, max_chars: int = 400_000) -> str:
     """The start of the base model's pretraining text as a .txt file (the off-domain control's
     calibration): the corpus its bench_model.json names, else the stdlib docstrings."""
-    from pretrain_tiny import MARKER
+    from pretrain_tiny import model_pretraining_text
 
-    from quailora_core.corpus import broad_pretraining_corpus, pretraining_corpus
-
-    try:
-        corpus = json.loads((Path(model) / MARKER).read_text(encoding="utf-8")).get("corpus", "stdlib")
-    except (OSError, ValueError):
-        corpus = "stdlib"
-    docs = broad_pretraining_corpus(max_chars) if corpus == "broad" else pretraining_corpus(max_chars)
+    corpus, docs = model_pretraining_text(model, max_chars)
     path = folder / f"pretraining-{corpus}.txt"
     path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
     return str(path)

@@ -64,11 +64,22 @@ SIZES: dict[str, dict] = {
 }  # fmt: skip
 
 
-def corpus_texts(name: str) -> list[str]:
+def corpus_texts(name: str, max_chars: int | None = None) -> list[str]:
     """The pretraining text of a recipe: "stdlib" docstrings or the "broad" corpus."""
     from quailora_core.corpus import broad_pretraining_corpus, pretraining_corpus
 
-    return broad_pretraining_corpus() if name == "broad" else pretraining_corpus()
+    return broad_pretraining_corpus(max_chars) if name == "broad" else pretraining_corpus(max_chars)
+
+
+def model_pretraining_text(model: str | Path, max_chars: int | None = None) -> tuple[str, list[str]]:
+    """(corpus name, documents) a built benchmark model was pretrained on, from its marker;
+    the stdlib docstrings for models built before the broad corpus existed, or for any other
+    model folder."""
+    try:
+        corpus = json.loads((Path(model) / MARKER).read_text(encoding="utf-8")).get("corpus", "stdlib")
+    except (OSError, ValueError, AttributeError):
+        corpus = "stdlib"
+    return corpus, corpus_texts(corpus, max_chars)
 
 
 def bench_root() -> Path:

@@ -76,16 +76,8 @@ def perplexity(model, blocks, batch: int = 8) -> float:
     return math.exp(total / count)
 
 
-def pretraining_text(marker: dict, chars: int) -> str:
-    from quailora_core.corpus import broad_pretraining_corpus, pretraining_corpus
-
-    corpus = marker.get("corpus", "stdlib")  # models built before the broad corpus are stdlib ones
-    docs = broad_pretraining_corpus(chars) if corpus == "broad" else pretraining_corpus(chars)
-    return "\n\n".join(docs)
-
-
 def run_model(size: str, args, validation: str) -> dict | None:
-    from pretrain_tiny import MARKER, find_model
+    from pretrain_tiny import MARKER, find_model, model_pretraining_text
     from transformers import AutoTokenizer
 
     path = find_model(size)
@@ -96,7 +88,8 @@ def run_model(size: str, args, validation: str) -> dict | None:
     tok = AutoTokenizer.from_pretrained(str(path))
     texts = {
         "finetune_validation": text_blocks(tok, validation, args.blocks, args.seq_len),
-        "pretraining_start": text_blocks(tok, pretraining_text(marker, 400_000), args.blocks, args.seq_len),
+        "pretraining_start": text_blocks(tok, "\n\n".join(model_pretraining_text(path, 400_000)[1]), args.blocks,
+                                         args.seq_len),
     }
     row = {"model": f"llama-{size}", "parameters": marker["parameters"], "corpus": marker.get("corpus", "stdlib"),
            "heldout_loss": marker["heldout_loss"], "tokens": {k: int(v.numel()) for k, v in texts.items()},
