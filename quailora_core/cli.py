@@ -201,10 +201,10 @@ def build_train_config(args: argparse.Namespace) -> RunConfig:
     record; then every flag given (paths relative to the working directory)."""
     from pathlib import Path
 
-    from .train import config_from_adapter, load_run_file, resolve_paths
+    from .train import config_from_adapter
 
     if args.config:
-        config = load_run_file(args.config)
+        config = RunConfig.load(args.config)
     elif args.adapter:
         config = config_from_adapter(args.adapter)
     else:
@@ -217,7 +217,7 @@ def build_train_config(args: argparse.Namespace) -> RunConfig:
         config.train.output = args.train_output
     if getattr(args, "resume", False):
         config.train.resume = True
-    return resolve_paths(config, Path.cwd())
+    return config.resolved(Path.cwd())
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

@@ -3,11 +3,17 @@
 The same `RunConfig` drives `quailora init`, the GUI and the Python API, and the TOML
 file it writes (`run.toml`) repeats a run exactly. `validate()` checks everything that
 can be checked without loading a model; checks that need the model's config (rank
-against layer sizes, target names) live in `preflight.py`.
+against layer sizes, target names) run in the engine's preflight.
+
+One rule for paths: relative paths *in a run file* are relative to the run file's
+folder, whoever reads it (`RunConfig.load`: the GUI's Open run, `quailora init --config`,
+`train`, `export-run`), so a run folder can be moved and opened from anywhere. Paths given
+on a command line are relative to the working directory, as usual.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -17,6 +23,7 @@ from typing import Any
 import tomli_w
 import tomllib
 
+from . import hub
 from .errors import InputError
 
 METHODS = ("quailora", "exact", "loftq", "qlora")
@@ -223,15 +230,57 @@ class RunConfig:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> RunConfig:
-        path = Path(path)
+    def load(cls, path: str | os.PathLike[str], resolve: bool = True) -> RunConfig:
+        """Read a run file; its relative paths are taken relative to the file's folder
+        (`resolve=False` returns them exactly as written, for tools that inspect the file)."""
+        path = Path(path).expanduser()
         if not path.is_file():
             raise InputError(f"Run file {str(path)!r} does not exist.", "Check the path to the .toml file.")
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"Run file {str(path)!r} is not valid TOML: {exc}.", "Fix the file.") from None
-        return cls.from_dict(data)
+        config = cls.from_dict(data)
+        return config.resolved(path.resolve().parent) if resolve else config
+
+    def resolved(self, base: str | os.PathLike[str]) -> RunConfig:
+        """A copy whose local paths are absolute, relative ones taken from the folder `base`.
+
+        Folders to write (`output`, `train.output`) and the adapter are always paths; the
+        model and data sources stay as they are when they are `demo`, or look like a hub id
+        and no such local path exists.
+        """
+        base = Path(base)
+        cfg = copy.deepcopy(self)
+        t = cfg.train
+        cfg.output = _local_path(cfg.output, base)
+        t.adapter, t.output = _local_path(t.adapter, base), _local_path(t.output, base)
+        t.data = _reference(t.data, base, hub.DATA_FILE_SUFFIXES)
+        t.validation_data = _reference(t.validation_data, base, hub.DATA_FILE_SUFFIXES)
+        cfg.calibration.source = _reference(cfg.calibration.source, base, hub.DATA_FILE_SUFFIXES)
+        cfg.model.path = _reference(cfg.model.path, base, frozenset())
+        return cfg
+
+
+def _local_path(value: str, base: Path) -> str:
+    """A path to write, made absolute against `base` ("" stays "": the default applies)."""
+    if not value:
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def _reference(value: str, base: Path, file_suffixes: frozenset[str]) -> str:
+    """A model or data reference made absolute against `base`; `demo`, and a hub id that
+    names no local path there, stay as they are."""
+    if not value or value in (DEMO_MODEL, DEMO_CALIBRATION):
+        return value
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    if (base / path).exists() or not hub.looks_like_hub_id(value, file_suffixes):
+        return str((base / path).resolve())
+    return value
 
 
 def _build(cls: type, values: dict[str, Any], section: str) -> Any:

@@ -52,9 +52,6 @@ TEXT_SUFFIXES = (".txt", ".md")
 FORMATS = {".txt": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".csv": "csv",
            ".tsv": "csv", ".parquet": "parquet"}  # fmt: skip
 SUPPORTED = ", ".join(FORMATS)
-# Suffixes that mark a reference as a (missing) local file rather than a hub dataset id.
-_FILE_SUFFIXES = set(FORMATS) | {".gz", ".zip", ".xz", ".bz2", ".zst", ".arrow", ".text", ".html", ".xml",
-                                 ".pdf", ".docx", ".doc", ".rtf", ".tar", ".yaml", ".yml", ".toml"}  # fmt: skip
 EXACT_LIMIT = 32 << 20  # preview counts exactly up to 32 MiB, estimates beyond
 PREVIEW_CHARS = 300
 TOKENIZE_LIMIT = 1_000_000  # pack tokenizes at most max(this, 8 x needed) tokens
@@ -78,7 +75,7 @@ def _datasets_cache() -> str:
 
 def looks_like_hub_id(source: str) -> bool:
     """`owner/name` or `name` without path syntax or a data file suffix (see hub.py)."""
-    return hub.looks_like_hub_id(source, _FILE_SUFFIXES)
+    return hub.looks_like_hub_id(source, hub.DATA_FILE_SUFFIXES)
 
 
 # ---------------------------------------------------------------------------- demo text

@@ -14,6 +14,11 @@ from pathlib import Path
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 _TRUE = ("1", "true", "yes", "on")
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+# Suffixes that mark a data reference as a (missing) local file rather than a hub dataset id.
+DATA_FILE_SUFFIXES = frozenset({
+    ".txt", ".md", ".jsonl", ".json", ".csv", ".tsv", ".parquet", ".gz", ".zip", ".xz", ".bz2", ".zst",
+    ".arrow", ".text", ".html", ".xml", ".pdf", ".docx", ".doc", ".rtf", ".tar", ".yaml", ".yml", ".toml",
+})  # fmt: skip
 
 
 def offline(variables: tuple[str, ...] = _OFFLINE_VARS) -> bool:

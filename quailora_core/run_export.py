@@ -58,7 +58,7 @@ def export_run(config: RunConfig, run_dir: str | os.PathLike[str], overwrite: bo
     """Write the run folder for training `config`'s adapter (see the module docstring).
 
     Paths in `config` are taken relative to the working directory (a run file's paths
-    relative to its folder: load it with `train.load_run_file`). The adapter
+    relative to its folder, as `RunConfig.load` reads them). The adapter
     (`[train] adapter`, else the run's `output`) must exist; `[train] data` must be set and,
     when it is a local path, exist. Raises InputError before writing anything; returns the
     folder's absolute path.

@@ -26,13 +26,12 @@ The output folder holds the Trainer's `checkpoint-N/` folders, `adapter/` (the t
 adapter with `quailora.json` plus a "training" section, renamed into place only when
 complete) and `metrics.json` (written last: its presence means the run finished).
 
-Relative paths in a run file are relative to the run file's folder (`load_run_file`), so
+Relative paths in a run file are relative to the run file's folder (`RunConfig.load`), so
 a run folder written by `quailora export-run` works from any working directory.
 """
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import json
 import math
@@ -48,7 +47,7 @@ from transformers import TrainerCallback
 
 from .adapter import METADATA_FILE, atomic_dir, model_card, read_metadata
 from .config import DEMO_MODEL, QuantConfig, RunConfig, TrainSettings
-from .data import TRAIN_FORMATS, TrainingData, load_training_data, looks_like_hub_id, pack_all
+from .data import TRAIN_FORMATS, TrainingData, load_training_data, pack_all
 from .errors import Cancelled, InputError, QuailoraError
 from .events import CancelToken, EvalResult, EventCallback, Finished, Log, Stage, TrainStep, ignore_events
 
@@ -80,59 +79,6 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------- run files and paths
-def load_run_file(path: str | os.PathLike[str]) -> RunConfig:
-    """`RunConfig.load`, with relative paths made absolute against the run file's folder."""
-    return resolve_paths(RunConfig.load(path), Path(path).expanduser().resolve().parent)
-
-
-def resolve_paths(config: RunConfig, base: str | os.PathLike[str]) -> RunConfig:
-    """A copy of `config` whose local paths are absolute (relative ones taken from `base`).
-
-    Folders to write (`output`, `train.output`) and the adapter are always paths; data
-    sources and the model stay as they are when they are `demo` or look like a hub id and
-    no such local path exists.
-    """
-    base = Path(base)
-    cfg = copy.deepcopy(config)
-    t = cfg.train
-    cfg.output = _path(cfg.output, base)
-    t.adapter, t.output = _path(t.adapter, base), _path(t.output, base)
-    t.data, t.validation_data = _source(t.data, base), _source(t.validation_data, base)
-    cfg.calibration.source = _source(cfg.calibration.source, base)
-    cfg.model.path = _model_ref(cfg.model.path, base)
-    return cfg
-
-
-def _path(value: str, base: Path) -> str:
-    if not value:
-        return value
-    path = Path(value).expanduser()
-    return str(path if path.is_absolute() else (base / path).resolve())
-
-
-def _relative_ref(value: str, base: Path, is_hub_id) -> str:
-    """A run file's path resolved against its folder; `demo` and hub ids stay as they are."""
-    if not value or value == DEMO_MODEL:
-        return value
-    path = Path(value).expanduser()
-    if path.is_absolute():
-        return str(path)
-    if (base / path).exists() or not is_hub_id(value):
-        return str((base / path).resolve())
-    return value
-
-
-def _source(value: str, base: Path) -> str:
-    """A data source (a data file suffix also marks a local path)."""
-    return _relative_ref(value, base, looks_like_hub_id)
-
-
-def _model_ref(value: str, base: Path) -> str:
-    from . import hub
-
-    return _relative_ref(value, base, hub.looks_like_hub_id)
-
-
 def adapter_dir(config: RunConfig) -> str:
     """The initialized adapter a run trains: `[train] adapter`, else the run's `output`."""
     return config.train.adapter or config.output
@@ -593,7 +539,7 @@ def run_train(
     config: RunConfig, on_event: EventCallback = ignore_events, cancel: CancelToken | None = None
 ) -> TrainResult:
     """Fine-tune the adapter of `config` (see the module docstring). Paths in `config` are
-    taken as they are (relative to the working directory); `load_run_file` resolves a run
+    taken as they are (relative to the working directory); `RunConfig.load` resolves a run
     file's paths against its folder."""
     cancel = cancel or CancelToken()
     on_event(Stage("load"))

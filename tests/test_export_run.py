@@ -43,9 +43,11 @@ def test_run_folder_is_complete_and_relative(demo_model, adapter, tmp_path):
     assert sorted(p.name for p in (run_dir / "adapter").iterdir()) == sorted(p.name for p in adapter.iterdir())
     assert (run_dir / "data" / "pairs.jsonl").read_text() == (tmp_path / "pairs.jsonl").read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
-    run = RunConfig.load(run_dir / "run.toml")
+    run = RunConfig.load(run_dir / "run.toml", resolve=False)  # as written: relative to the folder
     assert (run.train.adapter, run.train.data, run.train.output) == ("adapter", "data/pairs.jsonl", "output")
     assert run.output == "adapter" and run.quantization.bits == 4 and run.model.dtype == "float32"
+    read = RunConfig.load(run_dir / "run.toml")  # as every reader sees it: against the folder
+    assert (read.train.adapter, read.train.data) == (str(run_dir / "adapter"), str(run_dir / "data/pairs.jsonl"))
     assert str(tmp_path) not in (run_dir / "run.toml").read_text().replace(str(demo_model), "")
     launcher = run_dir / "launch.sh"
     assert launcher.stat().st_mode & stat.S_IXUSR
@@ -103,3 +105,29 @@ def test_export_refuses_bad_input_before_writing(demo_model, adapter, tmp_path, 
     code = main(["export-run", "--config", str(tmp_path / "run.toml"), "--output", str(tmp_path / "r5"),
                  "--max-steps", "7"])  # fmt: skip
     assert code == 0 and RunConfig.load(tmp_path / "r5" / "run.toml").train.max_steps == 7
+
+
+def test_exported_run_opens_from_another_directory_in_init_and_export_run(
+    demo_model, adapter, tmp_path, monkeypatch, capsys
+):
+    """The run folder's relative paths are relative to the run file for `init --config` and
+    `export-run --config` too, never to the working directory."""
+    run_dir = export_run(run_config(demo_model, adapter, tmp_path), tmp_path / "run")
+    cwd = tmp_path / "somewhere-else"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    # export-run: the adapter and data the run file names are found in its folder
+    assert main(["export-run", "--config", str(run_dir / "run.toml"), "--output", "copy"]) == 0
+    copy = cwd / "copy"
+    assert (copy / "adapter" / "adapter_model.safetensors").is_file()
+    assert (copy / "data" / "pairs.jsonl").read_text() == (run_dir / "data" / "pairs.jsonl").read_text()
+    # init --config: the run file's output ("adapter") is the run folder's adapter
+    before = (run_dir / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
+    code = main(["init", "--config", str(run_dir / "run.toml"), "--overwrite", "--samples", "4", "--seq-len", "32",
+                 "--json"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    finished = event_from_json(out.splitlines()[-1])
+    assert isinstance(finished, Finished) and finished.output_dir == str(run_dir / "adapter")
+    assert (run_dir / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns != before
+    assert sorted(p.name for p in cwd.iterdir()) == ["copy"]  # nothing else in the working directory

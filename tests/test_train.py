@@ -20,13 +20,13 @@ from tiny_models import save_tiny
 
 from quailora_core.adapter import read_metadata
 from quailora_core.cli import main
+from quailora_core.config import RunConfig
 from quailora_core.errors import InputError
 from quailora_core.events import CancelToken, EvalResult, Finished, TrainStep
 from quailora_core.train import (
     IGNORE_INDEX,
     TrainingCancelled,
     encode_conversation,
-    load_run_file,
     run_train,
 )
 
@@ -166,7 +166,7 @@ def test_prompt_response_labels_only_the_response(demo_model):
 
 # ---------------------------------------------------------------------------- refusals
 def refused(capsys, run_file: Path, *flags: str, expect: str) -> None:
-    cfg = load_run_file(run_file)
+    cfg = RunConfig.load(run_file)
     code = main(["train", str(run_file), *flags])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
@@ -188,8 +188,6 @@ def test_another_base_model_is_refused(capsys, run_file, tmp_path):
 
 
 def test_another_quantization_is_refused(capsys, run_file):
-    from quailora_core.config import RunConfig
-
     cfg = RunConfig.load(run_file)
     cfg.quantization.bits = 8
     cfg.save(run_file)

@@ -92,7 +92,7 @@ def test_save_and_open_run_round_trips_every_field(
         "cpu",
         3,
     )
-    expected.train = start.train
+    expected.train = start.resolved(tmp_path).train  # the run file's relative data path, resolved
     assert loaded.to_dict() == expected.to_dict()
 
     # File > Open run in a fresh window shows the very same run
@@ -150,3 +150,51 @@ def test_settings_remember_last_choices_window_geometry_and_recent_models(
     assert second.recent_models.items == [str(tiny_model_dir)]
     second.form._fill_model_menu()
     assert str(tiny_model_dir) in [a.text() for a in second.form.modelMenu.actions()]
+
+
+def test_open_run_takes_relative_paths_from_the_run_file_not_the_working_folder(
+    qtbot, make_window, tiny_model_dir, text_file, tmp_path, monkeypatch
+):
+    """An exported run folder opened from another working folder (File > Open run): its
+    relative paths point into the folder, and Run writes the adapter there."""
+    import shutil
+
+    from quailora_core.engine import run_init
+    from quailora_core.run_export import export_run
+
+    first = RunConfig(output=str(tmp_path / "first-adapter"))
+    first.model.path, first.model.dtype = str(tiny_model_dir), "float32"
+    first.calibration.source = str(text_file)
+    first.calibration.samples, first.calibration.seq_len, first.calibration.heldout_samples = 4, 32, 1
+    first.lora.rank, first.init.device = 4, "cpu"
+    first.train.data = str(text_file)
+    run_init(first)
+    run_dir = export_run(first, tmp_path / "exported")
+    # a model and calibration text given relative to the run file, as a user may edit it
+    shutil.copytree(tiny_model_dir, run_dir / "model")
+    shutil.copy2(text_file, run_dir / "data" / "calibration.txt")
+    written = RunConfig.load(run_dir / "run.toml", resolve=False)
+    written.model.path, written.calibration.source = "model", "data/calibration.txt"
+    written.save(run_dir / "run.toml")
+
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    window = make_window(restore_settings=False)
+    monkeypatch.setattr(
+        QFileDialog, "getOpenFileName", lambda *a, **k: (str(run_dir / "run.toml"), "Run files (*.toml)")
+    )
+    window.openRunAction.trigger()
+    form = window.form
+    assert form.modelPathEdit.text() == str(run_dir / "model")
+    assert form.calibrationPathEdit.text() == str(run_dir / "data" / "calibration.txt")
+    assert form.outputPathEdit.text() == str(run_dir / "adapter")
+    assert form.to_config().train.data == str(run_dir / "data" / text_file.name)
+
+    form.overwriteCheck.setChecked(True)  # the run folder's adapter is there already: replace it
+    assert settle(qtbot, window).ok
+    with qtbot.waitSignal(window.runEnded, timeout=180_000) as blocker:
+        qtbot.mouseClick(window.runButton, Qt.MouseButton.LeftButton)
+    assert blocker.args[0] == "finished", window.logView.toPlainText()
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert list(cwd.iterdir()) == []  # nothing written in the working folder
