@@ -62,7 +62,15 @@ def build_window(argv: Sequence[str] | None = None, engine: Callable[..., Any] |
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    window = build_window(argv if argv is not None else sys.argv[1:])
+    argv = list(argv if argv is not None else sys.argv[1:])
+    parse_args(argv)  # --help and usage errors before anything else
+    from .qt_platform import start_problem
+
+    problem = start_problem()
+    if problem:  # Qt would abort with a misleading hint; say what is wrong and how to fix it
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
+    window = build_window(argv)
     from PySide6.QtWidgets import QApplication
 
     window.show()
