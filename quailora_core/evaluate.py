@@ -11,7 +11,14 @@ initialization closes. The models are loaded one after the other (the full-preci
 is freed before the quantized one is loaded). The text is packed like calibration text
 (`data.pack`: EOS between documents, seeded `samples x seq_len` blocks); use text the
 adapter was not calibrated on. Perplexity is exp of the mean next-token loss over all
-real (non-padding) tokens, from each model's own loss.
+real (non-padding) tokens.
+
+A share of the quantization gap is only meaningful when the gap itself is measurable on
+the text: the per-token losses are averaged per sample, the quantized-minus-fp
+difference of those means gives the gap's standard error across samples (a paired
+estimate: both models see the same tokens), and the share is reported only when the gap
+exceeds `MEASURABLE_SE` standard errors. Below that the report says the gap is too small
+to measure, and how to get a bigger text.
 """
 
 from __future__ import annotations
@@ -24,6 +31,10 @@ from typing import Any
 
 from .errors import Cancelled, InputError
 from .events import CancelToken, EventCallback, Log, Stage, ignore_events
+
+# The quantization gap (in mean loss) must exceed this many standard errors for a share of
+# it to be reported: about a 2.5 % chance of calling noise a gap, one-sided.
+MEASURABLE_SE = 2.0
 
 
 @dataclass
@@ -43,6 +54,14 @@ class EvalReport:
     adapter_loss: float
     seconds: float
     device: str
+    # standard error of (quantized_loss - fp_loss) across samples, paired; NaN for 1 sample
+    gap_stderr: float = float("nan")
+
+    @property
+    def gap_measurable(self) -> bool:
+        """True when quantization costs loss by more than `MEASURABLE_SE` standard errors."""
+        gap = self.quantized_loss - self.fp_loss
+        return math.isfinite(self.gap_stderr) and math.isfinite(gap) and gap > MEASURABLE_SE * self.gap_stderr
 
     @property
     def fp_perplexity(self) -> float:
@@ -59,20 +78,24 @@ class EvalReport:
     @property
     def gap_recovered(self) -> float:
         """Share of the fp -> quantized perplexity gap the adapter closes (1 = all, 0 = none,
-        < 0 = worse than no adapter); NaN when quantization costs no perplexity."""
-        gap = self.quantized_perplexity - self.fp_perplexity
-        if not math.isfinite(gap) or abs(gap) < 1e-9 * self.fp_perplexity:
+        < 0 = worse than no adapter); NaN when the gap is not measurable on this text."""
+        if not self.gap_measurable:
             return float("nan")
+        gap = self.quantized_perplexity - self.fp_perplexity
         return (self.quantized_perplexity - self.adapter_perplexity) / gap
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """The report as plain values; unknown figures (no measurable gap, one sample) are
+        None, so that the JSON stays strict."""
+        out = {
             **asdict(self),
             "fp_perplexity": self.fp_perplexity,
             "quantized_perplexity": self.quantized_perplexity,
             "adapter_perplexity": self.adapter_perplexity,
+            "gap_measurable": self.gap_measurable,
             "gap_recovered": self.gap_recovered,
         }
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in out.items()}
 
     def table(self) -> str:
         """The small table `quailora eval` prints."""
@@ -86,12 +109,18 @@ class EvalReport:
         lines += [f"{name:<{width}}{loss:>9.4f}{ppl:>13.3f}" for name, loss, ppl in rows]
         lines.append("-" * (width + 22))
         lines.append(f"{self.samples} x {self.seq_len} tokens of {self.data!r} ({self.tokens} predicted tokens)")
-        share = self.gap_recovered
-        if math.isfinite(share):
-            percent = round(100 * share, 1) + 0.0  # + 0.0 turns a rounded -0.0 into 0.0
+        gap, se = self.quantized_loss - self.fp_loss, self.gap_stderr
+        if self.gap_measurable:
+            percent = round(100 * self.gap_recovered, 1) + 0.0  # + 0.0 turns a rounded -0.0 into 0.0
+            lines.append(f"quantization costs {gap:+.4f} loss (± {se:.4f} standard error over {self.samples} samples);")
             lines.append(f"the adapter recovers {percent:.1f}% of the perplexity lost to quantization")
+        elif not math.isfinite(se):
+            lines.append(f"quantization changes the loss by {gap:+.4f}; with one sample its uncertainty is unknown,")
+            lines.append("so no share of it is given: use --samples 8 or more")
         else:
-            lines.append("quantization costs no measurable perplexity on this text")
+            lines.append(f"quantization changes the loss by {gap:+.4f} ± {se:.4f} (standard error over "
+                         f"{self.samples} samples): too small to measure on this text,")  # fmt: skip
+            lines.append("so no share of it is given: use more text (--samples, --seq-len) or text the model knows")
         return "\n".join(lines)
 
 
@@ -159,21 +188,24 @@ def evaluate_adapter(
     on_event(Stage("evaluate", total=3))
     check()
     fp = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, low_cpu_mem_usage=True).to(dev)
-    fp_loss, n = _mean_loss(fp, ids, mask, batch_size, dev, check)
+    fp_sums, counts = _sample_losses(fp, ids, mask, batch_size, dev, check)
+    fp_loss, n = _mean(fp_sums, counts), int(counts.sum())
     on_event(Log("info", f"full precision: loss {fp_loss:.4f}, perplexity {_ppl(fp_loss):.3f}"))
     del fp
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     check()
     quantized = load_quantized_base(model_path, meta, dev if dev.type == "cuda" else None)
-    q_loss, _ = _mean_loss(quantized, ids, mask, batch_size, dev, check)
+    q_sums, _ = _sample_losses(quantized, ids, mask, batch_size, dev, check)
+    q_loss = _mean(q_sums, counts)
     label = f"{quant.bits}-bit " + (quant.quant_type.upper() if quant.bits == 4 else "LLM.int8")
     on_event(Log("info", f"{label}: loss {q_loss:.4f}, perplexity {_ppl(q_loss):.3f}"))
     check()
     from peft import PeftModel
 
     with_adapter = PeftModel.from_pretrained(quantized, str(adapter))
-    a_loss, _ = _mean_loss(with_adapter, ids, mask, batch_size, dev, check)
+    a_sums, _ = _sample_losses(with_adapter, ids, mask, batch_size, dev, check)
+    a_loss = _mean(a_sums, counts)
     on_event(Log("info", f"{label} + adapter: loss {a_loss:.4f}, perplexity {_ppl(a_loss):.3f}"))
     return EvalReport(
         model=model_path,
@@ -189,26 +221,42 @@ def evaluate_adapter(
         adapter_loss=a_loss,
         seconds=time.perf_counter() - started,
         device=str(dev),
+        gap_stderr=_paired_stderr(q_sums, fp_sums, counts),
     )
 
 
-def _mean_loss(model, ids, mask, batch_size: int, device, check) -> tuple[float, int]:
-    """Mean next-token loss over all real tokens, from the model's own (mean) loss per batch
-    weighted by the number of predicted tokens in it."""
+def _sample_losses(model, ids, mask, batch_size: int, device, check):
+    """(sum of next-token losses, number of predicted tokens) per sample, over real tokens,
+    as float64 tensors on the CPU."""
     import torch
 
     model.eval()
-    total, count = 0.0, 0
+    sums, counts = [], []
     with torch.no_grad():
         for start in range(0, ids.shape[0], batch_size):
             check()
             x = ids[start : start + batch_size].to(device)
             m = mask[start : start + batch_size].to(device)
-            labels = x.masked_fill(m == 0, -100)
-            n = int((labels[:, 1:] != -100).sum())
-            if n == 0:
-                continue
-            out = model(input_ids=x, attention_mask=m, labels=labels)
-            total += float(out.loss.float()) * n
-            count += n
-    return total / max(count, 1), count
+            logits = model(input_ids=x, attention_mask=m).logits[:, :-1].float()
+            target = x[:, 1:].masked_fill(m[:, 1:] == 0, -100)
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
+            ).view(target.shape)
+            sums.append(loss.double().sum(dim=1).cpu())
+            counts.append((target != -100).sum(dim=1).double().cpu())
+    return torch.cat(sums), torch.cat(counts)
+
+
+def _mean(sums, counts) -> float:
+    """Mean loss per predicted token."""
+    return float(sums.sum() / counts.sum().clamp(min=1))
+
+
+def _paired_stderr(q_sums, fp_sums, counts) -> float:
+    """Standard error of the mean per-token loss difference (quantized - fp), from the
+    spread of the per-sample differences (samples with no predicted token left out)."""
+    keep = counts > 0
+    if int(keep.sum()) < 2:
+        return float("nan")
+    diff = (q_sums[keep] - fp_sums[keep]) / counts[keep]
+    return float(diff.std(unbiased=True) / math.sqrt(diff.numel()))

@@ -79,3 +79,35 @@ def test_eval_refuses_another_base_and_bad_input(demo_model, tmp_path, unseen_te
         evaluate_adapter(str(adapter), str(tmp_path / "missing.txt"), device="cpu")
     with pytest.raises(InputError):
         evaluate_adapter(str(adapter), str(unseen_text), samples=0, device="cpu")
+
+
+def _report(fp: float, q: float, a: float, se: float, samples: int = 16):
+    from quailora_core.evaluate import EvalReport
+
+    return EvalReport(
+        model="m", adapter="a", data="d", quantization="4-bit NF4", method="quailora", samples=samples,
+        seq_len=128, tokens=samples * 127, fp_loss=fp, quantized_loss=q, adapter_loss=a, seconds=1.0,
+        device="cpu", gap_stderr=se,
+    )  # fmt: skip
+
+
+def test_a_share_is_given_only_for_a_gap_the_text_can_measure():
+    measured = _report(5.00, 5.10, 5.02, se=0.01)  # a gap of 10 standard errors
+    assert measured.gap_measurable and measured.gap_recovered == pytest.approx(
+        (math.exp(5.10) - math.exp(5.02)) / (math.exp(5.10) - math.exp(5.00))
+    )
+    assert "recovers 80.8%" in measured.table() and "± 0.0100 standard error over 16 samples" in measured.table()
+
+    noise = _report(5.000, 5.004, 4.990, se=0.003)  # 1.3 standard errors: could be noise
+    assert not noise.gap_measurable and math.isnan(noise.gap_recovered)
+    table = noise.table()
+    assert "too small to measure" in table and "recovers" not in table and "--samples" in table
+    as_json = json.loads(json.dumps(noise.to_dict(), allow_nan=False))  # strict JSON: null, not NaN
+    assert as_json["gap_recovered"] is None and as_json["gap_measurable"] is False
+
+    better = _report(5.0, 4.9, 4.95, se=0.01)  # quantized better than full precision: no gap to share
+    assert not better.gap_measurable and "recovers" not in better.table()
+
+    one = _report(5.0, 5.5, 5.1, se=float("nan"), samples=1)
+    assert not one.gap_measurable and "uncertainty is unknown" in one.table()
+    assert json.loads(json.dumps(one.to_dict(), allow_nan=False))["gap_stderr"] is None
