@@ -341,11 +341,11 @@ def test_preview_of_10_mb_jsonl_is_quick(tmp_path):
     with path.open("w", encoding="utf-8") as f:
         while f.tell() < 10 << 20:
             f.writelines(json.dumps({"text": r, "n": 1}) + "\n" for r in rows)
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: other processes loading the machine do not add to it
     p = preview(str(path))
-    seconds = time.perf_counter() - start
+    seconds = time.process_time() - start
     assert p.exact and p.n_rows > 20_000 and len(p.rows) == 5
-    assert seconds < 2.0, seconds  # about 0.05 s on two idle cores; generous for a busy machine
+    assert seconds < 2.0, seconds  # about 0.05 s of CPU on the reference machine
 
 
 # ---------------------------------------------------------------------------- corpus

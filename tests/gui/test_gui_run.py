@@ -179,23 +179,74 @@ def test_cancel_after_the_first_layer_stops_and_writes_nothing(
     assert settle(qtbot, window).ok and window.runButton.isEnabled()  # ready for the next run
 
 
-def test_gui_thread_never_blocks_during_a_run(qtbot, window, small_model_dir, text_file, tmp_path):
-    configure(window, small_model_dir, text_file, tmp_path / "adapter", rank=8, samples=8, seq_len=96)
+def _ready_run(qtbot, window, model_dir, text_file, tmp_path):
+    configure(window, model_dir, text_file, tmp_path / "adapter", rank=8, samples=8, seq_len=96)
     if not window.engine_ready:
         with qtbot.waitSignal(window.engineReady, timeout=120_000):
             pass
     assert settle(qtbot, window).ok
     window.show()  # painting the live charts is part of the GUI thread's work
-    ticks: list[float] = []
+
+
+# Libraries and engine modules that do the heavy work: none of their code may run on the
+# GUI thread during a run (the GUI only receives the engine's small event records).
+HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "safetensors", "datasets", "accelerate",
+         "tokenizers", "huggingface_hub") + tuple(
+    f"quailora_core.{m}" for m in ("engine", "solvers", "stats", "blocks", "quantize", "data", "model_info",
+                                   "adapter", "train", "evaluate", "demo", "corpus", "estimate")
+)  # fmt: skip
+
+
+def _is_heavy(module: str | None) -> bool:
+    return bool(module) and any(module == h or module.startswith(h + ".") for h in HEAVY)
+
+
+def test_gui_thread_runs_no_engine_or_library_code_during_a_run(qtbot, window, small_model_dir, text_file, tmp_path):
+    """What keeps the window responsive, checked in a way load and CPU speed cannot change:
+    every Python function and builtin the GUI thread calls during a run is recorded
+    (`sys.setprofile` traces only the thread that sets it), and none belongs to torch,
+    transformers, the engine or the other heavy libraries."""
+    import sys
+
+    _ready_run(qtbot, window, small_model_dir, text_file, tmp_path)
+    codes, builtins = set(), set()
+
+    def record(frame, event, arg):
+        if event == "call":
+            codes.add(frame.f_code)
+        elif event == "c_call":
+            builtins.add(getattr(arg, "__module__", None) or type(getattr(arg, "__self__", None)).__module__)
+
+    gui_thread = threading.get_ident()
+    sys.setprofile(record)
+    try:
+        start_and_wait(qtbot, window)
+    finally:
+        sys.setprofile(None)
+    assert threading.get_ident() == gui_thread
+    by_file = {getattr(m, "__file__", None): name for name, m in list(sys.modules.items())}
+    modules = {by_file.get(code.co_filename) for code in codes}
+    assert "quailora_gui.views.charts" in modules and "pyqtgraph.graphicsItems.BarGraphItem" in modules  # recorded
+    assert sorted(m for m in modules | builtins if _is_heavy(m)) == []
+
+
+def test_gui_thread_does_little_work_per_event_during_a_run(qtbot, window, small_model_dir, text_file, tmp_path):
+    """The CPU time the GUI thread itself spends between two ticks of a 20 ms timer stays
+    small throughout a run (about 40 ms at most on a 2-core reference machine). Thread CPU
+    time does not grow when other processes load the machine, unlike the wall-clock gaps
+    that benchmarks/gui_responsiveness.py measures; the bound catches the real failures
+    (a model load, a solve or a full garbage collection on the GUI thread, 0.5 s and more)."""
+    _ready_run(qtbot, window, small_model_dir, text_file, tmp_path)
+    cpu: list[float] = []
     heartbeat = QTimer()
     heartbeat.setInterval(20)
-    heartbeat.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    heartbeat.timeout.connect(lambda: cpu.append(time.thread_time()))
     heartbeat.start()
     start_and_wait(qtbot, window)
     heartbeat.stop()
-    gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
-    assert len(ticks) > 20  # the run lasted a while (about 1-10 s, depending on the machine)
-    assert max(gaps) < 0.100, f"longest gap between 20 ms ticks: {max(gaps) * 1000:.0f} ms"
+    work = [b - a for a, b in zip(cpu, cpu[1:], strict=False)]
+    assert len(cpu) > 20  # the run lasted a while and the timer kept firing
+    assert max(work) < 0.250, f"GUI thread busy for {max(work) * 1000:.0f} ms of CPU between two ticks"
 
 
 def test_engine_failure_shows_a_dialog_and_the_window_keeps_working(
