@@ -15,6 +15,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import importlib.metadata
+import math
 import platform
 import tempfile
 import time
@@ -35,7 +36,7 @@ from .blocks import (
     run_block,
     target_linears,
 )
-from .config import DEMO_MODEL, RunConfig
+from .config import RunConfig
 from .device import cpu_threads_for, resolve_device, resolve_dtype, torch_threads
 from .errors import Cancelled, EngineError, InputError
 from .events import CancelToken, EventCallback, Finished, LayerResult, Log, Stage, ignore_events
@@ -68,7 +69,7 @@ class Preflight:
     hidden_size: int = 0
 
 
-def preflight(config: RunConfig, build_demo: bool = True, on_event: EventCallback = ignore_events) -> Preflight:
+def preflight(config: RunConfig) -> Preflight:
     """All checks that need no weights: config, model folder, targets vs. the module tree,
     rank vs. layer sizes, calibration data. Raises InputError; writes nothing."""
     from .data import load_texts
@@ -76,14 +77,8 @@ def preflight(config: RunConfig, build_demo: bool = True, on_event: EventCallbac
     config.validate()
     device = resolve_device(config.init.device)
     dtype = resolve_dtype(config.model.dtype, device)
-    is_demo = config.model.path == DEMO_MODEL
-    if is_demo:  # checked from its recipe; built only once every other check has passed
-        from .demo import demo_config
-
-        hf_config = demo_config()
-    else:
-        model_path = resolve_model_path(config.model.path)
-        hf_config = load_model_config(model_path, config.model.trust_remote_code)
+    model_path = resolve_model_path(config.model.path)
+    hf_config = load_model_config(model_path, config.model.trust_remote_code)
     skeleton = meta_model(hf_config, config.model.trust_remote_code)
     blocks = find_decoder_blocks(skeleton)
     targets = target_linears(blocks, skeleton, config.lora.targets)
@@ -96,10 +91,6 @@ def preflight(config: RunConfig, build_demo: bool = True, on_event: EventCallbac
         )
     cal = config.calibration
     texts = load_texts(cal.source, cal.text_column, cal.dataset_config, cal.split)
-    if is_demo:  # the builder logs its progress ("Building the demo model ... once")
-        model_path = resolve_model_path(
-            DEMO_MODEL, build_demo=build_demo, on_log=lambda message: on_event(Log("info", message))
-        )
     hidden = int(getattr(hf_config, "hidden_size", 0) or 0)
     return Preflight(model_path, device, dtype, texts, [full for _, full, _, _ in targets], hidden)
 
@@ -110,7 +101,7 @@ def run_init(
     """Initialize the LoRA adapter described by `config` and write it to `config.output`."""
     cancel = cancel or CancelToken()
     on_event(Stage("load"))
-    pre = preflight(config, on_event=on_event)
+    pre = preflight(config)
     return _Run(config, pre, on_event, cancel).run()
 
 
@@ -276,6 +267,11 @@ class _Run:
         cfg = self.config
         t0 = time.perf_counter()
         w_load = module.weight.data
+        if not torch.isfinite(w_load).all():
+            raise EngineError(
+                f"{full} has NaN or Inf weights: no adapter can be computed for it.",
+                "The checkpoint is damaged or comes from a diverged training run; use another checkpoint.",
+            )
         q = quantize_dequantize(w_load, cfg.quantization).to(self.work_dtype)
         w = w_load.to(self.work_dtype)
         e = w - q
@@ -284,6 +280,11 @@ class _Run:
         h_ho = collector.gram(sub, "heldout")
         if h is None:
             raise EngineError(f"No calibration inputs reached {full}.", "Check the calibration data.")
+        if not torch.isfinite(h).all() or (h_ho is not None and not torch.isfinite(h_ho).all()):
+            raise EngineError(
+                f"The calibration inputs of {full} contain NaN or Inf (an earlier layer overflows).",
+                "Load the model in float32 or bfloat16 (--dtype), or check the weights of the blocks before it.",
+            )
         h = h.to(self.work_dtype)
         h_ho = h_ho.to(self.work_dtype) if h_ho is not None else None
         if cfg.init.inputs == "asymmetric":
@@ -306,6 +307,9 @@ class _Run:
             with torch_threads(cpu_threads_for(self.device, e.numel())):
                 lora, used, warning = solvers.safe_solve(method, e, h, rank, damping, cfg.init.als_iters, tol=ALS_TOL)
             metrics = solvers.relative_errors(w, e, lora, h, h_ho)
+        if not all(math.isfinite(float(v)) for k, v in metrics.items() if not k.startswith("heldout")):
+            raise EngineError(f"The solve for {full} gave non-finite errors: no adapter was written.",
+                              "Try more damping (--damping 0.1) or float32 weights (--dtype float32).")  # fmt: skip
         if warning:
             self.fallbacks.append(full)
             self.emit(Log("warning", f"{full}: {warning}"))

@@ -208,3 +208,22 @@ def test_offloaded_activations_give_the_same_adapter(demo_model, tmp_path, input
     for a, b in zip(kept, offloaded, strict=True):
         assert a.cal_err_after == pytest.approx(b.cal_err_after, rel=1e-12)
         assert a.heldout_err_after == pytest.approx(b.heldout_err_after, rel=1e-12)
+
+
+def test_nan_weights_are_refused_with_the_layer_name_and_no_adapter(demo_model, tmp_path, capsys):
+    import transformers as tf
+    from tiny_models import save_tiny
+
+    from quailora_core.cli import main
+
+    folder = save_tiny("llama", tmp_path / "tiny", tokenizer_from=demo_model)
+    model = tf.AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[3, 5] = float("nan")
+    model.save_pretrained(folder)
+    out = tmp_path / "adapter"
+    code = main(["init", "--model", str(folder), "--calibration", "demo", "--samples", "4", "--seq-len", "32",
+                 "--rank", "4", "--device", "cpu", "--output", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "model.layers.1.mlp.up_proj has NaN or Inf weights" in err, err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".adapter")]
