@@ -19,7 +19,7 @@ from .errors import Cancelled, InputError, QuailoraError
 
 # flag -> (section, field, type); None section means a top-level RunConfig field
 _INIT_FLAGS: dict[str, tuple[str | None, str, Any, str]] = {
-    "--model": ("model", "path", str, "local model folder, hub id, or 'demo' (built locally, no download)"),
+    "--model": ("model", "path", str, "local model folder, hub id, or 'demo' (the small model shipped with the package)"),
     "--dtype": ("model", "dtype", str, "load dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"),
     "--calibration": ("calibration", "source", str, "calibration text: .txt/.jsonl/.json/.csv/.parquet, a folder, a hub dataset id, or 'demo'"),
     "--text-column": ("calibration", "text_column", str, "column holding the text in tabular/json data (default text)"),
@@ -358,8 +358,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "records it) and the quantized base plus the adapter.",
     )
     p.add_argument("--adapter", required=True, help="adapter folder written by `quailora init` (or train)")
-    p.add_argument("--data", required=True, help="text to measure: a file, folder, hub dataset id or 'demo'; "
-                   "use text the adapter was not calibrated on")  # fmt: skip
+    p.add_argument("--data", required=True, help="text to measure: a file, folder, hub dataset id or 'demo' "
+                   "(the built-in fine-tuning text); use text the adapter was not calibrated on")  # fmt: skip
     p.add_argument("--model", default=None, help="base model (default: the one recorded in the adapter)")
     p.add_argument("--samples", type=int, default=32, help="sequences (default 32)")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")

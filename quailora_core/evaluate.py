@@ -10,8 +10,9 @@ so a user sees, before any training, how much of the fp -> quantized perplexity 
 initialization closes. The models are loaded one after the other (the full-precision one
 is freed before the quantized one is loaded). The text is packed like calibration text
 (`data.pack`: EOS between documents, seeded `samples x seq_len` blocks); use text the
-adapter was not calibrated on. Perplexity is exp of the mean next-token loss over all
-real (non-padding) tokens.
+adapter was not calibrated on; `demo` is the built-in fine-tuning text (the Python language
+reference, as for `quailora train --data demo`), which the demo calibration text does not
+contain. Perplexity is exp of the mean next-token loss over all real (non-padding) tokens.
 
 A share of the quantization gap is only meaningful when the gap itself is measurable on
 the text: the per-token losses are averaged per sample, the quantized-minus-fp
@@ -117,6 +118,9 @@ class EvalReport:
         elif not math.isfinite(se):
             lines.append(f"quantization changes the loss by {gap:+.4f}; with one sample its uncertainty is unknown,")
             lines.append("so no share of it is given: use --samples 8 or more")
+        elif gap < -MEASURABLE_SE * se:
+            lines.append(f"quantization lowers the loss on this text ({gap:+.4f} ± {se:.4f} standard error over "
+                         f"{self.samples} samples): there is no gap to close, so no share of it is given")  # fmt: skip
         else:
             lines.append(f"quantization changes the loss by {gap:+.4f} ± {se:.4f} (standard error over "
                          f"{self.samples} samples): too small to measure on this text,")  # fmt: skip
@@ -150,7 +154,7 @@ def evaluate_adapter(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .data import load_texts, pack
+    from .data import load_texts, load_training_data, pack
     from .device import resolve_device
     from .model_info import resolve_model_path
     from .train import check_base, load_quantized_base, read_adapter, recorded_quantization
@@ -176,7 +180,8 @@ def evaluate_adapter(
     if dev.type == "cpu" and dtype != torch.float32:
         on_event(Log("warning", f"the adapter was computed for {dtype_name} weights; evaluating them on CPU is slow"))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    cal = pack(load_texts(data, text_column), tokenizer, samples, seq_len, 0, seed)
+    texts = load_training_data(data).texts if data == "demo" else load_texts(data, text_column)
+    cal = pack(texts, tokenizer, samples, seq_len, 0, seed)
     for warning in cal.warnings:
         on_event(Log("warning", warning))
     ids, mask = cal.input_ids, cal.attention_mask

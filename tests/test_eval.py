@@ -1,10 +1,12 @@
 """`quailora eval`: perplexity of the fp base, the 4-bit base and 4-bit base + adapter.
 
-What is reliably true on the demo model (measured before writing these asserts): NF4
-quantization raises the perplexity of unseen text (the fine-tuning corpus, not the
-calibration text) by about 2 %, a QuAILoRA adapter of rank 8 takes back most of that gap
-(89 % to 110 % on the sizes tried: 8 x 96, 16 x 128, 32 x 256 tokens), and a plain QLoRA
-adapter (B = 0) changes nothing at all. The asserts leave wide margins around that.
+The demo model ships with the project (the same bytes on every machine), so its figures
+hold everywhere: NF4 raises the perplexity of unseen text (the built-in fine-tuning text,
+which the demo calibration text does not contain) by about 1.8 % on 32 x 256 tokens, 5
+standard errors of the text's sampling noise; a QuAILoRA adapter of rank 8 calibrated on
+12 x 64 tokens takes back about half of it (55 %); 8-bit quantization costs nothing
+measurable; a plain QLoRA adapter (B = 0) changes nothing at all. The asserts leave wide
+margins around those figures.
 """
 
 from __future__ import annotations
@@ -34,17 +36,19 @@ def unseen_text(tmp_path_factory) -> Path:
 def test_quailora_adapter_recovers_most_of_the_quantization_gap(demo_model, tmp_path, unseen_text, capsys):
     adapter = tmp_path / "quailora"
     run_init(make_config(demo_model, adapter))
-    code = main(["eval", "--adapter", str(adapter), "--data", str(unseen_text), "--samples", "8",
-                 "--seq-len", "96", "--device", "cpu", "--json"])  # fmt: skip
+    code = main(["eval", "--adapter", str(adapter), "--data", "demo", "--device", "cpu", "--json"])
     out = capsys.readouterr().out
     assert code == 0
     events = [event_from_json(line) for line in out.splitlines()]  # stdout holds only events
     report = events[-1].summary
-    assert type(events[-1]).__name__ == "Finished" and report["tokens"] == 8 * 95
+    assert type(events[-1]).__name__ == "Finished" and report["tokens"] == 32 * 255  # the default 32 x 256
     fp, q, a = report["fp_perplexity"], report["quantized_perplexity"], report["adapter_perplexity"]
     assert all(math.isfinite(x) and x > 1 for x in (fp, q, a))
-    assert q > fp * 1.005  # 4-bit NF4 costs perplexity on this model
-    assert abs(a - fp) < 0.5 * (q - fp)  # the initialization takes back more than half of it
+    assert q > fp * 1.01  # 4-bit NF4 costs perplexity on this model (1.8 %)
+    gap, se = report["quantized_loss"] - report["fp_loss"], report["gap_stderr"]
+    assert report["gap_measurable"] and gap > 3 * se  # measured: 5.2 standard errors
+    assert report["adapter_loss"] < report["quantized_loss"] - se  # the initialization takes back ...
+    assert 0.3 < report["gap_recovered"] < 1.2  # ... a good part of it (measured: 55 %)
     assert report["gap_recovered"] == pytest.approx((q - a) / (q - fp))
     assert report["quantization"] == "4-bit NF4" and report["method"] == "quailora"
 
@@ -52,17 +56,14 @@ def test_quailora_adapter_recovers_most_of_the_quantization_gap(demo_model, tmp_
 def test_plain_qlora_adapter_changes_nothing(demo_model, tmp_path, unseen_text, capsys):
     adapter = tmp_path / "qlora"
     run_init(make_config(demo_model, adapter, init__method="qlora"))
-    code = main(["eval", "--adapter", str(adapter), "--data", str(unseen_text), "--samples", "2",
-                 "--seq-len", "32", "--device", "cpu"])  # fmt: skip
+    code = main(["eval", "--adapter", str(adapter), "--data", str(unseen_text), "--device", "cpu"])
     out = capsys.readouterr().out
     assert code == 0 and "4-bit NF4 + adapter (qlora)" in out and "recovers 0.0%" in out, out
     report = evaluate_adapter(str(adapter), str(unseen_text), samples=4, seq_len=64, device="cpu")
     assert report.adapter_loss == pytest.approx(report.quantized_loss, abs=1e-6)
-    assert report.quantized_loss > report.fp_loss
-    assert report.gap_recovered == pytest.approx(0.0, abs=1e-4)
     table = report.table()
-    assert "full precision" in table and "4-bit NF4 + adapter (qlora)" in table and "recovers" in table
-    assert json.loads(json.dumps(report.to_dict()))["samples"] == 4
+    assert "full precision" in table and "4-bit NF4 + adapter (qlora)" in table
+    assert json.loads(json.dumps(report.to_dict(), allow_nan=False))["samples"] == 4
 
 
 def test_eval_refuses_another_base_and_bad_input(demo_model, tmp_path, unseen_text):
@@ -106,8 +107,18 @@ def test_a_share_is_given_only_for_a_gap_the_text_can_measure():
     assert as_json["gap_recovered"] is None and as_json["gap_measurable"] is False
 
     better = _report(5.0, 4.9, 4.95, se=0.01)  # quantized better than full precision: no gap to share
-    assert not better.gap_measurable and "recovers" not in better.table()
+    assert not better.gap_measurable and "recovers" not in better.table() and "no gap to close" in better.table()
 
     one = _report(5.0, 5.5, 5.1, se=float("nan"), samples=1)
     assert not one.gap_measurable and "uncertainty is unknown" in one.table()
     assert json.loads(json.dumps(one.to_dict(), allow_nan=False))["gap_stderr"] is None
+
+
+def test_no_share_is_claimed_for_8_bit_where_quantization_costs_nothing_measurable(demo_model, tmp_path, capsys):
+    adapter = tmp_path / "int8"
+    run_init(make_config(demo_model, adapter, quantization__bits=8))
+    code = main(["eval", "--adapter", str(adapter), "--data", "demo", "--samples", "16", "--seq-len", "128",
+                 "--device", "cpu"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and "8-bit LLM.int8 + adapter" in out and "no share of it is given" in out, out
+    assert "recovers" not in out
