@@ -36,7 +36,7 @@ DEMO_CALIBRATION = "demo"
 
 @dataclass
 class ModelConfig:
-    """Which model to initialize: a local folder, a hub id, or `demo` (built locally)."""
+    """Which model to initialize: a local folder, a hub id, or `demo` (shipped in resources/)."""
 
     path: str = DEMO_MODEL
     dtype: str = "auto"  # load dtype; auto = bfloat16 on CUDA, float32 on CPU

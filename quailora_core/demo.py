@@ -1,27 +1,32 @@
-"""The built-in demo model: a tiny Llama trained here, so the app runs with nothing on disk.
+"""The built-in demo model: a tiny Llama that ships with the project, the same bytes everywhere.
 
-`ensure_demo_model()` builds it once (about half a minute on two CPU cores) and caches
-it under `cache_root() / "demo-model-v2"` (`~/.cache/quailora`, or `$QUAILORA_CACHE`). The
-build is atomic: it happens in a temporary folder next to the final one, which is
-renamed into place only when complete, so an interrupted build leaves nothing that looks
-finished. No network is used: the tokenizer (byte-level BPE, ~2000 tokens) is trained
-with `tokenizers` and the model is pretrained with the transformers `Trainer`, both on
-stdlib docstrings (`corpus.pretraining_corpus`). Its loss ends well below ln(vocab), so
-its weights and activations have real structure for the initialization to work on.
+`resources/demo-model/` (at the top of the repository; installed as the data package
+`quailora_resources`) holds an ordinary Hugging Face model folder: a 1.8 M-parameter
+Llama (hidden 128, 4 blocks, vocabulary 4000) pretrained by `resources/make_demo_model.py`
+on docstrings of the standard library and of large Python packages, stored in bfloat16
+(3.6 MB), with its byte-level BPE tokenizer and `quailora_demo.json`, which says what it
+is and what quantizing it costs. 4-bit NF4 costs it real perplexity, so the
+initialization has a gap to recover on the demo.
 
-The folder is an ordinary Hugging Face model folder (`AutoModelForCausalLM` and
-`AutoTokenizer` load it offline) plus `quailora_demo.json`, which says what it is.
+Why shipped rather than built on the user's machine: a model trained at first use came
+out different on every machine (other CPU, other library versions), so no figure in the
+README or in a test could be relied on, and the first Run waited minutes for it. Loading
+is instant and offline. `DEMO_FILES` is what this package expects, byte for byte: the
+loader checks the files against it (SHA-256, about 10 ms) and refuses a damaged or
+replaced copy with the command that restores it; a test checks the same.
 
-`build_tiny_llm` is the general builder; `benchmarks/pretrain_tiny.py` calls it with
-bigger sizes and longer training.
+`build_tiny_llm` below is the general builder that made it; `benchmarks/pretrain_tiny.py`
+calls it with other sizes.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.util
 import json
 import math
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -29,32 +34,24 @@ from pathlib import Path
 from typing import Any
 
 from .config import DEMO_MODEL
-from .data import cache_root
+from .errors import InputError
 
-DEMO_DIR_NAME = "demo-model-v2"  # bump the version when the recipe below changes
+DEMO_DIR_NAME = "demo-model"
+RESOURCES_PACKAGE = "quailora_resources"  # the top-level resources/ folder, as installed
 MARKER_FILE = "quailora_demo.json"
 MARKER_KIND = "quailora-demo-model"
 
-# The demo recipe: small enough to build in ~30 s on 2 busy CPU cores, big enough to learn
-# (held-out loss ~5.4 against ln(2000) = 7.6). One CPU thread: these matrices are too small
-# to gain from more, and two threads on a shared two-core machine ran 3-4x slower.
-# No time cap: the demo model must be the same on every machine (tests rely on its figures),
-# so a very busy machine takes longer rather than getting a less-trained model.
-DEMO_RECIPE: dict[str, Any] = dict(
-    hidden_size=128,
-    intermediate_size=352,
-    layers=4,
-    heads=4,
-    kv_heads=2,
-    vocab_size=2000,
-    steps=250,
-    seq_len=128,
-    batch_size=8,
-    lr=3e-3,
-    seed=0,
-    num_threads=1,
-    max_seconds=None,
-)
+# SHA-256 of every file of resources/demo-model/, as resources/make_demo_model.py printed
+# them. Change them only together with the files (and the README's demo figures).
+DEMO_FILES: dict[str, str] = {
+    "README.md": "84ec32b5f462befa806b124c025ad55dc854ad4d76d8a2214e8115a9232be6cc",
+    "config.json": "e682ef652572f8b7b23138efe474a414e679041c9dc8f0191f486f6857b0c4b6",
+    "generation_config.json": "852b78ce05d6c857925f920b3fc8313ec7d70eca21e820595db1a892267bebd6",
+    "model.safetensors": "9d0a228cb68fd102ab8421e1f5ef100f9cd160930a87e398ff2191aa35ddde62",
+    "quailora_demo.json": "4d42b7d1ab90fff8b50057dc6d26581b2fcba45416e364f005ef2b190184f26d",
+    "tokenizer.json": "a8b4b8281206eb1d395642950c7bbfb3ba1d35ea840e7a4059e14e308e00598b",
+    "tokenizer_config.json": "f6a89ae01fbc7e0d3dac74fdc7b58d816baa4bedb9f60593638c54563fdd5d18",
+}
 
 LogFn = Callable[[str], None]
 
@@ -64,9 +61,19 @@ def _log(on_log: LogFn | None, message: str) -> None:
         on_log(message)
 
 
-def demo_model_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Where the demo model lives (whether or not it is built yet)."""
-    return Path(cache_dir or cache_root()).expanduser() / DEMO_DIR_NAME
+def resources_dir() -> Path:
+    """The project's top-level `resources/` folder: the installed `quailora_resources` data
+    package (a wheel, or an editable install's source folder), else the checkout's own."""
+    spec = importlib.util.find_spec(RESOURCES_PACKAGE)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if Path(location).is_dir():
+            return Path(location)
+    return Path(__file__).resolve().parents[1] / "resources"
+
+
+def demo_model_path() -> Path:
+    """Where the shipped demo model lives (not checked: see `ensure_demo_model`)."""
+    return resources_dir() / DEMO_DIR_NAME
 
 
 def is_demo_path(path: str | os.PathLike[str]) -> bool:
@@ -80,64 +87,48 @@ def is_demo_path(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-def ensure_demo_model(cache_dir: str | os.PathLike[str] | None = None, on_log: LogFn | None = None) -> Path:
-    """The demo model folder, built first if it is not in the cache yet.
-
-    `on_log` receives progress sentences (plain strings) during a build; nothing is logged
-    when the cached copy is used. Safe against interruption (the folder appears only when
-    complete) and against two processes building at once (the second uses the first's copy).
-    """
-    final = demo_model_path(cache_dir)
-    if is_demo_path(final):
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists():  # our versioned cache slot without a valid marker: a broken leftover
-        shutil.rmtree(final)
-    _log(on_log, f"Building the demo model in {final} (once; about half a minute) ...")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_DIR_NAME}.tmp-", dir=final.parent))
-    try:
-        from .corpus import pretraining_corpus
-
-        stats = build_tiny_llm(tmp, texts=pretraining_corpus(), on_log=on_log, **DEMO_RECIPE)
-        marker = {
-            "kind": MARKER_KIND,
-            "description": "demo model built locally by QuAILoRA Studio: a tiny Llama pretrained for about "
-            "half a minute on Python standard library docstrings. For trying the app, not for real use.",
-            **stats,
-        }
-        (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2), encoding="utf-8")
-        try:
-            tmp.rename(final)
-        except OSError:  # another process finished first: use its copy
-            if not is_demo_path(final):
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    _log(on_log, f"Demo model ready: final loss {stats['final_loss']:.2f} after {stats['steps']} steps "
-                 f"({stats['build_seconds']:.0f} s).")  # fmt: skip
-    return final
-
-
-def demo_config():
-    """The demo model's config without building it (the GUI's instant summary): read from
-    the cache when the model is built, else made from the recipe."""
-    from transformers import AutoConfig, LlamaConfig
-
-    path = demo_model_path()
-    if is_demo_path(path):
-        return AutoConfig.from_pretrained(path)
-    r = DEMO_RECIPE
-    return LlamaConfig(
-        vocab_size=r["vocab_size"],
-        hidden_size=r["hidden_size"],
-        intermediate_size=r["intermediate_size"],
-        num_hidden_layers=r["layers"],
-        num_attention_heads=r["heads"],
-        num_key_value_heads=r["kv_heads"],
-        max_position_embeddings=max(512, r["seq_len"]),
-        tie_word_embeddings=False,
+def _restore_hint(folder: Path) -> str:
+    return (
+        f"Restore it: in a clone, `git checkout -- {folder.name}` in {folder.parent}; otherwise reinstall "
+        "the package. (resources/make_demo_model.py makes a new one, with other figures.)"
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _verified(folder: str, stamp: tuple) -> None:
+    """Check the folder's files against DEMO_FILES once per (folder, sizes and mtimes)."""
+    path = Path(folder)
+    missing = [name for name in DEMO_FILES if not (path / name).is_file()]
+    if missing:
+        raise InputError(f"The demo model in {path} is incomplete: {', '.join(missing)} is missing.", _restore_hint(path))
+    for name, expected in DEMO_FILES.items():
+        digest = hashlib.sha256((path / name).read_bytes()).hexdigest()
+        if digest != expected:
+            raise InputError(
+                f"The demo model's {name} in {path} is not the file this version ships "
+                f"(SHA-256 {digest[:12]}…, expected {expected[:12]}…; a Git LFS pointer or a damaged copy?).",
+                _restore_hint(path),
+            )
+
+
+def ensure_demo_model(folder: str | os.PathLike[str] | None = None) -> Path:
+    """The demo model folder (default: the shipped one), checked against `DEMO_FILES`;
+    InputError, with the command that restores it, when a file is missing or differs."""
+    path = Path(folder) if folder is not None else demo_model_path()
+    stamp = tuple(
+        (name, st.st_size, st.st_mtime_ns)
+        for name in sorted(DEMO_FILES)
+        for st in [_stat(path / name)]
+    )
+    _verified(str(path), stamp)
+    return path
+
+
+def _stat(path: Path) -> os.stat_result:
+    try:
+        return path.stat()
+    except OSError:
+        return os.stat_result((0,) * 10)
 
 
 # ---------------------------------------------------------------------------- builder

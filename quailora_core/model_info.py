@@ -38,15 +38,15 @@ class ModelSummary:
     is_demo: bool = False
 
 
-def resolve_model_path(ref: str, build_demo: bool = True, on_log=None) -> str:
-    """`demo` -> the locally built demo model folder; a local folder -> itself (checked);
+def resolve_model_path(ref: str) -> str:
+    """`demo` -> the shipped demo model folder (checked); a local folder -> itself (checked);
     a hub id -> itself (checked for offline). Raises InputError with a fix."""
     if not ref:
         raise InputError("No model given.", "Use --model PATH, a hub id, or --model demo.")
     if ref == DEMO_MODEL:
-        from .demo import demo_model_path, ensure_demo_model
+        from .demo import ensure_demo_model
 
-        return str(ensure_demo_model(on_log=on_log) if build_demo else demo_model_path())
+        return str(ensure_demo_model())
     path = Path(ref).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -102,14 +102,8 @@ def meta_model(hf_config: PretrainedConfig, trust_remote_code: bool = False) -> 
 def summarize_model(ref: str, trust_remote_code: bool = False) -> ModelSummary:
     """Architecture, size and linear modules of a model, from its config alone (fast)."""
     is_demo = ref == DEMO_MODEL
-    if is_demo:
-        from .demo import demo_config
-
-        hf_config = demo_config()
-        path = ref
-    else:
-        path = resolve_model_path(ref)
-        hf_config = load_model_config(path, trust_remote_code)
+    path = resolve_model_path(ref)
+    hf_config = load_model_config(path, trust_remote_code)
     model = meta_model(hf_config, trust_remote_code)
     blocks = find_decoder_blocks(model)
     names: list[str] = []

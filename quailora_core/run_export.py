@@ -128,7 +128,7 @@ def _readme(run: RunConfig, meta: dict) -> str:
     quant = f"{q['bits']}-bit" + (f" {q['quant_type'].upper()}" if q["bits"] == 4 else " LLM.int8")
     model = run.model.path
     where = (
-        "the demo model (`demo`: built locally on first use, no download)"
+        "the demo model (`demo`: ships with the package, no download)"
         if model == DEMO_MODEL
         else f"`{model}`"
     )

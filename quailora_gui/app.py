@@ -1,7 +1,8 @@
 """`quailora-gui [run.toml] [--demo]`: start QuAILoRA Studio.
 
-With a run file, the form opens it; with `--demo`, the demo model (built on this
-machine, no download) and the built-in sample text are preselected.
+With a run file, the form opens it; with `--demo`, the demo model (shipped with the
+package, no download) and the built-in sample text are preselected. Before Qt starts,
+`qt_platform.start_problem` checks that a window can be opened here.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Shared pytest fixtures (every test runs offline, on CPU, with nothing from the user's cache).
 
 - `quailora_cache` (session, autouse): points `$QUAILORA_CACHE` at a session temp folder,
-  so no test reads or writes `~/.cache/quailora` (datasets' Arrow cache, the demo model).
-- `demo_model` (session): the demo model, built once per session into that cache (about
-  35 s on two CPU cores); returns its folder (a `Path`).
+  so no test reads or writes `~/.cache/quailora` (datasets' Arrow cache).
+- `demo_model` (session): the shipped demo model's folder (`resources/demo-model`, checked
+  against the hashes the package expects); the same bytes on every machine, so tests may
+  rely on its figures. No test relies on a property of a model trained during the run.
 - `one_torch_thread` (session, autouse): tests run on one torch thread.
 - `demo_adapter` (session): a rank-8 NF4 QuAILoRA adapter for the demo model.
 - `text_file`: a small UTF-8 text file (stdlib docstrings, blank-line separated paragraphs,
@@ -33,7 +34,7 @@ def quailora_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_model(quailora_cache) -> Path:
+def demo_model() -> Path:
     from quailora_core.demo import ensure_demo_model
 
     return ensure_demo_model()

@@ -22,7 +22,7 @@ def open_demo_window():
 
     from quailora_core.demo import ensure_demo_model
 
-    print("demo model:", ensure_demo_model(on_log=print))
+    print("demo model:", ensure_demo_model())
 
     from PySide6.QtWidgets import QApplication
 

@@ -3,8 +3,8 @@
     xvfb-run -s "-screen 0 1600x1000x24" python docs/screenshots/make_screenshots.py
 
 (or with QT_QPA_PLATFORM=offscreen; `make_training_screenshot.py` beside it makes
-training-panel-running.png). It runs LoftQ, then QuAILoRA on the demo model (built
-locally, no download), grabs the window half-way through the second run
+training-panel-running.png). It runs LoftQ, then QuAILoRA on the demo model (shipped in
+resources/, no download), grabs the window half-way through the second run
 (main-window-running.png), then once it has finished with the LoftQ run overlaid
 (main-window-finished.png), and the heat map tab (main-window-heatmap.png). Settings and
 outputs go to a temporary folder, never to the user's.

@@ -18,7 +18,7 @@ INPUT_LABELS: dict[str, str] = {
 
 QUANT_TYPE_LABELS: dict[str, str] = {"nf4": "NF4", "fp4": "FP4"}
 
-DEMO_MODEL_LABEL = "Demo model (built locally)"
+DEMO_MODEL_LABEL = "Demo model (built in)"
 DEMO_CALIBRATION_LABEL = "Built-in sample text"
 
 # objectName -> tooltip: one sentence with the usual value.

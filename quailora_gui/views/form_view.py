@@ -151,7 +151,7 @@ class RunForm(QWidget):
         row.addWidget(self.modelBrowseButton)
         form.addRow("Model", row)
         self.demoModelBadge = role_label(
-            f"{DEMO_MODEL_LABEL}: a small Llama-style model trained on this machine, no download.",
+            f"{DEMO_MODEL_LABEL}: a 1.8 M-parameter Llama that ships with the app, no download.",
             "badge",
             "demoModelBadge",
         )

@@ -53,7 +53,7 @@ class InitWorker(QObject):
             if engine is None:
                 from quailora_core.engine import run_init
 
-                engine = run_init  # it builds the demo model on first use, logging its progress
+                engine = run_init
             result = engine(self.config, self._emit_event, self.token)
         except Cancelled:
             self.cancelled.emit()

@@ -140,7 +140,7 @@ def test_demo_model_and_sample_text_are_in_the_pickers(qtbot, window, tmp_path):
     form.calibrationPathEdit.setText("")
     form._fill_model_menu()
     demo = [a for a in form.modelMenu.actions() if a.objectName() == "demoModelAction"][0]
-    assert demo.text() == "Demo model (built locally)"
+    assert demo.text() == "Demo model (built in)"
     demo.trigger()
     form._fill_calibration_menu()
     [a for a in form.calibrationMenu.actions() if a.objectName() == "demoCalibrationAction"][0].trigger()
