@@ -358,7 +358,7 @@ class MainWindow(QMainWindow):
                 config.output or str(Path(default_output_root()) / "demo-adapter")
             )
         self.form.set_config(config)
-        self.log("Demo selected: the small model built on this machine and the built-in sample text.")
+        self.log("Demo selected: the small model that ships with the app and the built-in sample text.")
 
     # ================================================================== checks
     def _on_form_changed(self) -> None:
