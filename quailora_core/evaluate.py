@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import DEMO_CALIBRATION
 from .errors import Cancelled, InputError
 from .events import CancelToken, EventCallback, Log, Stage, ignore_events
 
@@ -180,7 +181,7 @@ def evaluate_adapter(
     if dev.type == "cpu" and dtype != torch.float32:
         on_event(Log("warning", f"the adapter was computed for {dtype_name} weights; evaluating them on CPU is slow"))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    texts = load_training_data(data).texts if data == "demo" else load_texts(data, text_column)
+    texts = load_training_data(data).texts if data == DEMO_CALIBRATION else load_texts(data, text_column)
     cal = pack(texts, tokenizer, samples, seq_len, 0, seed)
     for warning in cal.warnings:
         on_event(Log("warning", warning))

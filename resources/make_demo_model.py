@@ -65,6 +65,7 @@ def _perplexities(folder: Path, texts: list[str], samples: int, seq_len: int) ->
     from quailora_core.config import QuantConfig
     from quailora_core.data import pack
     from quailora_core.quantize import bnb_config
+    from quailora_core.train import disable_cpu_packing
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     batch = pack(texts, tokenizer, samples, seq_len, 0, 0)
@@ -72,6 +73,7 @@ def _perplexities(folder: Path, texts: list[str], samples: int, seq_len: int) ->
     for name, quant in (("float32", None), ("nf4", QuantConfig(bits=4)), ("int8", QuantConfig(bits=8))):
         kwargs = {} if quant is None else {"quantization_config": bnb_config(quant, torch.float32)}
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs).eval()
+        disable_cpu_packing(model)  # compute with exactly Q, as the engine and training do
         labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
         with torch.no_grad():
             loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss

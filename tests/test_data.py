@@ -348,6 +348,13 @@ def test_preview_of_10_mb_jsonl_is_quick(tmp_path):
     assert seconds < 2.0, seconds  # about 0.05 s of CPU on the reference machine
 
 
+def test_every_data_format_counts_as_a_file_not_a_hub_id():
+    from quailora_core import data, hub
+
+    assert set(data.FORMATS) <= hub.DATA_FILE_SUFFIXES
+    assert not data.looks_like_hub_id("notes.jsonl") and data.looks_like_hub_id("owner/dataset")
+
+
 # ---------------------------------------------------------------------------- corpus
 def test_corpus_is_deterministic_deduplicated_and_disjoint():
     pre = corpus.pretraining_corpus()
