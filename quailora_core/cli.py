@@ -287,6 +287,11 @@ def _run_reporting(args: argparse.Namespace, work, progress=None) -> tuple[int, 
 
     out = sys.stdout
     if args.json:
+        # a reader of JSON lines (the app's log, a remote runner) cannot draw progress bars:
+        # transformers' "Loading weights" bars would reach it as lines of carriage returns
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         def on_event(event: Any) -> None:
             print(event_to_json(event), file=out, flush=True)

@@ -73,6 +73,7 @@ def test_moved_run_folder_trains_from_another_directory(demo_model, adapter, tmp
         cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Loading weights" not in proc.stderr  # no progress bars in what the app's log shows
     events = [event_from_json(line) for line in proc.stdout.splitlines()]
     assert [e.step for e in events if isinstance(e, TrainStep)] == [1, 2]
     assert isinstance(events[-1], Finished) and events[-1].output_dir == str(moved / "output")
