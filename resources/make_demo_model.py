@@ -58,12 +58,13 @@ def _sha256(path: Path) -> str:
 
 def _perplexities(folder: Path, texts: list[str], samples: int, seq_len: int) -> dict[str, float]:
     """Perplexity of `texts` under the model in float32, NF4 (double quant) and LLM.int8,
-    each loaded the way a fine-tuning run loads it."""
+    each loaded the way a fine-tuning run loads it, measured as `quailora eval` measures."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from quailora_core.config import QuantConfig
     from quailora_core.data import pack
+    from quailora_core.evaluate import _mean, _sample_losses
     from quailora_core.quantize import bnb_config
     from quailora_core.train import disable_cpu_packing
 
@@ -74,10 +75,8 @@ def _perplexities(folder: Path, texts: list[str], samples: int, seq_len: int) ->
         kwargs = {} if quant is None else {"quantization_config": bnb_config(quant, torch.float32)}
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs).eval()
         disable_cpu_packing(model)  # compute with exactly Q, as the engine and training do
-        labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
-        with torch.no_grad():
-            loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
-        out[name] = math.exp(float(loss))
+        sums, counts = _sample_losses(model, batch.input_ids, batch.attention_mask, 8, "cpu", lambda: None)
+        out[name] = math.exp(_mean(sums, counts))
     return out
 
 
