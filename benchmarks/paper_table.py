@@ -134,7 +134,7 @@ def unquantized_loader(dtype_name: str):
         import torch
         from transformers import AutoModelForCausalLM
 
-        from quailora_core.train import recorded_quantization
+        from quailora_core.base_model import recorded_quantization
 
         _, recorded = recorded_quantization(meta)
         dtype = getattr(torch, recorded if dtype_name == "auto" else dtype_name)
@@ -147,6 +147,7 @@ def unquantized_loader(dtype_name: str):
 
 def train_arm(args, model: str, data: dict, adapter: Path, out: Path, arm: str, seed: int) -> dict:
     import quailora_core.train as train_mod
+    from quailora_core.base_model import recorded_quantization
     from quailora_core.config import RunConfig
 
     cfg = RunConfig()
@@ -157,7 +158,7 @@ def train_arm(args, model: str, data: dict, adapter: Path, out: Path, arm: str, 
     t.eval_interval, t.save_interval, t.log_interval = args.eval_every, args.steps, max(1, args.steps // 10)
     t.warmup_steps, t.seed = args.warmup, seed
     t.adapter, t.output = str(adapter), str(out)
-    cfg.quantization = train_mod.recorded_quantization(train_mod.read_adapter(str(adapter)))[0]
+    cfg.quantization = recorded_quantization(train_mod.read_adapter(str(adapter)))[0]
     original = train_mod.load_quantized_base
     if ARMS[arm][0] == 16:
         train_mod.load_quantized_base = unquantized_loader(args.dtype)

@@ -153,12 +153,13 @@ def evaluate_adapter(
     unreadable data or bad sizes.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
+    from .base_model import auto_class, load_quantized_base, recorded_quantization
     from .data import load_texts, load_training_data, pack
     from .device import resolve_device
     from .model_info import resolve_model_path
-    from .train import check_base, load_quantized_base, read_adapter, recorded_quantization
+    from .train import check_base, read_adapter
 
     cancel = cancel or CancelToken()
     started = time.perf_counter()
@@ -193,7 +194,7 @@ def evaluate_adapter(
 
     on_event(Stage("evaluate", total=3))
     check()
-    fp = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, low_cpu_mem_usage=True).to(dev)
+    fp = auto_class(meta).from_pretrained(model_path, dtype=dtype, low_cpu_mem_usage=True).to(dev)
     fp_sums, counts = _sample_losses(fp, ids, mask, batch_size, dev, check)
     fp_loss, n = _mean(fp_sums, counts), int(counts.sum())
     on_event(Log("info", f"full precision: loss {fp_loss:.4f}, perplexity {_ppl(fp_loss):.3f}"))

@@ -24,11 +24,12 @@ import stat
 from pathlib import Path
 
 from .adapter import atomic_dir, copy_adapter
+from .base_model import recorded_quantization
 from .config import DEMO_MODEL, RunConfig, check_output_dir
 from .data import looks_like_hub_id
 from .errors import InputError
 from .run_layout import ADAPTER_DIR, DATA_DIR, LAUNCHER, OUTPUT_DIR, RUN_FILE
-from .train import adapter_dir, check_settings, read_adapter, recorded_quantization
+from .train import adapter_dir, check_settings, read_adapter
 
 LAUNCH_SH = """#!/usr/bin/env bash
 # Fine-tune the QuAILoRA-initialized adapter of this run folder (see README.md).

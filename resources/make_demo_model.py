@@ -62,11 +62,11 @@ def _perplexities(folder: Path, texts: list[str], samples: int, seq_len: int) ->
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from quailora_core.base_model import disable_cpu_packing
     from quailora_core.config import QuantConfig
     from quailora_core.data import pack
     from quailora_core.evaluate import _mean, _sample_losses
     from quailora_core.quantize import bnb_config
-    from quailora_core.train import disable_cpu_packing
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     batch = pack(texts, tokenizer, samples, seq_len, 0, 0)

@@ -85,7 +85,7 @@ def test_trained_adapter_loads_with_peft_on_the_quantized_base(trained, adapter,
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from quailora_core.train import recorded_bnb_config
+    from quailora_core.base_model import recorded_bnb_config
 
     result, _ = trained
     out = Path(result.output_dir)
