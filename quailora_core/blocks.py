@@ -1,13 +1,14 @@
-"""Find a model's decoder blocks generically and capture what flows into the first one.
+"""Find a model's decoder blocks and record what the model's own forward pass feeds them.
 
-Every transformers causal LM keeps its repeated decoder blocks in one `nn.ModuleList`
-(`model.layers` in Llama/Mistral/Qwen2/Phi, `gpt_neox.layers`, `model.decoder.layers`
-in OPT, `transformer.h` in GPT-2 style models). Rather than keep a table per
-architecture, we take the longest ModuleList whose children all share one class and
-which holds `num_hidden_layers` entries when the config says so. The inputs of block 0
-are captured with a forward pre-hook that records the call and then stops the forward
-pass (the "capture then sequential" pattern of GPTQ tools), so nothing beyond the
-embeddings runs and only one block at a time needs to sit on the accelerator.
+transformers names each model's language decoder (`get_decoder()`); inside it the
+repeated blocks are the one `nn.ModuleList` whose children share a class and number
+`num_hidden_layers` (`model.layers`, `model.language_model.layers`, `transformer.h`,
+`model.decoder.layers`). Rather than keep a table per architecture, that list is found
+by its shape. What each block receives (hidden states plus masks, rotary tables,
+positions: which can differ per layer type) is recorded from one pass of the model's own
+forward with the blocks stood in for (the "capture then sequential" pattern of GPTQ
+tools), so nothing but the embeddings runs and only one block at a time needs to sit on
+the accelerator afterwards.
 """
 
 from __future__ import annotations
@@ -29,10 +30,20 @@ class DecoderBlocks:
 
 
 def find_decoder_blocks(model: nn.Module) -> DecoderBlocks:
-    """The ModuleList of repeated decoder blocks, or an InputError that says it is missing."""
-    expected = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    """The ModuleList of repeated blocks of the model's language decoder, or an InputError.
+
+    transformers says which submodule is the decoder (`get_decoder()`: the model itself
+    for GPT-2 style models, `model.language_model` in a vision-language model), so a
+    vision tower's blocks are never taken for the language model's.
+    """
+    text_config = model.config.get_text_config() if hasattr(getattr(model, "config", None), "get_text_config") else None
+    expected = getattr(text_config, "num_hidden_layers", None)
+    decoder = model.get_decoder() if callable(getattr(model, "get_decoder", None)) else None
+    if not isinstance(decoder, nn.Module):
+        decoder = model
+    prefix = next((name for name, module in model.named_modules() if module is decoder), "")
     best: tuple[int, str, nn.ModuleList] | None = None
-    for name, module in model.named_modules():
+    for name, module in decoder.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
             continue
         classes = {type(child) for child in module}
@@ -42,7 +53,7 @@ def find_decoder_blocks(model: nn.Module) -> DecoderBlocks:
             continue
         score = len(module) + (10_000 if expected is not None and len(module) == expected else 0)
         if best is None or score > best[0]:
-            best = (score, name, module)
+            best = (score, ".".join(p for p in (prefix, name) if p), module)
     if best is None:
         raise InputError(
             f"Could not find the decoder blocks of {type(model).__name__}.",
@@ -52,7 +63,7 @@ def find_decoder_blocks(model: nn.Module) -> DecoderBlocks:
 
 
 class _StopForward(Exception):
-    """Raised by the capture hook to end the forward pass right at block 0."""
+    """Raised by the capture hooks to end the forward pass early."""
 
 
 class HiddenStore:
@@ -86,15 +97,40 @@ class HiddenStore:
 
 
 @dataclass
-class BlockBatch:
-    """One batch of inputs to a decoder block: hidden states plus the keyword arguments
-    (attention mask, rotary embeddings, positions) the model passed to block 0, reused
-    unchanged for every block, plus the token mask that excludes padding from statistics."""
+class BlockCall:
+    """What the model passes to one block besides the hidden states: positional extras and
+    keyword arguments (attention mask, rotary embeddings, positions, ...)."""
 
-    hidden: torch.Tensor | Path  # a HiddenStore handle: on the host (RAM or a file), never on the accelerator
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
+
+
+@dataclass
+class BlockBatch:
+    """One batch of inputs to the decoder blocks: the hidden states entering the next block,
+    each block's own call arguments (recorded from the model's own forward pass: Gemma 2/3
+    and other models with per-layer `layer_types` give sliding and full-attention blocks
+    different masks and rotary tables), and the token mask that excludes padding."""
+
+    hidden: torch.Tensor | Path  # a HiddenStore handle: on the host (RAM or a file), never on the accelerator
+    calls: list[BlockCall]  # calls[b]: what block b receives
     token_mask: torch.Tensor  # (batch, seq) bool, True for real tokens
+
+    def with_hidden(self, hidden: torch.Tensor | Path) -> BlockBatch:
+        return BlockBatch(hidden, self.calls, self.token_mask)
+
+
+def call_signature(calls: list[BlockCall]) -> list[int]:
+    """For each block, the index of the first block that receives the very same arguments
+    (same tensor objects): blocks of one layer type share a signature."""
+    keys: list[tuple] = []
+    out = []
+    for call in calls:
+        key = tuple(id(a) for a in call.args) + tuple((k, id(v)) for k, v in sorted(call.kwargs.items()))
+        if key not in keys:
+            keys.append(key)
+        out.append(keys.index(key))
+    return [next(i for i, s in enumerate(out) if s == sig) for sig in out]
 
 
 def _embedding_modules(model: nn.Module, blocks: DecoderBlocks) -> list[nn.Module]:
@@ -112,6 +148,16 @@ def _embedding_modules(model: nn.Module, blocks: DecoderBlocks) -> list[nn.Modul
     return out
 
 
+def _split_call(args: tuple, kwargs: dict) -> tuple[torch.Tensor, BlockCall]:
+    kwargs = dict(kwargs)
+    hidden = args[0] if args else kwargs.pop("hidden_states")
+    for cache in ("past_key_value", "past_key_values", "layer_past"):
+        kwargs.pop(cache, None)
+    if "use_cache" in kwargs:
+        kwargs["use_cache"] = False
+    return hidden, BlockCall(tuple(args[1:]), kwargs)
+
+
 @torch.no_grad()
 def capture_block_inputs(
     model: nn.Module,
@@ -122,113 +168,105 @@ def capture_block_inputs(
     device: torch.device,
     store: HiddenStore,
 ) -> list[BlockBatch]:
-    """Run the model up to block 0 on each batch and record block 0's inputs on `device`.
+    """Run the model's own forward pass on each batch and record what every block receives.
 
-    Only the modules that run before block 0 are moved to `device` (and back after).
+    The blocks themselves do not run: each is replaced for the pass by a stand-in that
+    records its call and hands its input straight on (in the block's own output form,
+    learnt from one real call of block 0), and the last one ends the pass. So the model
+    computes every per-layer mask and position embedding itself, as it will in training,
+    at the cost of the embeddings alone. Only the modules that run outside the blocks are
+    moved to `device` (and back after).
     """
-    first = blocks.blocks[0]
+    n = len(blocks.blocks)
     captured: list[tuple[tuple, dict]] = []
+    template: list[Any] = []
 
-    def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
-        captured.append((args, kwargs))
-        raise _StopForward
+    def stand_in(index: int):
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            captured.append((args, kwargs))
+            if index == n - 1:
+                raise _StopForward
+            hidden = args[0] if args else kwargs["hidden_states"]
+            out = template[0]
+            if isinstance(out, tuple):
+                return (hidden, *out[1:])
+            return hidden
+
+        return forward
 
     pre = _embedding_modules(model, blocks)
     homes = [next(iter(list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)))).device for m in pre]
     for m in pre:
         m.to(device)
-    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
     batches: list[BlockBatch] = []
     try:
         for start in range(0, input_ids.shape[0], batch_size):
             ids = input_ids[start : start + batch_size].to(device)
             mask = attention_mask[start : start + batch_size].to(device)
+            if not template:
+                template.append(_first_block_output(model, blocks, ids, mask, device))
             captured.clear()
+            for b, block in enumerate(blocks.blocks):
+                block.forward = stand_in(b)
             try:
                 model(input_ids=ids, attention_mask=mask, use_cache=False)
             except _StopForward:
                 pass
-            if not captured:
+            finally:
+                for block in blocks.blocks:
+                    del block.forward
+            if len(captured) != n:
                 raise InputError(
-                    "The model's forward pass never reached its first decoder block.",
-                    "This architecture is not supported.",
+                    f"The model's forward pass called {len(captured)} of its {n} decoder blocks.",
+                    "This architecture is not supported: its blocks do not run once each, in order.",
                 )
-            args, kwargs = captured[0]
-            hidden = args[0] if args else kwargs.pop("hidden_states")
-            kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_value", "past_key_values")}
-            kwargs["use_cache"] = False
-            batches.append(
-                BlockBatch(
-                    hidden=store.put(hidden),
-                    args=tuple(args[1:]),
-                    kwargs=kwargs,
-                    token_mask=mask.bool(),
-                )
-            )
+            hidden, _ = _split_call(*captured[0])
+            calls = [_split_call(args, kwargs)[1] for args, kwargs in captured]
+            batches.append(BlockBatch(hidden=store.put(hidden), calls=calls, token_mask=mask.bool()))
     finally:
-        handle.remove()
         for m, home in zip(pre, homes, strict=True):
             m.to(home)
     return batches
 
 
-def run_block(block: nn.Module, batch: BlockBatch, store: HiddenStore) -> torch.Tensor | Path:
-    """Run `block` on one batch and hand its output hidden states to `store`.
+def _first_block_output(model: nn.Module, blocks: DecoderBlocks, ids, mask, device) -> Any:
+    """Block 0's real output on one batch: the form (tensor or tuple) its stand-in returns."""
+    first = blocks.blocks[0]
+    seen: list[tuple[tuple, dict]] = []
+
+    def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        seen.append((args, kwargs))
+        raise _StopForward
+
+    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        model(input_ids=ids, attention_mask=mask, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    if not seen:
+        raise InputError(
+            "The model's forward pass never reached its first decoder block.",
+            "This architecture is not supported.",
+        )
+    hidden, call = _split_call(*seen[0])
+    home = next(first.parameters()).device
+    first.to(device)
+    try:
+        return first(hidden, *call.args, **call.kwargs)
+    finally:
+        first.to(home)
+
+
+def run_block(block: nn.Module, index: int, batch: BlockBatch, store: HiddenStore) -> torch.Tensor | Path:
+    """Run `block` (block number `index`) on one batch and hand its output hidden states to `store`.
 
     Activations of all calibration sequences live on the host; only the batch being
     processed visits the accelerator, so accelerator memory does not grow with the number
     of calibration samples.
     """
     device = batch.token_mask.device
-    out = block(store.get(batch.hidden).to(device, non_blocking=True), *batch.args, **batch.kwargs)
+    call = batch.calls[index]
+    out = block(store.get(batch.hidden).to(device, non_blocking=True), *call.args, **call.kwargs)
     return store.put(out[0] if isinstance(out, (tuple, list)) else out)
-
-
-def target_linears(
-    blocks: DecoderBlocks, model: nn.Module, targets: list[str]
-) -> list[tuple[int, str, str, nn.Module]]:
-    """(block index, full name, name inside the block, module) for every targeted layer.
-
-    `targets` is ["all-linear"] (every nn.Linear inside the blocks, as peft's all-linear)
-    or names matched as the last component(s) of the module path (`q_proj`,
-    `self_attn.o_proj`), the way peft matches `target_modules`.
-    """
-    all_linear = [t.strip() for t in targets] == ["all-linear"]
-    found = []
-    unknown_kind = []
-    for b, block in enumerate(blocks.blocks):
-        for sub, module in block.named_modules():
-            if not sub:
-                continue
-            full = f"{blocks.path}.{b}.{sub}"
-            matched = all_linear or any(sub == t or sub.endswith("." + t) for t in targets)
-            if not matched:
-                continue
-            if isinstance(module, nn.Linear):
-                found.append((b, full, sub, module))
-            elif not all_linear and not list(module.children()):
-                unknown_kind.append((sub, type(module).__name__))
-    if unknown_kind:
-        sub, kind = unknown_kind[0]
-        raise InputError(
-            f"Target {sub!r} is a {kind}, not an nn.Linear.",
-            "QuAILoRA initializes Linear layers only; choose other --targets.",
-        )
-    if not found and all_linear:
-        kinds = sorted({type(m).__name__ for m in blocks.blocks[0].modules() if next(m.parameters(False), None) is not None})
-        raise InputError(
-            "The decoder blocks of this model hold no nn.Linear layers.",
-            f"QuAILoRA initializes Linear layers only; the blocks hold {', '.join(kinds)}.",
-        )
-    if not found:
-        names = sorted({sub.split(".")[-1] for sub, m in blocks.blocks[0].named_modules() if isinstance(m, nn.Linear)})
-        raise InputError(
-            f"No layer matches the targets {', '.join(targets)}.",
-            f"Linear layers in each block: {', '.join(names) or 'none'}.",
-        )
-    if not all_linear:
-        for t in targets:
-            if not any(sub == t or sub.endswith("." + t) for _, _, sub, _ in found):
-                names = sorted({sub.split(".")[-1] for _, _, sub, _ in found})
-                raise InputError(f"Target {t!r} matches no layer.", f"Linear layers found: {', '.join(names)}.")
-    return found

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, PretrainedConfig
 
 from .blocks import find_decoder_blocks
 from .config import DEMO_MODEL
@@ -85,17 +85,47 @@ def load_model_config(ref: str, trust_remote_code: bool = False) -> PretrainedCo
         raise InputError(f"Model {ref!r} was not found: {text.splitlines()[0]}", "Check the hub id.") from None
 
 
+def model_class(hf_config: PretrainedConfig, trust_remote_code: bool = False) -> type:
+    """The auto class this checkpoint loads with, as transformers' own mappings say.
+
+    A text model is an `AutoModelForCausalLM`; a vision-language model (Qwen2-VL, Llava,
+    Gemma 3) is an `AutoModelForImageTextToText`, and its adapter must load on that very
+    class, so the initialization, the training run and `eval` all load through here.
+    Remote-code models declare their classes in `auto_map`.
+    """
+    mapped = type(hf_config)
+    if mapped in AutoModelForCausalLM._model_mapping:
+        return AutoModelForCausalLM
+    if mapped in AutoModelForImageTextToText._model_mapping:
+        return AutoModelForImageTextToText
+    auto_map = getattr(hf_config, "auto_map", None) or {}
+    if trust_remote_code and "AutoModelForCausalLM" in auto_map:
+        return AutoModelForCausalLM
+    if trust_remote_code and "AutoModelForImageTextToText" in auto_map:
+        return AutoModelForImageTextToText
+    raise InputError(
+        f"{type(hf_config).__name__} ({getattr(hf_config, 'model_type', '?')}) is not a causal or "
+        "vision-language model that transformers can load for text generation.",
+        "QuAILoRA initializes causal LMs (AutoModelForCausalLM) and the language model of "
+        "vision-language models (AutoModelForImageTextToText).",
+    )
+
+
+AUTO_CLASSES = {"AutoModelForCausalLM": AutoModelForCausalLM, "AutoModelForImageTextToText": AutoModelForImageTextToText}
+
+
 def meta_model(hf_config: PretrainedConfig, trust_remote_code: bool = False) -> nn.Module:
     """The model's module tree on the meta device: shapes and names, no memory."""
     from accelerate import init_empty_weights
 
+    cls = model_class(hf_config, trust_remote_code)
     try:
         with init_empty_weights():
-            return AutoModelForCausalLM.from_config(hf_config, trust_remote_code=trust_remote_code)
+            return cls.from_config(hf_config, trust_remote_code=trust_remote_code)
     except ValueError as exc:
         raise InputError(
-            f"{type(hf_config).__name__} is not a causal language model: {str(exc).splitlines()[0]}",
-            "QuAILoRA initializes causal LMs (AutoModelForCausalLM).",
+            f"transformers cannot build {type(hf_config).__name__}: {str(exc).splitlines()[0]}",
+            "Check the model's config.json, or upgrade transformers.",
         ) from None
 
 
@@ -106,14 +136,18 @@ def summarize_model(ref: str, trust_remote_code: bool = False) -> ModelSummary:
     hf_config = load_model_config(path, trust_remote_code)
     model = meta_model(hf_config, trust_remote_code)
     blocks = find_decoder_blocks(model)
+    text_config = hf_config.get_text_config()
+    from .targets import linear_leaves
+
     names: list[str] = []
     shapes: dict[str, tuple[int, int]] = {}
-    for sub, module in blocks.blocks[0].named_modules():
-        if isinstance(module, nn.Linear):
-            leaf = sub.split(".")[-1]
+    prefix = f"{blocks.path}.0."
+    for name, (_kind, n_out, n_in) in linear_leaves(model).items():
+        if name.startswith(prefix):
+            leaf = name.split(".")[-1]
             if leaf not in shapes:
                 names.append(leaf)
-                shapes[leaf] = (module.out_features, module.in_features)
+                shapes[leaf] = (n_out, n_in)
     n_params = sum(p.numel() for p in model.parameters())
     return ModelSummary(
         path=path,
@@ -121,9 +155,9 @@ def summarize_model(ref: str, trust_remote_code: bool = False) -> ModelSummary:
         model_type=getattr(hf_config, "model_type", ""),
         n_params=int(n_params),
         n_blocks=len(blocks.blocks),
-        hidden_size=int(getattr(hf_config, "hidden_size", 0) or 0),
-        intermediate_size=int(getattr(hf_config, "intermediate_size", 0) or 0),
-        vocab_size=int(getattr(hf_config, "vocab_size", 0) or 0),
+        hidden_size=int(getattr(text_config, "hidden_size", 0) or 0),
+        intermediate_size=int(getattr(text_config, "intermediate_size", 0) or 0),
+        vocab_size=int(getattr(text_config, "vocab_size", 0) or 0),
         linear_modules=names,
         linear_shapes=shapes,
         is_demo=is_demo,

@@ -21,6 +21,19 @@ def accumulation_dtype(device: torch.device) -> torch.dtype:
     return torch.float64 if device.type == "cpu" else torch.float32
 
 
+def token_rows(x: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """The rows of a layer input `(batch, ..., seq, in)` that belong to real tokens, as an
+    `N x in` matrix. Most inputs are `(batch, seq, in)`; some carry a head axis in between
+    (DeepSeek's `kv_b_proj` reads `(batch, 1, seq, rank)`), and the mask is broadcast over it;
+    some are flattened to `(batch * seq, in)` (OPT's MLP)."""
+    if x.dim() == 2 and x.shape[0] == token_mask.numel():
+        return x[token_mask.reshape(-1).to(x.device)]
+    if x.dim() < 3 or x.shape[0] != token_mask.shape[0] or x.shape[-2] != token_mask.shape[1]:
+        raise ValueError(f"a layer input of shape {tuple(x.shape)} does not line up with the tokens {tuple(token_mask.shape)}")
+    mask = token_mask.view(token_mask.shape[0], *([1] * (x.dim() - 3)), token_mask.shape[1]).expand(x.shape[:-1])
+    return x[mask.to(x.device)]
+
+
 class Moment:
     """Running `sum x^T y` and token count; `.mean()` gives the `in x in` moment matrix."""
 
@@ -63,7 +76,7 @@ class GramCollector:
         """Prepare for one batch. mode: "gram" accumulates X^T X; "stash" keeps this batch's
         inputs for a following "cross" pass and accumulates their Gram under "fp:<key>";
         "cross" accumulates X_stash^T X (under "cross:<key>") and X^T X (under <key>)."""
-        self._mask = token_mask.reshape(-1)
+        self._mask = token_mask
         self._key = key
         self._seen = {}
         self._mode = mode
@@ -73,7 +86,7 @@ class GramCollector:
     def _hook(self, name: str):
         def hook(_module: nn.Module, args: tuple) -> None:
             x = args[0]
-            flat = x.reshape(-1, x.shape[-1])[self._mask]
+            flat = token_rows(x, self._mask)
             if self._mode == "stash":
                 assert self._stash is not None
                 self._stash[name] = flat
