@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -73,10 +74,14 @@ def write_adapter(
     output: str | Path,
     overwrite: bool,
     metadata: dict[str, Any],
+    check: Callable[[Path, dict[str, Any]], dict[str, Any] | None] | None = None,
 ) -> Path:
-    """Wrap `model` with peft (mutates it), load `factors[name] = (A, B)`, save atomically.
+    """Wrap `model` with peft, load `factors[name] = (A, B)`, save atomically.
 
     Layers missing from `factors` keep peft's default init (B = 0), which is plain QLoRA.
+    `model` is unwrapped again (its own modules back in place) before `check(folder,
+    metadata)` runs on the written folder; what it returns is recorded in the metadata
+    under "verification", and an exception from it leaves nothing on disk.
     """
     peft_model = get_peft_model(model, peft_lora_config(lora, target_names))
     inner = peft_model.base_model.model
@@ -86,8 +91,16 @@ def write_adapter(
             layer.lora_A["default"].weight.copy_(a)
             layer.lora_B["default"].weight.copy_(b)
     with atomic_dir(output, overwrite) as tmp:
-        peft_model.save_pretrained(str(tmp))
+        try:
+            peft_model.save_pretrained(str(tmp))
+        finally:
+            peft_model.unload()
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str), encoding="utf-8")
+        if check is not None:
+            record = check(tmp, metadata)
+            if record is not None:
+                metadata["verification"] = record
+                (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str), encoding="utf-8")
         (tmp / "README.md").write_text(model_card(metadata), encoding="utf-8")
     return Path(output).expanduser().resolve()
 

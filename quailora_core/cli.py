@@ -40,6 +40,8 @@ _INIT_FLAGS: dict[str, tuple[str | None, str, Any, str]] = {
     "--als-iters": ("init", "als_iters", int, "most alternating least squares iterations (default 500; stops early when converged)"),
     "--batch-size": ("init", "batch_size", int, "sequences per forward pass through a block (default 8)"),
     "--device": ("init", "device", str, "auto, cpu, cuda or cuda:N (default auto)"),
+    "--verify": ("init", "verify", str, "self-check after writing: load the adapter as training will and recompute "
+                 "the errors of a sample of layers (sample, default), every layer (all), or none (off)"),
     "--output": (None, "output", str, "adapter folder to write (refused if it exists and is not empty)"),
 }
 
@@ -109,6 +111,8 @@ class _TerminalProgress:
                 print("writing adapter ...", file=sys.stderr)
             elif event.name == "load":
                 print("checking inputs and loading ...", file=sys.stderr)
+            elif event.name == "verify":
+                print("self-check: loading the adapter as training will and recomputing ...", file=sys.stderr)
         elif isinstance(event, LayerResult) and self.bar is not None:
             self.bar.set_postfix_str(f"{event.name.split('.', 2)[-1]} {event.cal_err_before:.2e}->{event.cal_err_after:.2e}")
             self.bar.update(1)

@@ -27,6 +27,7 @@ from . import hub
 from .errors import InputError
 
 METHODS = ("quailora", "exact", "loftq", "qlora")
+VERIFY_MODES = ("sample", "all", "off")
 INPUT_SOURCES = ("fp", "propagated", "asymmetric")
 QUANT_TYPES = ("nf4", "fp4")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -102,6 +103,9 @@ class InitSettings:
     # keep block activations in a temporary folder instead of RAM: host memory then stays
     # flat in the number of calibration samples, at the cost of disk I/O per block
     offload_activations: bool = False
+    # after writing, load the adapter as training will and recompute the errors of a sample
+    # of layers (sample), of every layer (all), or not at all (off); a mismatch fails the run
+    verify: str = "sample"
 
 
 @dataclass
@@ -175,6 +179,8 @@ class RunConfig:
             raise InputError(
                 f"Unknown input source {ini.inputs!r}.", f"Use one of {', '.join(INPUT_SOURCES)}."
             )
+        if ini.verify not in VERIFY_MODES:
+            raise InputError(f"Unknown verify mode {ini.verify!r}.", f"Use one of {', '.join(VERIFY_MODES)}.")
         if not ini.damping >= 0:
             raise InputError(f"damping must be >= 0, got {ini.damping}.", "The usual value is 0.01.")
         if ini.als_iters < 1:

@@ -27,23 +27,25 @@ import torch
 from torch import nn
 
 from . import solvers
-from .adapter import write_adapter
+from .adapter import read_metadata, write_adapter
 from .blocks import (
     BlockBatch,
     HiddenStore,
+    call_signature,
     capture_block_inputs,
     find_decoder_blocks,
     run_block,
-    target_linears,
 )
 from .config import RunConfig
 from .device import cpu_threads_for, resolve_device, resolve_dtype, torch_threads
 from .errors import Cancelled, EngineError, InputError
 from .events import CancelToken, EventCallback, Finished, LayerResult, Log, Stage, ignore_events
-from .model_info import load_model_config, meta_model, resolve_model_path
+from .model_info import load_model_config, meta_model, model_class, resolve_model_path
 from .quantize import quantization_record, quantize_dequantize
 from .results import summarize
 from .stats import GramCollector
+from .targets import Target, TargetPlan, module_weight, plan_targets, set_module_weight
+from .verify import Verification, choose_layers, verify_adapter
 
 # ALS stops once an iteration improves the damped objective by less than this (relative):
 # by then it sits within ~1e-5 of the closed form on real layers (tests/test_engine.py).
@@ -65,13 +67,19 @@ class Preflight:
     device: torch.device
     dtype: torch.dtype
     texts: list[str]
-    target_names: list[str]
+    plan: TargetPlan
     hidden_size: int = 0
+    auto_class: str = "AutoModelForCausalLM"
+
+    @property
+    def target_names(self) -> list[str]:
+        return self.plan.names
 
 
 def preflight(config: RunConfig) -> Preflight:
-    """All checks that need no weights: config, model folder, targets vs. the module tree,
-    rank vs. layer sizes, calibration data. Raises InputError; writes nothing."""
+    """All checks that need no weights: config, model folder, which layers transformers
+    quantizes and peft wraps (asked of them on the model skeleton), rank vs. layer sizes,
+    calibration data. Raises InputError; writes nothing."""
     from .data import load_texts
 
     config.validate()
@@ -79,20 +87,28 @@ def preflight(config: RunConfig) -> Preflight:
     dtype = resolve_dtype(config.model.dtype, device)
     model_path = resolve_model_path(config.model.path)
     hf_config = load_model_config(model_path, config.model.trust_remote_code)
+    _refuse_prequantized(hf_config)
+    auto = model_class(hf_config, config.model.trust_remote_code)
     skeleton = meta_model(hf_config, config.model.trust_remote_code)
-    blocks = find_decoder_blocks(skeleton)
-    targets = target_linears(blocks, skeleton, config.lora.targets)
-    smallest = min(min(m.in_features, m.out_features) for _, _, _, m in targets)
-    if config.lora.rank > smallest:
-        name = next(full for _, full, _, m in targets if min(m.in_features, m.out_features) == smallest)
-        raise InputError(
-            f"rank {config.lora.rank} is larger than the smallest target dimension ({smallest}, in {name}).",
-            f"Use --rank {smallest} or less.",
-        )
+    plan = plan_targets(skeleton, hf_config, config.lora, config.quantization, dtype)
     cal = config.calibration
     texts = load_texts(cal.source, cal.text_column, cal.dataset_config, cal.split)
-    hidden = int(getattr(hf_config, "hidden_size", 0) or 0)
-    return Preflight(model_path, device, dtype, texts, [full for _, full, _, _ in targets], hidden)
+    text_config = hf_config.get_text_config()
+    hidden = int(getattr(text_config, "hidden_size", 0) or 0)
+    return Preflight(model_path, device, dtype, texts, plan, hidden, auto.__name__)
+
+
+def _refuse_prequantized(hf_config) -> None:
+    """QuAILoRA needs W itself: a checkpoint stored quantized (GPTQ, AWQ, FP8, bnb) has lost it."""
+    record = getattr(hf_config, "quantization_config", None) or getattr(
+        hf_config.get_text_config(), "quantization_config", None
+    )
+    if record:
+        method = record.get("quant_method", "?") if isinstance(record, dict) else getattr(record, "quant_method", "?")
+        raise InputError(
+            f"This checkpoint is stored quantized ({method}); QuAILoRA needs the full-precision weights.",
+            "Give the original bfloat16/float16/float32 checkpoint of the model.",
+        )
 
 
 def run_init(
@@ -134,33 +150,48 @@ class _Run:
             return self._run()
 
     def _run(self) -> InitResult:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         from .data import pack
+        from .model_info import AUTO_CLASSES
 
-        cfg, cal = self.config, self.config.calibration
+        cfg, cal, plan = self.config, self.config.calibration, self.pre.plan
         started = time.perf_counter()
+        for note in plan.notes:
+            self.emit(Log("info", note))
         tokenizer = AutoTokenizer.from_pretrained(self.pre.model_path, trust_remote_code=cfg.model.trust_remote_code)
         data = pack(self.pre.texts, tokenizer, cal.samples, cal.seq_len, cal.heldout_samples, cal.seed)
         for warning in data.warnings:
             self.emit(Log("warning", warning))
         _check(self.cancel)
-        model = AutoModelForCausalLM.from_pretrained(
-            self.pre.model_path, dtype=self.dtype, low_cpu_mem_usage=True, trust_remote_code=cfg.model.trust_remote_code
+        model, info = AUTO_CLASSES[self.pre.auto_class].from_pretrained(
+            self.pre.model_path,
+            dtype=self.dtype,
+            low_cpu_mem_usage=True,
+            trust_remote_code=cfg.model.trust_remote_code,
+            output_loading_info=True,
         )
+        _refuse_missing_weights(info, plan)
         model.eval()
         model.config.use_cache = False
         blocks = find_decoder_blocks(model)
-        targets = target_linears(blocks, model, cfg.lora.targets)
+        if blocks.path != plan.blocks_path or len(blocks.blocks) != plan.n_blocks:
+            raise EngineError(
+                f"The loaded model's blocks ({blocks.path}, {len(blocks.blocks)}) differ from its skeleton's "
+                f"({plan.blocks_path}, {plan.n_blocks}).",
+                "This model builds differently when loaded; please report it.",
+            )
+        modules = {t.name: model.get_submodule(t.name) for t in plan.targets}
         self.emit(
             Log(
                 "info",
-                f"{len(targets)} layers in {len(blocks.blocks)} blocks; {data.input_ids.shape[0]} x "
+                f"{len(plan.targets)} layers in {len(blocks.blocks)} blocks; {data.input_ids.shape[0]} x "
                 f"{data.input_ids.shape[1]} calibration tokens, {data.heldout_input_ids.shape[0]} held-out sequences; "
                 f"device {self.device}, {str(self.dtype).removeprefix('torch.')}",
             )
         )
         bs = cfg.init.batch_size
+        by_block = plan.by_block()
         with torch.no_grad():
             streams = {
                 "cal": capture_block_inputs(
@@ -172,18 +203,17 @@ class _Run:
                 if data.heldout_input_ids.shape[0]
                 else [],
             }
+            self.signatures = call_signature(streams["cal"][0].calls)
             # asymmetric keeps a second, quantized-path stream; it starts equal to the first
             qstreams = dict(streams) if cfg.init.inputs == "asymmetric" else {}
-            self.emit(Stage("calibrate", total=len(targets)))
-            by_block: dict[int, list[tuple[str, str, nn.Module]]] = {}
-            for b, full, sub, module in targets:
-                by_block.setdefault(b, []).append((full, sub, module))
+            self.emit(Stage("calibrate", total=len(plan.targets)))
             for b, block in enumerate(blocks.blocks):
                 _check(self.cancel)
                 home = next(block.parameters()).device
                 block.to(self.device)
                 try:
-                    streams, qstreams = self._block(b, block, by_block.get(b, []), streams, qstreams)
+                    layers = [(t, modules[t.name]) for t in by_block.get(b, [])]
+                    streams, qstreams = self._block(b, block, layers, streams, qstreams)
                 finally:
                     block.to(home)
                 if self.device.type == "cuda":
@@ -193,65 +223,119 @@ class _Run:
         summary["wall_seconds"] = time.perf_counter() - started
         self.emit(Stage("export"))
         architecture = (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
-        metadata = self._metadata(data.summary, summary, targets, architecture)
+        metadata = self._metadata(data.summary, summary, modules, architecture)
+        verify_mode = cfg.init.verify
+
+        def check(folder: Path, _metadata: dict[str, Any]) -> dict[str, Any]:
+            """The self-check on the written folder (verify.py): nothing is moved into place
+            unless the adapter, loaded as training loads it, reproduces the reported figures."""
+            if verify_mode == "off":
+                result = Verification("off")
+            else:
+                self.emit(Stage("verify"))
+                _check(self.cancel)
+                chosen = choose_layers(verify_mode, plan, self.signatures)
+                reported = {r.name: (r.cal_err_before, r.cal_err_after) for r in self.layers}
+                with torch_threads(None):
+                    result = verify_adapter(
+                        verify_mode, folder, read_metadata(folder), model, blocks.blocks, chosen, reported,
+                        data.input_ids, data.attention_mask, bs, self.device, cfg.init.inputs,
+                        cfg.model.trust_remote_code,
+                    )  # fmt: skip
+            self.emit(Log("info" if verify_mode != "off" else "warning", result.summary_line()))
+            summary["verify"] = verify_mode
+            summary["verified_layers"] = len(result.layers)
+            summary["verify_max_difference"] = result.max_difference if result.layers else None
+            return result.record()
+
         output = write_adapter(
-            model, cfg.lora, self.pre.target_names, self.factors, cfg.output, cfg.overwrite, metadata
+            model, cfg.lora, self.pre.target_names, self.factors, cfg.output, cfg.overwrite, metadata, check
         )
         summary["wall_seconds"] = time.perf_counter() - started
         self.emit(Finished(str(output), summary))
         return InitResult(str(output), self.layers, summary)
 
     # ------------------------------------------------------------------ one block
-    def _block(self, b, block, layers, streams, qstreams):
+    def _block(self, b, block, layers: list[tuple[Target, nn.Module]], streams, qstreams):
         """Collect statistics for this block's targets, solve them, return the next inputs.
 
-        fp: one stream, the full-precision model's. propagated: one stream, produced by
-        the already quantized-and-initialized earlier blocks. asymmetric: both, paired
-        token by token (full-precision targets, quantized-path inputs).
+        fp: one stream, the full-precision model's, one pass. propagated: one stream, the
+        inputs the quantized + initialized model feeds each layer; asymmetric: both
+        streams, paired token by token (full-precision targets, quantized-path inputs).
+        In those two, the layers that read one input (q/k/v; gate/up; ...) are solved
+        group by group in the order the block runs them, each on inputs computed with the
+        block's earlier groups already at Q + L: exactly what the loaded quantized model
+        feeds them, so the self-check can recompute it from a plain forward pass.
         """
+        if self.config.init.inputs == "fp":
+            collector, next_fp = self._collect(b, block, layers, streams, qstreams, layers, {}, keep=True)
+            for target, module in layers:
+                _check(self.cancel)
+                self._layer(b, target, module, collector)
+            return self._advance(streams, next_fp), {}
+        asymmetric = self.config.init.inputs == "asymmetric"
+        originals = {t.name: m.weight.data for t, m in layers}
+        effective: dict[str, torch.Tensor] = {}
+        next_fp: dict[str, list[Any]] | None = None
+        remaining = list(layers)
+        try:
+            while remaining:
+                keep = asymmetric and next_fp is None  # the full-precision stream's next inputs
+                collector, outs = self._collect(b, block, remaining, streams, qstreams, layers, originals, keep)
+                if keep:
+                    next_fp = outs
+                first = set(collector.groups()[0]) if collector.groups() else {t.sub for t, _ in remaining}
+                for target, module in [(t, m) for t, m in remaining if t.sub in first]:
+                    _check(self.cancel)
+                    eff = self._layer(b, target, module, collector).to(module.weight.dtype)
+                    effective[target.name] = eff
+                    set_module_weight(module, target, eff)
+                remaining = [(t, m) for t, m in remaining if t.sub not in first]
+            # the block as the quantized + initialized model runs it: the next quantized-path inputs
+            quantized = qstreams if asymmetric else streams
+            new_q = {k: [run_block(block, b, qb, self.store) for qb in v] for k, v in quantized.items()}
+        finally:
+            for target, module in layers:
+                module.weight.data = originals[target.name]
+        if not asymmetric:
+            return self._advance(streams, new_q), {}
+        return self._advance(streams, next_fp or {}), self._advance(qstreams, new_q)
+
+    def _collect(self, b, block, layers, streams, qstreams, all_layers, originals, keep: bool):
+        """One pass of the block over every batch with hooks on `layers`' inputs.
+
+        Returns the collector and (when `keep`) the outputs of the first stream. In the
+        asymmetric mode each batch runs twice: the full-precision stream with the block's
+        original weights, then the quantized stream with the weights as they stand."""
         inputs = self.config.init.inputs
-        modules = {sub: module for _, sub, module in layers}
-        collector = GramCollector(modules, self.device)
-        next_fp: dict[str, list[torch.Tensor]] = {}
+        collector = GramCollector({t.sub: module for t, module in layers}, self.device)
+        every = all_layers
+        outs_by_key: dict[str, list[Any]] = {}
         try:
             for key in ("cal", "heldout"):
                 outs = []
                 for i, batch in enumerate(streams[key]):
                     if inputs == "asymmetric":
+                        current = {t.name: m.weight.data for t, m in every}
+                        for t, m in every:
+                            m.weight.data = originals[t.name]
                         collector.begin(batch.token_mask, key, mode="stash")
-                        outs.append(run_block(block, batch, self.store))
+                        out = run_block(block, b, batch, self.store)
+                        for t, m in every:
+                            m.weight.data = current[t.name]
                         collector.begin(batch.token_mask, key, mode="cross")
-                        self.store.drop(run_block(block, qstreams[key][i], self.store))
+                        self.store.drop(run_block(block, b, qstreams[key][i], self.store))
                     else:
                         collector.begin(batch.token_mask, key)
-                        out = run_block(block, batch, self.store)
-                        if inputs == "propagated":  # statistics only: its next inputs come later
-                            self.store.drop(out)
-                        else:
-                            outs.append(out)
-                next_fp[key] = outs
+                        out = run_block(block, b, batch, self.store)
+                    if keep:
+                        outs.append(out)
+                    else:
+                        self.store.drop(out)
+                outs_by_key[key] = outs
         finally:
             collector.remove()
-        originals: dict[str, torch.Tensor] = {}
-        for full, sub, module in layers:
-            _check(self.cancel)
-            effective = self._layer(b, full, sub, module, collector)
-            if inputs != "fp":
-                originals[sub] = module.weight.data
-                module.weight.data = effective.to(module.weight.dtype)
-        if inputs == "fp":
-            return self._advance(streams, next_fp), {}
-        # run the block as the quantized + initialized model will, for the next block's inputs
-        quantized = streams if inputs == "propagated" else qstreams
-        try:
-            new_q = {k: [run_block(block, qb, self.store) for qb in v] for k, v in quantized.items()}
-        finally:
-            for _, sub, module in layers:
-                if sub in originals:
-                    module.weight.data = originals[sub]
-        if inputs == "propagated":
-            return self._advance(streams, new_q), {}
-        return self._advance(streams, next_fp), self._advance(qstreams, new_q)
+        return collector, outs_by_key
 
     def _advance(self, old: dict[str, list[BlockBatch]], hidden: dict[str, list[Any]]) -> dict[str, list[BlockBatch]]:
         """The next block's input batches; the old hidden states are released."""
@@ -262,17 +346,24 @@ class _Run:
         return new
 
     # ------------------------------------------------------------------ one layer
-    def _layer(self, b: int, full: str, sub: str, module: nn.Module, collector: GramCollector) -> torch.Tensor:
-        """Quantize, solve and report one layer; returns its effective weight Q + L."""
+    def _layer(self, b: int, target: Target, module: nn.Module, collector: GramCollector) -> torch.Tensor:
+        """Quantize, solve and report one layer; returns its effective weight Q + L.
+
+        A target that transformers leaves in full precision has Q = W: no error, and the
+        solve then gives L = 0 (a plain LoRA start)."""
         cfg = self.config
         t0 = time.perf_counter()
-        w_load = module.weight.data
+        full, sub = target.name, target.sub
+        w_load = module_weight(module, target)
         if not torch.isfinite(w_load).all():
             raise EngineError(
                 f"{full} has NaN or Inf weights: no adapter can be computed for it.",
                 "The checkpoint is damaged or comes from a diverged training run; use another checkpoint.",
             )
-        q = quantize_dequantize(w_load, cfg.quantization).to(self.work_dtype)
+        if target.quantized:
+            q = quantize_dequantize(w_load, cfg.quantization).to(self.work_dtype)
+        else:
+            q = w_load.to(self.work_dtype)
         w = w_load.to(self.work_dtype)
         e = w - q
         method, rank, damping = cfg.init.method, cfg.lora.rank, cfg.init.damping
@@ -313,7 +404,7 @@ class _Run:
         if warning:
             self.fallbacks.append(full)
             self.emit(Log("warning", f"{full}: {warning}"))
-        if lora is not None:
+        if lora is not None and float(torch.linalg.norm(lora)) > 0:
             a, bmat = solvers.split_lora(lora, cfg.lora.scaling, rank)
             self.factors[full] = (a.cpu(), bmat.cpu())
             effective = q + cfg.lora.scaling * (bmat.to(self.work_dtype) @ a.to(self.work_dtype))
@@ -339,9 +430,10 @@ class _Run:
         return effective
 
     # ------------------------------------------------------------------ record
-    def _metadata(self, cal_summary: dict[str, Any], summary: dict[str, Any], targets, architecture: str) -> dict[str, Any]:
-        cfg = self.config
-        first = targets[0][3].weight.data
+    def _metadata(self, cal_summary: dict[str, Any], summary: dict[str, Any], modules, architecture: str) -> dict[str, Any]:
+        cfg, plan = self.config, self.pre.plan
+        first_target = plan.targets[0]
+        first = modules[first_target.name].weight.data  # as stored in the checkpoint (Conv1D: in x out)
         versions = {}
         for pkg in ("quailora", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets"):
             with contextlib.suppress(importlib.metadata.PackageNotFoundError):
@@ -353,13 +445,18 @@ class _Run:
                 "path": self.pre.model_path,
                 "reference": cfg.model.path,
                 "architecture": architecture,
+                "auto_class": self.pre.auto_class,
                 "fingerprint": weight_fingerprint(first),
+                "fingerprint_layer": first_target.name,
             },
             "quantization": quantization_record(cfg.quantization, self.dtype),
             "lora": {**asdict(cfg.lora), "scaling": cfg.lora.scaling},
             "init": {**asdict(cfg.init), "device": str(self.device)},
             "calibration": {**asdict(cfg.calibration), **cal_summary},
             "targets": self.pre.target_names,
+            "full_precision_targets": [t.name for t in plan.targets if not t.quantized],
+            "skipped_layers": [{"name": n, "reason": r} for n, r in plan.skipped],
+            "notes": plan.notes,
             "fallback_layers": self.fallbacks,
             "summary": summary,
             "layers": [asdict(r) for r in self.layers],
@@ -376,7 +473,21 @@ def weight_fingerprint(weight: torch.Tensor) -> str:
 
 
 def _with_hidden(batches: list[BlockBatch], hidden: list[Any]) -> list[BlockBatch]:
-    return [BlockBatch(h, bt.args, bt.kwargs, bt.token_mask) for bt, h in zip(batches, hidden, strict=True)]
+    return [bt.with_hidden(h) for bt, h in zip(batches, hidden, strict=True)]
+
+
+def _refuse_missing_weights(info: dict[str, Any], plan: TargetPlan) -> None:
+    """A checkpoint that lacks weights the model needs (a BERT saved without its LM head,
+    loaded as a causal LM) gets them randomly initialized by transformers: the adapter
+    would fit noise, and a 4-bit load of such layers cannot be trained. Refuse it."""
+    missing = sorted(info.get("missing_keys", []))
+    if missing:
+        raise InputError(
+            f"The checkpoint does not store {len(missing)} weight(s) this model needs (e.g. {missing[0]}); "
+            "transformers would initialize them randomly.",
+            "Give a checkpoint saved for causal language modelling (its *ForCausalLM or "
+            "*ForConditionalGeneration class).",
+        )
 
 
 def _asymmetric(method, w, q, e, h_q, cross, rank, damping, iters):

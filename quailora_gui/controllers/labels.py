@@ -12,8 +12,14 @@ METHOD_SHORT: dict[str, str] = {"quailora": "QuAILoRA", "exact": "exact", "loftq
 
 INPUT_LABELS: dict[str, str] = {
     "fp": "Full-precision inputs",
-    "propagated": "Propagated (quantized earlier blocks)",
+    "propagated": "Propagated (quantized earlier layers)",
     "asymmetric": "Asymmetric (fp target, quantized input)",
+}
+
+VERIFY_LABELS: dict[str, str] = {
+    "sample": "Sample of layers (first, last, each layer type)",
+    "all": "Every layer",
+    "off": "Off (not recommended)",
 }
 
 QUANT_TYPE_LABELS: dict[str, str] = {"nf4": "NF4", "fp4": "FP4"}

@@ -27,6 +27,9 @@ SUMMARY_LABELS: dict[str, str] = {
     "total_seconds": "Total time",
     "seconds": "Time in the solver (sum over layers)",
     "wall_seconds": "Wall-clock time of the run",
+    "verify": "Self-check",
+    "verified_layers": "Layers recomputed by the self-check",
+    "verify_max_difference": "Self-check: largest difference (relative)",
 }
 
 

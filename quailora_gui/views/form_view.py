@@ -45,6 +45,7 @@ from ..controllers.labels import (
     INPUT_LABELS,
     METHOD_LABELS,
     QUANT_TYPE_LABELS,
+    VERIFY_LABELS,
 )
 from .common import error_label, named, restyle, role_label, set_error
 
@@ -350,6 +351,14 @@ class RunForm(QWidget):
         row.addWidget(QLabel("batch"))
         row.addWidget(self.batchSizeSpin, 1)
         form.addRow("Device", row)
+        self.verifyCombo = named(QComboBox(), "verifyCombo")
+        for key, label in VERIFY_LABELS.items():
+            self.verifyCombo.addItem(label, key)
+        self.verifyCombo.setToolTip(
+            "After writing, load the adapter as training will and recompute the errors it reports; "
+            "a mismatch fails the run and leaves no adapter."
+        )
+        form.addRow("Self-check", self.verifyCombo)
         self._error_row(form, checks.METHOD)
         self._error_row(form, checks.DEVICE)
         self.methodCombo.currentIndexChanged.connect(self._sync_enabled)
@@ -360,6 +369,7 @@ class RunForm(QWidget):
             self.alsItersSpin,
             self.deviceCombo,
             self.batchSizeSpin,
+            self.verifyCombo,
         )
 
     def _build_output(self) -> None:
@@ -419,6 +429,7 @@ class RunForm(QWidget):
             self.alsItersSpin.setValue(ini.als_iters)
             self._set_combo(self.deviceCombo, ini.device, add=True)
             self.batchSizeSpin.setValue(ini.batch_size)
+            self._set_combo(self.verifyCombo, ini.verify)
             self.outputPathEdit.setText(config.output)
             self.overwriteCheck.setChecked(bool(config.overwrite))
             self._pending_targets = list(lo.targets)
@@ -459,6 +470,7 @@ class RunForm(QWidget):
         ini.als_iters = self.alsItersSpin.value()
         ini.device = self.deviceCombo.currentData()
         ini.batch_size = self.batchSizeSpin.value()
+        ini.verify = self.verifyCombo.currentData()
         config.output = self.outputPathEdit.text().strip()
         config.overwrite = self.overwriteCheck.isChecked()
         return config

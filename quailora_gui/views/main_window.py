@@ -566,8 +566,10 @@ class MainWindow(QMainWindow):
         self.compareCombo.addItem(run.name, run.number)
         self._on_compare_changed()
         total = len(result.layers)
+        checked = result.summary.get("verified_layers") or 0
+        check = f" Self-check passed on {checked} layers." if checked else " Self-check was off."
         self.progressPanel.set_idle(
-            f"Finished {run.name}: {total} layers in {fmt_duration(self.tracker.elapsed())}.", total, total
+            f"Finished {run.name}: {total} layers in {fmt_duration(self.tracker.elapsed())}.{check}", total, total
         )
         self.progressPanel.etaLabel.setText("")
         self.log(f"Finished {run.name}: adapter in {result.output_dir}")
