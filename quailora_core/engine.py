@@ -87,15 +87,32 @@ def preflight(config: RunConfig) -> Preflight:
     dtype = resolve_dtype(config.model.dtype, device)
     model_path = resolve_model_path(config.model.path)
     hf_config = load_model_config(model_path, config.model.trust_remote_code)
-    _refuse_prequantized(hf_config)
     auto = model_class(hf_config, config.model.trust_remote_code)
-    skeleton = meta_model(hf_config, config.model.trust_remote_code)
-    plan = plan_targets(skeleton, hf_config, config.lora, config.quantization, dtype)
+    plan = _plan(config, hf_config, dtype)
     cal = config.calibration
     texts = load_texts(cal.source, cal.text_column, cal.dataset_config, cal.split)
     text_config = hf_config.get_text_config()
     hidden = int(getattr(text_config, "hidden_size", 0) or 0)
     return Preflight(model_path, device, dtype, texts, plan, hidden, auto.__name__)
+
+
+def plan_for(config: RunConfig) -> TargetPlan:
+    """The layers `config` would initialize (targets.plan_targets), from the model's config
+    alone: what the app's form check shows. Raises InputError as preflight would (a device
+    that is not there is the device check's to report: the plan then assumes the CPU)."""
+    try:
+        device = resolve_device(config.init.device)
+    except InputError:
+        device = torch.device("cpu")
+    dtype = resolve_dtype(config.model.dtype, device)
+    hf_config = load_model_config(resolve_model_path(config.model.path), config.model.trust_remote_code)
+    return _plan(config, hf_config, dtype)
+
+
+def _plan(config: RunConfig, hf_config, dtype: torch.dtype) -> TargetPlan:
+    _refuse_prequantized(hf_config)
+    skeleton = meta_model(hf_config, config.model.trust_remote_code)
+    return plan_targets(skeleton, hf_config, config.lora, config.quantization, dtype)
 
 
 def _refuse_prequantized(hf_config) -> None:

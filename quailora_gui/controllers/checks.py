@@ -93,6 +93,7 @@ class CheckReport:
     summary: Any | None = None  # quailora_core.model_info.ModelSummary
     preview: Any | None = None  # quailora_core.data.DataPreview
     estimate: Any | None = None  # quailora_core.estimate.RunEstimate
+    plan: Any | None = None  # quailora_core.targets.TargetPlan: the layers the run would initialize
     estimate_error: str = ""
     columns: list[str] = field(default_factory=list)  # columns of a tabular calibration source
     generation: int = 0
@@ -129,8 +130,11 @@ class ConfigChecker:
         summarize_model: Callable[..., Any] | None = None,
         preview: Callable[..., Any] | None = None,
         estimate_run: Callable[..., Any] | None = None,
+        plan_targets: Callable[..., Any] | None = None,
     ) -> None:
         self._summarize = summarize_model
+        self._plan = plan_targets
+        self._plans: dict[tuple, Any] = {}
         self._preview = preview
         self._estimate = estimate_run
         self._summaries: dict[tuple, Any] = {}
@@ -143,6 +147,23 @@ class ConfigChecker:
 
             self._summarize = summarize_model
         return self._summarize
+
+    def _core_plan(self) -> Callable[..., Any]:
+        if self._plan is None:
+            from quailora_core.engine import plan_for
+
+            self._plan = plan_for
+        return self._plan
+
+    def plan(self, config: Any) -> Any:
+        """Which layers the run would initialize, as the engine decides it (asking peft and
+        transformers' quantizer); cached per model, targets, rank and quantization."""
+        m, q, lo = config.model, config.quantization, config.lora
+        key = (m.path, m.trust_remote_code, m.dtype, _mtime(m.path), tuple(lo.targets), lo.rank,
+               q.bits, q.quant_type, q.double_quant, q.compute_dtype, q.quant_storage, config.init.device)  # fmt: skip
+        if key not in self._plans:
+            self._plans[key] = self._core_plan()(config)
+        return self._plans[key]
 
     def _core_preview(self) -> Callable[..., Any]:
         if self._preview is None:
@@ -198,23 +219,20 @@ class ConfigChecker:
         if not targets:
             errors[TARGETS] = "Choose at least one target module."
         elif report.summary is not None:
-            known = list(report.summary.linear_modules)
-            chosen = known if targets == ["all-linear"] else targets
-            missing = [t for t in chosen if t not in known]
-            if missing:
-                errors[TARGETS] = (
-                    f"The model has no linear module named {missing[0]!r}. Choose among {', '.join(known)}."
-                )
-            # Rank against the smallest targeted layer (what the engine's preflight refuses).
-            shapes = getattr(report.summary, "linear_shapes", {}) or {}
-            dims = [(min(shapes[t]), t) for t in chosen if t in shapes]
-            if dims:
-                smallest, name = min(dims)
-                if config.lora.rank > smallest:
-                    errors[LORA] = (
-                        f"Rank {config.lora.rank} is larger than the smallest target dimension ({smallest}, "
-                        f"in {name}). Use rank {smallest} or less."
-                    )
+            # What the engine will initialize, asked of the engine itself (it asks peft and
+            # transformers' quantizer): the form shows the very refusal a run would give.
+            try:
+                report.plan = self.plan(config)
+            except InputError as exc:
+                text = error_text(exc)
+                if "rank" in exc.message.lower():
+                    errors[LORA] = text
+                elif "full precision" in exc.message or "quantized" in exc.message:
+                    errors[MODEL] = text
+                else:
+                    errors[TARGETS] = text
+            except Exception as exc:
+                errors[TARGETS] = f"Could not plan the targets: {error_text(exc)}"
 
         # Calibration data: preview the first rows.
         if not config.calibration.source.strip():

@@ -212,10 +212,23 @@ def test_checker_uses_injected_core_functions_and_caches_summaries(tmp_path):
         return summary
 
     preview = SimpleNamespace(columns=["text"], rows=["x"])
+    planned = []
+
+    def plan(cfg):  # stands in for the engine's plan_for (which asks peft and transformers)
+        from quailora_core.errors import InputError
+
+        planned.append((tuple(cfg.lora.targets), cfg.lora.rank))
+        if "o_proj" in cfg.lora.targets:
+            raise InputError("Target 'o_proj' matches no layer.", "Linear layers in each block: q_proj, v_proj.")
+        if cfg.lora.rank > 4:
+            raise InputError("rank 5 is larger than the smallest target dimension (4, in v_proj).", "")
+        return SimpleNamespace(targets=[])
+
     checker = checks.ConfigChecker(
         summarize_model=summarize,
         preview=lambda *a, **k: preview,
         estimate_run=lambda cfg, s: SimpleNamespace(peak_memory_gb=1.0, seconds=2.0, tokens=3, note=""),
+        plan_targets=plan,
     )
     cfg = RunConfig(output=str(tmp_path / "new"))
     cfg.init.device = "cpu"
@@ -226,5 +239,9 @@ def test_checker_uses_injected_core_functions_and_caches_summaries(tmp_path):
     assert "larger than the smallest target dimension (4, in v_proj)" in report.errors[checks.LORA]
     cfg.lora.rank = 4
     cfg.lora.targets = ["q_proj", "o_proj"]
-    assert "no linear module named 'o_proj'" in checker.check(cfg).errors[checks.TARGETS]
+    assert "'o_proj' matches no layer" in checker.check(cfg).errors[checks.TARGETS]
     assert calls == ["demo"]  # summarized once, then cached
+    cfg.lora.targets = ["all-linear"]
+    checker.check(cfg)
+    checker.check(cfg)
+    assert planned.count((("all-linear",), 4)) == 1  # planned once per setting, then cached

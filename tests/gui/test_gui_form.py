@@ -91,7 +91,7 @@ def test_bad_input_disables_run_with_the_reason_next_to_the_field(
 def test_rank_larger_than_a_layer_is_refused_before_run(qtbot, window, tiny_model_dir, text_file, tmp_path):
     configure(window, tiny_model_dir, text_file, tmp_path / "out", rank=33)
     report = settle(qtbot, window)
-    assert "smallest target dimension (32, in k_proj)" in report.errors["lora"]  # 2 kv heads x 16
+    assert "smallest target dimension (32, in model.layers.0.self_attn.k_proj)" in report.errors["lora"]  # 2 kv x 16
     assert not window.runButton.isEnabled()
     assert "rank 32 or less" in window.form.findChild(QWidget, "loraError").text()
 
