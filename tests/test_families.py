@@ -89,3 +89,20 @@ def test_gpt2_conv1d_layers_are_targets_and_quantized(models):
     pre = preflight(make_config(models("gpt2"), "unused-output"))
     assert {t.kind for t in pre.plan.targets} == {"Conv1D"}
     assert all(t.quantized for t in pre.plan.targets)
+
+
+def test_a_checkpoint_missing_weights_is_refused(models, tmp_path):
+    """A checkpoint saved without its LM head (an encoder presented as a causal LM) would
+    get a random head from transformers: refused, not fitted."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "headless"
+    shutil.copytree(models("llama"), folder)
+    weights = load_file(folder / "model.safetensors")
+    del weights["lm_head.weight"]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(InputError, match=r"does not store 1 weight\(s\) .*lm_head.weight"):
+        run_init(make_config(folder, tmp_path / "adapter"))
+    assert not (tmp_path / "adapter").exists()
