@@ -291,14 +291,19 @@ class _Run:
                 self._layer(b, target, module, collector)
             return self._advance(streams, next_fp), {}
         asymmetric = self.config.init.inputs == "asymmetric"
-        originals = {t.name: m.weight.data for t, m in layers}
+        # quantized layers of this block without a LoRA run with Q on the quantized path
+        frozen = [(t, block.get_submodule(t.sub)) for t in self.pre.plan.by_block("frozen").get(b, [])]
+        every = list(layers) + frozen
+        originals = {t.name: m.weight.data for t, m in every}
+        for t, m in frozen:
+            set_module_weight(m, t, quantize_dequantize(module_weight(m, t), self.config.quantization).to(m.weight.dtype))
         effective: dict[str, torch.Tensor] = {}
         next_fp: dict[str, list[Any]] | None = None
         remaining = list(layers)
         try:
             while remaining:
                 keep = asymmetric and next_fp is None  # the full-precision stream's next inputs
-                collector, outs = self._collect(b, block, remaining, streams, qstreams, layers, originals, keep)
+                collector, outs = self._collect(b, block, remaining, streams, qstreams, every, originals, keep)
                 if keep:
                     next_fp = outs
                 first = set(collector.groups()[0]) if collector.groups() else {t.sub for t, _ in remaining}
@@ -312,7 +317,7 @@ class _Run:
             quantized = qstreams if asymmetric else streams
             new_q = {k: [run_block(block, b, qb, self.store) for qb in v] for k, v in quantized.items()}
         finally:
-            for target, module in layers:
+            for target, module in every:
                 module.weight.data = originals[target.name]
         if not asymmetric:
             return self._advance(streams, new_q), {}

@@ -60,14 +60,17 @@ class TargetPlan:
     targets: list[Target]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (layer, why all-linear leaves it out)
     notes: list[str] = field(default_factory=list)  # what the user should know before the run
+    # quantized layers inside the blocks that get no LoRA: the quantized model runs them
+    # with Q, so the quantized-path inputs (propagated, asymmetric) must too
+    frozen: list[Target] = field(default_factory=list)
 
     @property
     def names(self) -> list[str]:
         return [t.name for t in self.targets]
 
-    def by_block(self) -> dict[int, list[Target]]:
+    def by_block(self, which: str = "targets") -> dict[int, list[Target]]:
         out: dict[int, list[Target]] = {}
-        for t in self.targets:
+        for t in getattr(self, which):
             out.setdefault(t.block, []).append(t)
         return out
 
@@ -261,7 +264,14 @@ def plan_targets(
             f"The experts of {count} MoE blocks ({', '.join(names)}) are fused 3-D parameters: bitsandbytes does "
             f"not quantize them and peft's all-linear does not wrap them; they stay in the load dtype ({dtype})."
         )
-    return TargetPlan(blocks.path, len(blocks.blocks), targets, skipped, notes)
+    chosen = {t.name for t in targets}
+    frozen = []
+    for name in sorted(quantized - chosen):
+        if name in block_names and name in kinds:
+            kind, n_out, n_in = kinds[name]
+            b = block_names[name]
+            frozen.append(Target(name, b, name.removeprefix(f"{blocks.path}.{b}."), n_out, n_in, kind, True))
+    return TargetPlan(blocks.path, len(blocks.blocks), targets, skipped, notes, frozen)
 
 
 def _fused_expert_parameters(blocks, n_experts: int | None) -> tuple[int, list[str]] | None:

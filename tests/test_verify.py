@@ -77,3 +77,15 @@ def test_sample_covers_first_last_and_each_kind_of_block():
     chosen = choose_layers("sample", plan, [0, 0, 2, 0, 2, 0])
     assert [t.block for t in chosen] == [0, 2, 5]
     assert len(choose_layers("all", plan, [0] * 6)) == 6 and choose_layers("off", plan, [0] * 6) == []
+
+
+@pytest.mark.parametrize("inputs", ["propagated", "asymmetric"])
+def test_quantized_layers_without_a_lora_run_with_q_on_the_quantized_path(demo_model, tmp_path, inputs):
+    """With only q_proj and v_proj targeted, the other linear layers are still 4-bit in the
+    model training loads: the quantized-path inputs must see their Q, which the check holds."""
+    cfg = make_config(demo_model, tmp_path / "adapter", init__inputs=inputs, init__verify="all",
+                      lora__targets=["q_proj", "v_proj"])  # fmt: skip
+    result = engine.run_init(cfg)
+    check = read_metadata(result.output_dir)["verification"]
+    assert check["passed"] and check["layers_checked"] == 8
+    assert check["max_relative_difference"] < 1e-4
