@@ -74,13 +74,13 @@ def write_adapter(
     output: str | Path,
     overwrite: bool,
     metadata: dict[str, Any],
-    check: Callable[[Path, dict[str, Any]], dict[str, Any] | None] | None = None,
+    check: Callable[[Path], dict[str, Any] | None] | None = None,
 ) -> Path:
     """Wrap `model` with peft, load `factors[name] = (A, B)`, save atomically.
 
     Layers missing from `factors` keep peft's default init (B = 0), which is plain QLoRA.
-    `model` is unwrapped again (its own modules back in place) before `check(folder,
-    metadata)` runs on the written folder; what it returns is recorded in the metadata
+    `model` is unwrapped again (its own modules back in place) before `check(folder)`
+    runs on the written folder (its quailora.json already there); what it returns is recorded in the metadata
     under "verification", and an exception from it leaves nothing on disk.
     """
     peft_model = get_peft_model(model, peft_lora_config(lora, target_names))
@@ -97,7 +97,7 @@ def write_adapter(
             peft_model.unload()
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str), encoding="utf-8")
         if check is not None:
-            record = check(tmp, metadata)
+            record = check(tmp)
             if record is not None:
                 metadata["verification"] = record
                 (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str), encoding="utf-8")

@@ -188,7 +188,7 @@ class _Run:
             trust_remote_code=cfg.model.trust_remote_code,
             output_loading_info=True,
         )
-        _refuse_missing_weights(info, plan)
+        _refuse_missing_weights(info)
         model.eval()
         model.config.use_cache = False
         blocks = find_decoder_blocks(model)
@@ -243,7 +243,7 @@ class _Run:
         metadata = self._metadata(data.summary, summary, modules, architecture)
         verify_mode = cfg.init.verify
 
-        def check(folder: Path, _metadata: dict[str, Any]) -> dict[str, Any]:
+        def check(folder: Path) -> dict[str, Any]:
             """The self-check on the written folder (verify.py): nothing is moved into place
             unless the adapter, loaded as training loads it, reproduces the reported figures."""
             if verify_mode == "off":
@@ -297,7 +297,6 @@ class _Run:
         originals = {t.name: m.weight.data for t, m in every}
         for t, m in frozen:
             set_module_weight(m, t, quantize_dequantize(module_weight(m, t), self.config.quantization).to(m.weight.dtype))
-        effective: dict[str, torch.Tensor] = {}
         next_fp: dict[str, list[Any]] | None = None
         remaining = list(layers)
         try:
@@ -309,9 +308,8 @@ class _Run:
                 first = set(collector.groups()[0]) if collector.groups() else {t.sub for t, _ in remaining}
                 for target, module in [(t, m) for t, m in remaining if t.sub in first]:
                     _check(self.cancel)
-                    eff = self._layer(b, target, module, collector).to(module.weight.dtype)
-                    effective[target.name] = eff
-                    set_module_weight(module, target, eff)
+                    eff = self._layer(b, target, module, collector)
+                    set_module_weight(module, target, eff.to(module.weight.dtype))
                 remaining = [(t, m) for t, m in remaining if t.sub not in first]
             # the block as the quantized + initialized model runs it: the next quantized-path inputs
             quantized = qstreams if asymmetric else streams
@@ -331,19 +329,18 @@ class _Run:
         original weights, then the quantized stream with the weights as they stand."""
         inputs = self.config.init.inputs
         collector = GramCollector({t.sub: module for t, module in layers}, self.device)
-        every = all_layers
         outs_by_key: dict[str, list[Any]] = {}
         try:
             for key in ("cal", "heldout"):
                 outs = []
                 for i, batch in enumerate(streams[key]):
                     if inputs == "asymmetric":
-                        current = {t.name: m.weight.data for t, m in every}
-                        for t, m in every:
+                        current = {t.name: m.weight.data for t, m in all_layers}
+                        for t, m in all_layers:
                             m.weight.data = originals[t.name]
                         collector.begin(batch.token_mask, key, mode="stash")
                         out = run_block(block, b, batch, self.store)
-                        for t, m in every:
+                        for t, m in all_layers:
                             m.weight.data = current[t.name]
                         collector.begin(batch.token_mask, key, mode="cross")
                         self.store.drop(run_block(block, b, qstreams[key][i], self.store))
@@ -498,7 +495,7 @@ def _with_hidden(batches: list[BlockBatch], hidden: list[Any]) -> list[BlockBatc
     return [bt.with_hidden(h) for bt, h in zip(batches, hidden, strict=True)]
 
 
-def _refuse_missing_weights(info: dict[str, Any], plan: TargetPlan) -> None:
+def _refuse_missing_weights(info: dict[str, Any]) -> None:
     """A checkpoint that lacks weights the model needs (a BERT saved without its LM head,
     loaded as a causal LM) gets them randomly initialized by transformers: the adapter
     would fit noise, and a 4-bit load of such layers cannot be trained. Refuse it."""

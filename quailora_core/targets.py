@@ -147,7 +147,8 @@ def plan_targets(
     kinds = linear_leaves(skeleton)
     block_of = {id(m): b for b, block in enumerate(blocks.blocks) for m in block.modules()}
     block_names = {name: block_of[id(m)] for name, m in skeleton.named_modules() if id(m) in block_of}
-    experts = _fused_expert_parameters(blocks, _expert_count(hf_config))
+    n_experts = _expert_count(hf_config)
+    experts = _fused_expert_parameters(blocks, n_experts)
 
     quantizer = AutoHfQuantizer.from_config(bnb_config(quant, load_dtype), pre_quantized=False)
     with _quiet_transformers():
@@ -181,7 +182,6 @@ def plan_targets(
     skipped: list[tuple[str, str]] = []
     outside: list[str] = []
     unsupported: list[tuple[str, str]] = []
-    n_experts = _expert_count(hf_config)
     for name, _module in wrapped:
         if name not in kinds:
             unsupported.append((name, type(_module.get_base_layer()).__name__))
@@ -246,9 +246,8 @@ def plan_targets(
             f"{len(outside)} layers outside the language model's decoder blocks are left untouched "
             f"(e.g. {outside[0]}): the adapter covers {blocks.path} only."
         )
-    unwrapped = sorted(
-        {n.split(".")[-1] for n in kinds if n in block_names and n not in {w for w, _ in wrapped}}
-    )
+    wrapped_names = {w for w, _ in wrapped}
+    unwrapped = sorted({n.split(".")[-1] for n in kinds if n in block_names and n not in wrapped_names})
     if all_linear and unwrapped:
         notes.append(
             f"peft's all-linear does not wrap {', '.join(unwrapped)} in this model type; name them in --targets "
@@ -295,10 +294,15 @@ def _fused_expert_parameters(blocks, n_experts: int | None) -> tuple[int, list[s
 def _quiet_warnings():
     import warnings
 
+    logger = logging.getLogger("peft")
+    level = logger.level
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        logging.getLogger("peft").setLevel(logging.ERROR)
-        yield
+        logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
 
 
 def _block_linear_names(kinds: dict[str, tuple[str, int, int]], block_names: dict[str, int]) -> list[str]:

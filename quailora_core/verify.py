@@ -35,7 +35,7 @@ from torch import nn
 
 from .errors import EngineError
 from .stats import token_rows
-from .targets import Target, TargetPlan
+from .targets import Target, TargetPlan, module_weight
 
 # the largest relative difference between a recomputed and a reported error that passes
 TOLERANCE = 1e-3
@@ -119,7 +119,11 @@ def choose_layers(mode: str, plan: TargetPlan, signatures: list[int]) -> list[Ta
 
 class _Inputs:
     """Forward pre-hooks that accumulate `X^T X` (and, paired with a stash of another
-    model's inputs, `X_other^T X`) per distinct layer input, padding excluded."""
+    model's inputs, `X_other^T X`) per distinct layer input, padding excluded.
+
+    Not stats.GramCollector: that one pairs one module's two runs (the engine's
+    asymmetric passes), this pairs the same layer in two different models, and a check
+    that shares the code it checks would share its mistakes."""
 
     def __init__(self, modules: dict[str, nn.Module], dtype: torch.dtype, stash_for: _Inputs | None = None) -> None:
         self.dtype = dtype
@@ -272,12 +276,10 @@ def verify_adapter(
                 if collector is not None:
                     collector.remove()
         for t in group:
-            w = _weight(fp_modules[t.name], t).to(acc)
+            w = module_weight(fp_modules[t.name], t).to(acc)
             layer = q_modules[t.name]
             base_layer = layer.get_base_layer()
-            q = dequantized_module_weight(base_layer)
-            if not t.quantized or q.shape != w.shape:
-                q = _weight(base_layer, t)
+            q = dequantized_module_weight(base_layer) if t.quantized else module_weight(base_layer, t)
             q = q.to(w.device, acc)
             lora = _delta(layer).to(w.device, acc)
             if inputs == "asymmetric":
@@ -322,11 +324,6 @@ def _groups(chosen: list[Target], dtype: torch.dtype) -> list[list[Target]]:
     if current:
         groups.append(current)
     return groups
-
-
-def _weight(module: nn.Module, target: Target) -> torch.Tensor:
-    w = module.weight.data
-    return w.T if target.transposed and w.shape == (target.in_features, target.out_features) else w
 
 
 def _delta(layer: nn.Module) -> torch.Tensor:

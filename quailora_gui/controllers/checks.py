@@ -158,9 +158,8 @@ class ConfigChecker:
     def plan(self, config: Any) -> Any:
         """Which layers the run would initialize, as the engine decides it (asking peft and
         transformers' quantizer); cached per model, targets, rank and quantization."""
-        m, q, lo = config.model, config.quantization, config.lora
-        key = (m.path, m.trust_remote_code, m.dtype, _mtime(m.path), tuple(lo.targets), lo.rank,
-               q.bits, q.quant_type, q.double_quant, q.compute_dtype, q.quant_storage, config.init.device)  # fmt: skip
+        key = (repr(config.model), _mtime(config.model.path), repr(config.lora), repr(config.quantization),
+               config.init.device)  # fmt: skip
         if key not in self._plans:
             self._plans[key] = self._core_plan()(config)
         return self._plans[key]
