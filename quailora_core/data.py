@@ -2,7 +2,7 @@
 
 Sources (`load_texts`, `preview`):
 
-* `demo`: the text shipped with the package (`resources/calibration/default.txt`, one
+* `demo`: the text shipped with the package (`resources/sample-text/calibration.txt`, one
   document per paragraph) followed by stdlib docstrings (`corpus.pretraining_corpus`) up
   to `DEMO_CHARS` characters in all, so that the default 128 x 512 tokens fit.
 * a local `.txt` / `.md` file: one document per blank-line-separated paragraph;
@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import quailora_resources
+
 from . import hub
 from .config import DEMO_CALIBRATION, CalibrationConfig
 from .errors import InputError, MissingColumnError
@@ -44,8 +46,7 @@ from .errors import InputError, MissingColumnError
 if TYPE_CHECKING:
     import torch
 
-RESOURCES = Path(__file__).resolve().parent / "resources"
-DEFAULT_TEXT = RESOURCES / "calibration" / "default.txt"
+DEFAULT_TEXT = quailora_resources.path(quailora_resources.SAMPLE_TEXT)
 DEMO_CHARS = 600_000  # default text + docstrings: ~150k+ tokens with any tokenizer
 
 TEXT_SUFFIXES = (".txt", ".md")

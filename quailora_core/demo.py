@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -33,10 +32,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import quailora_resources
+
 from .config import DEMO_MODEL
 from .errors import InputError
 
-DEMO_DIR_NAME = "demo-model"
+DEMO_DIR_NAME = quailora_resources.DEMO_MODEL
 RESOURCES_PACKAGE = "quailora_resources"  # the top-level resources/ folder, as installed
 MARKER_FILE = "quailora_demo.json"
 MARKER_KIND = "quailora-demo-model"
@@ -62,13 +63,8 @@ def _log(on_log: LogFn | None, message: str) -> None:
 
 
 def resources_dir() -> Path:
-    """The project's top-level `resources/` folder: the installed `quailora_resources` data
-    package (a wheel, or an editable install's source folder), else the checkout's own."""
-    spec = importlib.util.find_spec(RESOURCES_PACKAGE)
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        if Path(location).is_dir():
-            return Path(location)
-    return Path(__file__).resolve().parents[1] / "resources"
+    """The project's top-level `resources/` folder, as installed (`quailora_resources`)."""
+    return quailora_resources.ROOT
 
 
 def demo_model_path() -> Path:

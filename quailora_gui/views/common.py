@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from importlib import resources
 
+import quailora_resources
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QLabel, QSizePolicy, QWidget
@@ -26,16 +26,17 @@ def open_settings() -> QSettings:
 
 
 def resource_path(name: str) -> str:
-    return str(resources.files("quailora_gui") / "resources" / name)
+    """A shipped file of the top-level `resources/` (the `quailora_resources` package)."""
+    return str(quailora_resources.path(name))
 
 
 def app_icon() -> QIcon:
-    return QIcon(resource_path("icon.svg"))
+    return QIcon(resource_path(quailora_resources.ICON))
 
 
 def style_sheet() -> str:
     """The QSS, with @RES@ replaced by the resources folder (for the arrow images)."""
-    with open(resource_path("style.qss"), encoding="utf-8") as f:
+    with open(resource_path(quailora_resources.STYLE_SHEET), encoding="utf-8") as f:
         text = f.read()
     return text.replace("@RES@", resource_path("").rstrip("/\\").replace("\\", "/"))
 
