@@ -53,7 +53,7 @@ def bench_model(size: str = "small", model: str | None = None) -> tuple[str, str
 
 def calibration_file(folder: str | os.PathLike[str] | None = None) -> Path:
     """The fine-tuning-domain text as a .txt file (blank line between paragraphs)."""
-    from quailora_core.corpus import finetune_corpus
+    from quailora_core.sources.corpus import finetune_corpus
 
     folder = Path(folder or tempfile.mkdtemp(prefix="quailora-bench-cal-"))
     path = folder / "finetune_corpus.txt"

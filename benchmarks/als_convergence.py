@@ -40,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from quailora_core import solvers
     from quailora_core.config import QuantConfig
-    from quailora_core.data import load_texts, pack
-    from quailora_core.quantize import quantize_dequantize
+    from quailora_core.init import solvers
+    from quailora_core.quant.quantizer import quantize_dequantize
+    from quailora_core.sources.text import load_texts, pack
 
     torch.set_num_threads(args.threads)
     model_path, label = bench_model(args.size, args.model)
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         t_als = time.perf_counter() - t0
         den = solvers.calibrated_error(w, h)
         # where the engine's stopping rule (improvement < ALS_TOL relative) would stop
-        from quailora_core.engine import ALS_TOL
+        from quailora_core.init.pipeline import ALS_TOL
 
         stop = next((i for i in range(1, len(hist)) if hist[i - 1] - hist[i] < ALS_TOL * abs(hist[i - 1])), None)
         rows = []

@@ -34,10 +34,10 @@ import torch  # noqa: E402
 from helpers import make_config  # noqa: E402
 from tiny_models import CONFIGS, FAMILIES, save_tiny  # noqa: E402
 
-from quailora_core.adapter import read_metadata  # noqa: E402
+from quailora_core.adapter.writer import read_metadata  # noqa: E402
 from quailora_core.demo import ensure_demo_model  # noqa: E402
-from quailora_core.engine import run_init  # noqa: E402
 from quailora_core.errors import QuailoraError  # noqa: E402
+from quailora_core.init.pipeline import run_init  # noqa: E402
 
 COLUMNS = [("fp", 4), ("propagated", 4), ("asymmetric", 4), ("fp", 8)]
 RESULTS = ROOT / "benchmarks" / "results" / "family_matrix.json"

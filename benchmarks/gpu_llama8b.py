@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         stats = build_model(work / "model", shape, device, dtype)
         print(f"{stats['parameters'] / 1e6:,.1f} M parameters ({stats['model_gib']:.3f} GiB in bf16)", flush=True)
         text = random_text(work / "random_words.txt", shape["vocab_size"], (samples + heldout) * seq_len + 4096)
-        from quailora_core.engine import run_init
         from quailora_core.events import LayerResult, Log
+        from quailora_core.init.pipeline import run_init
 
         cfg = make_config(
             str(work / "model"), str(text), str(work / "adapter"), samples, seq_len, heldout,

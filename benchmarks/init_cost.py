@@ -74,7 +74,7 @@ def child_baseline(a: dict) -> dict:
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
-    import quailora_core.engine  # noqa: F401
+    import quailora_core.init.pipeline  # noqa: F401
 
     return {"peak_rss_mib": peak_rss_mib()}
 
@@ -86,8 +86,8 @@ def _model_bytes(model) -> int:
 def child_engine(a: dict, profile: bool = False) -> dict:
     import torch
 
-    from quailora_core.engine import run_init
     from quailora_core.events import Finished, LayerResult, Log, Stage
+    from quailora_core.init.pipeline import run_init
 
     torch.manual_seed(0)
     out = tempfile.mkdtemp(prefix="quailora-cost-")
@@ -159,7 +159,7 @@ def child_forward(a: dict) -> dict:
     import torch
     from transformers import AutoTokenizer
 
-    from quailora_core.data import load_texts, pack
+    from quailora_core.sources.text import load_texts, pack
 
     tok = AutoTokenizer.from_pretrained(a["model"])
     data = pack(load_texts(a["calibration"]), tok, a["samples"], a["seq_len"], a["heldout"], 0)
@@ -241,10 +241,11 @@ def child_solvers(a: dict) -> dict:
     import torch
     from transformers import AutoTokenizer
 
-    from quailora_core import engine, solvers
     from quailora_core.config import InitSettings, QuantConfig
-    from quailora_core.data import load_texts, pack
-    from quailora_core.quantize import quantize_dequantize
+    from quailora_core.init import pipeline as engine
+    from quailora_core.init import solvers
+    from quailora_core.quant.quantizer import quantize_dequantize
+    from quailora_core.sources.text import load_texts, pack
 
     tok = AutoTokenizer.from_pretrained(a["model"])
     data = pack(load_texts(a["calibration"]), tok, a["solver_samples"], a["seq_len"], 0, 0)
@@ -484,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         # The fine-tuning corpus alone has too few 512-token blocks for 2 x 128 + 16 samples:
         # append the pretraining corpus (the text does not change the cost).
         cal = calibration_file(work)
-        from quailora_core.corpus import pretraining_corpus
+        from quailora_core.sources.corpus import pretraining_corpus
 
         with cal.open("a", encoding="utf-8") as fh:
             fh.write("\n" + "\n\n".join(pretraining_corpus()) + "\n")

@@ -68,7 +68,7 @@ VARIANTS = [
 def run_one(model, cal, samples, seq_len, heldout, quant, rank, method, inputs, als_iters, workdir):
     import torch
 
-    from quailora_core.engine import run_init
+    from quailora_core.init.pipeline import run_init
 
     out = Path(workdir) / "adapter"
     cfg = make_config(
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cal = calibration_file(work)
         from quailora_core.config import InitSettings
-        from quailora_core.engine import preflight
+        from quailora_core.init.pipeline import preflight
 
         args.als_iters = args.als_iters or InitSettings().als_iters
 

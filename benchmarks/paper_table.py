@@ -78,7 +78,7 @@ Q4, Q8 = "4-bit QLoRA", "8-bit QLoRA"
 # ---------------------------------------------------------------------------- data
 def split_corpus(folder: Path, val_fraction: float, seed: int = 1234) -> dict:
     """finetune_corpus() split by document (fixed seed) into train.txt / validation.txt."""
-    from quailora_core.corpus import finetune_corpus
+    from quailora_core.sources.corpus import finetune_corpus
 
     docs = finetune_corpus()
     order = list(range(len(docs)))
@@ -110,7 +110,7 @@ def init_adapter(args, model: str, cal: str, out: Path, arm: str, rank: int, see
     """run_init for `arm` at `rank` into `out`; returns wall seconds."""
     import torch
 
-    from quailora_core.engine import run_init
+    from quailora_core.init.pipeline import run_init
 
     bits, method, inputs = ARMS[arm]
     # B = 0 adapters need no calibration statistics: a token amount of text keeps them cheap
@@ -134,7 +134,7 @@ def unquantized_loader(dtype_name: str):
         import torch
         from transformers import AutoModelForCausalLM
 
-        from quailora_core.base_model import recorded_quantization
+        from quailora_core.model.base import recorded_quantization
 
         _, recorded = recorded_quantization(meta)
         dtype = getattr(torch, recorded if dtype_name == "auto" else dtype_name)
@@ -146,9 +146,9 @@ def unquantized_loader(dtype_name: str):
 
 
 def train_arm(args, model: str, data: dict, adapter: Path, out: Path, arm: str, seed: int) -> dict:
-    import quailora_core.train as train_mod
-    from quailora_core.base_model import recorded_quantization
+    import quailora_core.train.trainer as train_mod
     from quailora_core.config import RunConfig
+    from quailora_core.model.base import recorded_quantization
 
     cfg = RunConfig()
     cfg.model.path = model

@@ -1,7 +1,7 @@
 """Pretrain a small Llama-architecture causal LM for the benchmarks (CPU, no download).
 
 The model is trained on natural-language text that exists on every machine: the
-docstrings of Python's standard library (`quailora_core.corpus.pretraining_corpus`), with
+docstrings of Python's standard library (`quailora_core.sources.corpus.pretraining_corpus`), with
 `quailora_core.demo.build_tiny_llm` (a byte-level BPE tokenizer trained here, then the
 transformers `Trainer`). Two sizes, so that table benchmarks have a smaller and a bigger
 model to compare:
@@ -66,7 +66,7 @@ SIZES: dict[str, dict] = {
 
 def corpus_texts(name: str, max_chars: int | None = None) -> list[str]:
     """The pretraining text of a recipe: "stdlib" docstrings or the "broad" corpus."""
-    from quailora_core.corpus import broad_pretraining_corpus, pretraining_corpus
+    from quailora_core.sources.corpus import broad_pretraining_corpus, pretraining_corpus
 
     return broad_pretraining_corpus(max_chars) if name == "broad" else pretraining_corpus(max_chars)
 
@@ -83,7 +83,7 @@ def model_pretraining_text(model: str | Path, max_chars: int | None = None) -> t
 
 
 def bench_root() -> Path:
-    from quailora_core.data import cache_root
+    from quailora_core.sources.text import cache_root
 
     return cache_root() / "bench-models"
 

@@ -50,9 +50,9 @@ def load(path: str, how: str):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from quailora_core.base_model import disable_cpu_packing
     from quailora_core.config import QuantConfig
-    from quailora_core.quantize import bnb_config
+    from quailora_core.model.base import disable_cpu_packing
+    from quailora_core.quant.quantizer import bnb_config
 
     if how == "float32":
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)

@@ -1,6 +1,6 @@
 """QuAILoRA Studio's engine: quantization-aware, calibrated LoRA initialization for QLoRA.
 
-The public entry point is `quailora_core.engine.run_init(RunConfig, on_event, cancel)`.
+The public entry point is `quailora_core.init.pipeline.run_init(RunConfig, on_event, cancel)`.
 This package never imports Qt.
 """
 

@@ -14,36 +14,30 @@ import sys
 import traceback
 from typing import Any
 
-from .config import INPUT_SOURCES, METHODS, RunConfig
-from .errors import Cancelled, InputError, QuailoraError
+from quailora_core.config import RunConfig, field_help, section_help
+from quailora_core.errors import Cancelled, InputError, QuailoraError
 
-# flag -> (section, field, type); None section means a top-level RunConfig field
-_INIT_FLAGS: dict[str, tuple[str | None, str, Any, str]] = {
-    "--model": ("model", "path", str, "local model folder, hub id, or 'demo' (the small model shipped with the package)"),
-    "--dtype": ("model", "dtype", str, "load dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"),
-    "--calibration": ("calibration", "source", str, "calibration text: .txt/.jsonl/.json/.csv/.parquet, a folder, a hub dataset id, or 'demo'"),
-    "--text-column": ("calibration", "text_column", str, "column holding the text in tabular/json data (default text)"),
-    "--dataset-config": ("calibration", "dataset_config", str, "hub dataset config name"),
-    "--split": ("calibration", "split", str, "hub dataset split (default train)"),
-    "--samples": ("calibration", "samples", int, "calibration sequences (default 128)"),
-    "--seq-len": ("calibration", "seq_len", int, "tokens per sequence (default 512)"),
-    "--heldout": ("calibration", "heldout_samples", int, "held-out sequences for the held-out metric (default 16)"),
-    "--seed": ("calibration", "seed", int, "seed for packing and shuffling (default 0)"),
-    "--rank": ("lora", "rank", int, "LoRA rank r (default 16)"),
-    "--alpha": ("lora", "alpha", float, "LoRA alpha; scaling is alpha/r (default 16)"),
-    "--bits": ("quantization", "bits", int, "4 (QLoRA) or 8 (LLM.int8)"),
-    "--quant-type": ("quantization", "quant_type", str, "nf4 (default) or fp4, for 4 bit"),
-    "--compute-dtype": ("quantization", "compute_dtype", str, "bnb_4bit_compute_dtype (default: the load dtype)"),
-    "--method": ("init", "method", str, f"one of {', '.join(METHODS)} (default quailora)"),
-    "--inputs": ("init", "inputs", str, f"calibration input source: {', '.join(INPUT_SOURCES)} (default fp)"),
-    "--damping": ("init", "damping", float, "damping lambda of H (default 0.01)"),
-    "--als-iters": ("init", "als_iters", int, "most alternating least squares iterations (default 500; stops early when converged)"),
-    "--batch-size": ("init", "batch_size", int, "sequences per forward pass through a block (default 8)"),
-    "--device": ("init", "device", str, "auto, cpu, cuda or cuda:N (default auto)"),
-    "--verify": ("init", "verify", str, "self-check after writing: load the adapter as training will and recompute "
-                 "the errors of a sample of layers (sample, default), every layer (all), or none (off)"),
-    "--output": (None, "output", str, "adapter folder to write (refused if it exists and is not empty)"),
-}
+# flag -> (section, field, type, help); a None section is a top-level RunConfig field. The
+# help and the usual value come from the config's own field help (config.field_help), the
+# same words the app's tooltips show.
+_Flags = dict[str, tuple[str | None, str, Any, str]]
+
+
+def _flags(sections: tuple[str | None, ...], only: tuple[str, ...] = ()) -> _Flags:
+    table: _Flags = {}
+    defaults = RunConfig()
+    for section in sections:
+        holder = getattr(defaults, section) if section else defaults
+        for h in section_help(section):
+            name = h.path.rpartition(".")[2]
+            if h.flag and (not only or h.path in only):
+                value = getattr(holder, name)
+                table[h.flag] = (section, name, str if value is None else type(value), h.flag_help())
+    return table
+
+
+_INIT_FLAGS = _flags(("model", "calibration", "quantization", "lora", "init", None))
+_TRAIN_FLAGS = {**_flags(("model",), only=("model.path",)), **_flags(("train",))}
 
 
 def _add_init(sub: argparse._SubParsersAction) -> None:
@@ -56,15 +50,15 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="run file (TOML) to start from; flags given here override it")
     for flag, (_, _, typ, text) in _INIT_FLAGS.items():
         p.add_argument(flag, type=typ, default=None, help=text)
-    p.add_argument("--targets", default=None, help="comma-separated module names, or all-linear (default)")
-    p.add_argument("--double-quant", dest="double_quant", action="store_true", default=None, help="double quantization on (default)")
+    p.add_argument("--targets", default=None, help=field_help("lora.targets").flag_help() + ", comma-separated")
+    p.add_argument("--double-quant", dest="double_quant", action="store_true", default=None, help=field_help("quantization.double_quant").flag_help())
     p.add_argument("--no-double-quant", dest="double_quant", action="store_false", help="double quantization off")
-    p.add_argument("--rslora", action="store_true", default=None, help="rank-stabilized scaling alpha/sqrt(r)")
+    p.add_argument("--rslora", action="store_true", default=None, help=field_help("lora.rslora").flag_help())
     p.add_argument(
         "--offload-activations", action="store_true", default=None,
-        help="keep block activations in a temporary folder on disk: host memory stays flat in --samples",
+        help=field_help("init.offload_activations").flag_help(),
     )
-    p.add_argument("--overwrite", action="store_true", default=None, help="replace a non-empty output folder")
+    p.add_argument("--overwrite", action="store_true", default=None, help=field_help("overwrite").flag_help())
     p.add_argument("--save-config", help="also write the resolved run file (TOML) here")
     p.add_argument("--json", action="store_true", help="stream events as JSON lines on stdout")
     p.set_defaults(func=cmd_init)
@@ -100,7 +94,7 @@ class _TerminalProgress:
     def __call__(self, event: Any) -> None:
         from tqdm.auto import tqdm
 
-        from .events import LayerResult, Log, Stage
+        from quailora_core.events import LayerResult, Log, Stage
 
         if isinstance(event, Stage):
             if event.name == "calibrate":
@@ -126,9 +120,9 @@ class _TerminalProgress:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from .engine import run_init
-    from .events import CancelToken, Failed, event_to_json
-    from .results import format_table
+    from quailora_core.events import CancelToken, Failed, event_to_json
+    from quailora_core.init.metrics import format_table
+    from quailora_core.init.pipeline import run_init
 
     config = build_config(args)
     if args.json:
@@ -173,28 +167,6 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- train / eval / export-run
 # flag -> (section, field, type, help); these override the run file's [model] / [train] values.
-_TRAIN_FLAGS: dict[str, tuple[str, str, Any, str]] = {
-    "--model": ("model", "path", str, "base model folder, hub id or 'demo' (default: the run file's, or the adapter's base)"),
-    "--adapter": ("train", "adapter", str, "the initialized adapter folder (default: [train] adapter, else the run's output)"),
-    "--data": ("train", "data", str, "training data: .txt/.md/folder (plain text), .jsonl/.json/.csv/.parquet, a hub id, or 'demo'"),
-    "--data-format": ("train", "data_format", str, "auto (from the fields, default), text, or prompt_response"),
-    "--text-column": ("train", "text_column", str, "column holding plain text in table data (default text)"),
-    "--validation-data": ("train", "validation_data", str, "validation file (default: hold out --validation-fraction)"),
-    "--validation-fraction": ("train", "validation_fraction", float, "share of the data held out for validation (default 0.05)"),
-    "--max-steps": ("train", "max_steps", int, "optimizer steps (default 100)"),
-    "--epochs": ("train", "epochs", float, "train for this many epochs instead of --max-steps"),
-    "--lr": ("train", "learning_rate", float, "peak learning rate (default 2e-4)"),
-    "--batch-size": ("train", "batch_size", int, "sequences per step and process (default 4)"),
-    "--gradient-accumulation": ("train", "gradient_accumulation", int, "micro-batches per optimizer step (default 1)"),
-    "--seq-len": ("train", "seq_len", int, "tokens per sequence (default 512)"),
-    "--eval-interval": ("train", "eval_interval", int, "validate every N steps (default 50)"),
-    "--save-interval": ("train", "save_interval", int, "checkpoint every N steps (default 50; the last two are kept)"),
-    "--log-interval": ("train", "log_interval", int, "report the training loss every N steps (default 1)"),
-    "--warmup-steps": ("train", "warmup_steps", int, "linear warm-up steps (default 0)"),
-    "--seed": ("train", "seed", int, "seed for the split, shuffling and dropout (default 0)"),
-}
-
-
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     for flag, (_, _, typ, text) in _TRAIN_FLAGS.items():
         p.add_argument(flag, type=typ, default=None, help=text)
@@ -205,7 +177,7 @@ def build_train_config(args: argparse.Namespace) -> RunConfig:
     record; then every flag given (paths relative to the working directory)."""
     from pathlib import Path
 
-    from .train import config_from_adapter
+    from quailora_core.train.trainer import config_from_adapter
 
     if args.config:
         config = RunConfig.load(args.config)
@@ -235,7 +207,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     _add_train_flags(p)
     p.add_argument("--output", dest="train_output", default=None,
                    help="training output folder: checkpoints, adapter/, metrics.json (default [train] output)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output folder")
+    p.add_argument("--resume", action="store_true", help=field_help("train.resume").flag_help())
     p.add_argument("--json", action="store_true", help="stream events as JSON lines on stdout")
     p.set_defaults(func=cmd_train)
 
@@ -252,7 +224,7 @@ class _TrainProgress:
     def __call__(self, event: Any) -> None:
         from tqdm.auto import tqdm
 
-        from .events import EvalResult, Log, Stage, TrainStep
+        from quailora_core.events import EvalResult, Log, Stage, TrainStep
 
         if isinstance(event, Stage) and event.name == "load":
             print("checking inputs and loading ...", file=sys.stderr)
@@ -287,7 +259,7 @@ def _run_reporting(args: argparse.Namespace, work, progress=None) -> tuple[int, 
     import signal
     import threading
 
-    from .events import CancelToken, Failed, event_to_json
+    from quailora_core.events import CancelToken, Failed, event_to_json
 
     out = sys.stdout
     if args.json:
@@ -340,7 +312,7 @@ def _run_reporting(args: argparse.Namespace, work, progress=None) -> tuple[int, 
 
 def cmd_train(args: argparse.Namespace) -> int:
     def work(on_event, cancel):
-        from .train import run_train
+        from quailora_core.train.trainer import run_train
 
         return run_train(build_train_config(args), on_event, cancel)
 
@@ -381,10 +353,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .events import Finished
+    from quailora_core.events import Finished
 
     def work(on_event, cancel):
-        from .evaluate import evaluate_adapter
+        from quailora_core.evaluate import evaluate_adapter
 
         report = evaluate_adapter(
             args.adapter, args.data, args.model, args.samples, args.seq_len, args.text_column,
@@ -394,7 +366,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return report
 
     def progress(event: Any) -> None:
-        from .events import Log
+        from quailora_core.events import Log
 
         if isinstance(event, Log):
             print(f"[{event.level}] {event.message}", file=sys.stderr)
@@ -421,10 +393,10 @@ def _add_export_run(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export_run(args: argparse.Namespace) -> int:
-    from .events import Finished
+    from quailora_core.events import Finished
 
     def work(on_event, cancel):
-        from .run_export import export_run
+        from quailora_core.train.export import export_run
 
         run_dir = export_run(build_train_config(args), args.run_dir, args.overwrite)
         on_event(Finished(str(run_dir), {"run_file": str(run_dir / "run.toml"), "launcher": str(run_dir / "launch.sh")}))

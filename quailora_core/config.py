@@ -23,8 +23,8 @@ from typing import Any
 import tomli_w
 import tomllib
 
-from . import hub
-from .errors import InputError
+from quailora_core.errors import InputError, about
+from quailora_core.sources import references as hub
 
 METHODS = ("quailora", "exact", "loftq", "qlora")
 VERIFY_MODES = ("sample", "all", "off")
@@ -35,27 +35,66 @@ DEMO_MODEL = "demo"
 DEMO_CALIBRATION = "demo"
 
 
+@dataclass(frozen=True)
+class FieldHelp:
+    """What a setting means, once, for every face: the CLI flag's help, the app's tooltip,
+    the hint of an error about it. `usual` is the value to start from (the default's text
+    unless a field says otherwise)."""
+
+    path: str  # "lora.rank": section and field, as in the run file
+    help: str
+    usual: str
+    flag: str | None = None  # the `quailora init` / `train` flag that sets it, if any
+
+    def tooltip(self) -> str:
+        return f"{self.help} (usual: {self.usual})." if self.usual else f"{self.help}."
+
+    def flag_help(self) -> str:
+        first = self.help.split(" ", 1)[0]
+        text = self.help if first[1:] != first[1:].lower() else self.help[0].lower() + self.help[1:]
+        return f"{text} (usual: {self.usual})" if self.usual else text
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, usual: str | None = None, flag: str | None = None,
+           factory: Any = dataclasses.MISSING) -> Any:  # fmt: skip
+    """A config field with its help: `usual` defaults to the default value's text."""
+    meta = {"help": help, "usual": usual, "flag": flag}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class ModelConfig:
     """Which model to initialize: a local folder, a hub id, or `demo` (shipped in resources/)."""
 
-    path: str = DEMO_MODEL
-    dtype: str = "auto"  # load dtype; auto = bfloat16 on CUDA, float32 on CPU
-    trust_remote_code: bool = False
+    path: str = option(DEMO_MODEL, flag="--model", usual="a local folder with config.json",
+                       help="Local model folder, Hugging Face hub id, or 'demo' for the small model shipped "
+                       "with the package")  # fmt: skip
+    dtype: str = option("auto", flag="--dtype", usual="auto = bfloat16 on GPU, float32 on CPU",
+                        help=f"Precision the full-precision weights are loaded in: {', '.join(DTYPES)}")  # fmt: skip
+    trust_remote_code: bool = option(False, usual="off",
+                                     help="Allow the model's own Python code to run when loading it")  # fmt: skip
 
 
 @dataclass
 class CalibrationConfig:
     """Calibration text: a local file/folder, a hub dataset id, or `demo`."""
 
-    source: str = DEMO_CALIBRATION
-    text_column: str = "text"
-    dataset_config: str | None = None
-    split: str = "train"
-    samples: int = 128
-    seq_len: int = 512
-    heldout_samples: int = 16
-    seed: int = 0
+    source: str = option(DEMO_CALIBRATION, flag="--calibration", usual="text like your fine-tuning data",
+                         help="Calibration text: a .txt/.md/.jsonl/.json/.csv/.parquet file, a folder, a hub "
+                         "dataset id, or 'demo' for the built-in sample text")  # fmt: skip
+    text_column: str = option("text", flag="--text-column",
+                              help="Column of a tabular or JSON source that holds the text")
+    dataset_config: str | None = option(None, flag="--dataset-config", usual="empty",
+                                        help="Configuration name of a hub dataset, if it has several")
+    split: str = option("train", flag="--split", help="Split of a hub dataset to read")
+    samples: int = option(128, flag="--samples", help="Number of calibration sequences")
+    seq_len: int = option(512, flag="--seq-len", help="Tokens per calibration sequence")
+    heldout_samples: int = option(16, flag="--heldout", help="Extra sequences kept apart to measure "
+                                  "over-fitting to the calibration set")  # fmt: skip
+    seed: int = option(0, flag="--seed", help="Seed that picks the calibration sequences, for a "
+                       "reproducible run")  # fmt: skip
 
 
 @dataclass
@@ -67,23 +106,29 @@ class QuantConfig:
     no training run can match.
     """
 
-    bits: int = 4
-    quant_type: str = "nf4"
-    double_quant: bool = True
-    compute_dtype: str = "auto"  # bnb_4bit_compute_dtype; auto = the load dtype
-    quant_storage: str = "uint8"
-    blocksize: int = 64
+    bits: int = option(4, flag="--bits", usual="4",
+                       help="Bits per weight of the quantized base fine-tuning will use: 4 (QLoRA) or 8 (LLM.int8)")
+    quant_type: str = option("nf4", flag="--quant-type", usual="NF4", help="4-bit data type of bitsandbytes: "
+                             "nf4 or fp4")  # fmt: skip
+    double_quant: bool = option(True, usual="on", help="Quantize the quantization constants too, as QLoRA does")
+    compute_dtype: str = option("auto", flag="--compute-dtype", usual="auto = the load dtype",
+                                help="Compute dtype of the 4-bit layers, bnb_4bit_compute_dtype")
+    quant_storage: str = option("uint8", help="Storage dtype of the packed 4-bit weights, bnb_4bit_quant_storage")
+    blocksize: int = option(64, help="Weights per quantization block (bitsandbytes' Linear4bit always uses 64)")
 
 
 @dataclass
 class LoraSettings:
     """LoRA shape: rank, alpha (scaling alpha/r, or alpha/sqrt(r) with rsLoRA), targets."""
 
-    rank: int = 16
-    alpha: float = 16.0
-    targets: list[str] = field(default_factory=lambda: ["all-linear"])
-    rslora: bool = False
-    dropout: float = 0.0
+    rank: int = option(16, flag="--rank", help="LoRA rank r: the number of directions the adapter can correct")
+    alpha: float = option(16.0, flag="--alpha", usual="equal to the rank",
+                          help="LoRA alpha: the adapter is scaled by alpha / r")
+    targets: list[str] = option(factory=lambda: ["all-linear"], usual="all-linear",
+                                help="Linear modules that get a LoRA pair: names or dotted suffixes "
+                                "(q_proj, self_attn.o_proj), or all-linear as in peft")  # fmt: skip
+    rslora: bool = option(False, usual="off", help="Scale by alpha / sqrt(r) instead of alpha / r, as rsLoRA does")
+    dropout: float = option(0.0, help="LoRA dropout during fine-tuning")
 
     @property
     def scaling(self) -> float:
@@ -92,20 +137,24 @@ class LoraSettings:
 
 @dataclass
 class InitSettings:
-    """How the LoRA pair is initialized (see ALGORITHM.md)."""
+    """How the LoRA pair is initialized (see docs/ALGORITHM.md)."""
 
-    method: str = "quailora"
-    inputs: str = "fp"
-    damping: float = 0.01
-    als_iters: int = 500  # upper bound; ALS stops early once an iteration gains < 1e-10
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    batch_size: int = 8  # calibration sequences per forward through a block
-    # keep block activations in a temporary folder instead of RAM: host memory then stays
-    # flat in the number of calibration samples, at the cost of disk I/O per block
-    offload_activations: bool = False
-    # after writing, load the adapter as training will and recompute the errors of a sample
-    # of layers (sample), of every layer (all), or not at all (off); a mismatch fails the run
-    verify: str = "sample"
+    method: str = option("quailora", flag="--method", usual="quailora",
+                         help=f"How the LoRA pair is initialized: {', '.join(METHODS)}")
+    inputs: str = option("fp", flag="--inputs", usual="fp = full-precision inputs",
+                         help=f"Where the calibration inputs of each layer come from: {', '.join(INPUT_SOURCES)}")
+    damping: float = option(0.01, flag="--damping", help="Damping lambda added to the input Gram matrix, "
+                            "as in GPTQ")  # fmt: skip
+    als_iters: int = option(500, flag="--als-iters", help="Most alternating least-squares iterations of the "
+                            "QuAILoRA solver; it stops early once converged")  # fmt: skip
+    device: str = option("auto", flag="--device", usual="auto = the GPU when there is one",
+                         help="Where the engine computes: auto, cpu, cuda or cuda:N")
+    batch_size: int = option(8, flag="--batch-size", help="Calibration sequences per forward pass through a block")
+    offload_activations: bool = option(False, usual="off", help="Keep block activations in a temporary folder "
+                                       "on disk: host memory stays flat in the number of samples")  # fmt: skip
+    verify: str = option("sample", flag="--verify", help="Self-check after writing: load the adapter as "
+                         "training will and recompute the errors of a sample of layers (sample), of every "
+                         "layer (all), or none (off); a mismatch fails the run")  # fmt: skip
 
 
 @dataclass
@@ -115,25 +164,38 @@ class TrainSettings:
     Relative paths in a run file are relative to the run file's folder.
     """
 
-    data: str = ""  # a file, folder, hub dataset id, or demo
-    data_format: str = "auto"  # auto | text | prompt_response (auto: from the fields)
-    text_column: str = "text"
-    validation_data: str = ""  # "" = hold out validation_fraction of the data
-    validation_fraction: float = 0.05
-    max_steps: int = 100
-    epochs: float = 0.0  # > 0 overrides max_steps
-    learning_rate: float = 2e-4
-    batch_size: int = 4
-    gradient_accumulation: int = 1
-    seq_len: int = 512
-    eval_interval: int = 50
-    save_interval: int = 50
-    log_interval: int = 1
-    warmup_steps: int = 0
-    seed: int = 0
-    adapter: str = ""  # the initialized adapter folder; "" = the run's `output`
-    output: str = ""  # training output folder; "" = the adapter folder's name + "-trained"
-    resume: bool = False  # continue from the last checkpoint in `output`
+    data: str = option("", flag="--data", usual="your task's data",
+                       help="Training text (.txt, .md, a folder) or prompt/response JSON lines, a hub dataset "
+                       "id, or 'demo' for the built-in fine-tuning text")  # fmt: skip
+    data_format: str = option("auto", flag="--data-format", usual="auto = from the fields",
+                              help="How to read the data: auto, text or prompt_response")
+    text_column: str = option("text", flag="--text-column", help="Column of a table that holds the text")
+    validation_data: str = option("", flag="--validation-data", usual="empty = hold out a share of the data",
+                                  help="Validation text: a file, folder or hub dataset id")
+    validation_fraction: float = option(0.05, flag="--validation-fraction",
+                                        help="Share of the data held out for validation when no validation "
+                                        "data is given")  # fmt: skip
+    max_steps: int = option(100, flag="--max-steps", usual="100 to 1000", help="Optimizer steps to train for")
+    epochs: float = option(0.0, flag="--epochs", usual="0 = off",
+                           help="Passes over the data; above 0 it replaces max steps")
+    learning_rate: float = option(2e-4, flag="--lr", usual="0.0002; QLoRA uses 1e-4 to 2e-4",
+                                  help="Peak learning rate of the adapter")
+    batch_size: int = option(4, flag="--batch-size", help="Sequences per step and GPU")
+    gradient_accumulation: int = option(1, flag="--gradient-accumulation",
+                                        help="Micro-batches summed into each optimizer step")
+    seq_len: int = option(512, flag="--seq-len", help="Tokens per training sequence")
+    eval_interval: int = option(50, flag="--eval-interval", help="Measure validation loss and perplexity every "
+                                "this many steps")  # fmt: skip
+    save_interval: int = option(50, flag="--save-interval", help="Save a checkpoint every this many steps; the "
+                                "last two are kept")  # fmt: skip
+    log_interval: int = option(1, flag="--log-interval", help="Report the training loss every this many steps")
+    warmup_steps: int = option(0, flag="--warmup-steps", help="Steps of linear learning-rate warm-up")
+    seed: int = option(0, flag="--seed", help="Seed of the data order and of the validation split")
+    adapter: str = option("", flag="--adapter", usual="empty = the run's output",
+                          help="The initialized adapter folder to fine-tune")
+    output: str = option("", usual="empty = the adapter folder's name + '-trained'",
+                         help="Training output folder: checkpoints, adapter/, metrics.json")
+    resume: bool = option(False, usual="off", help="Continue from the last checkpoint in the output folder")
 
 
 @dataclass
@@ -146,56 +208,57 @@ class RunConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     init: InitSettings = field(default_factory=InitSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
-    output: str = "quailora-adapter"
-    overwrite: bool = False
+    output: str = option("quailora-adapter", flag="--output", usual="a new folder",
+                         help="Folder the adapter is written to; it must not exist or be empty")
+    overwrite: bool = option(False, usual="off", help="Replace the contents of an existing, non-empty output folder")
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> RunConfig:
         """Raise InputError on the first setting that cannot work; return self."""
         q, lo, ini, cal = self.quantization, self.lora, self.init, self.calibration
-        if q.bits not in (4, 8):
-            raise InputError(f"bits must be 4 or 8, got {q.bits}.", "Use --bits 4 or --bits 8.")
-        if q.quant_type not in QUANT_TYPES:
-            raise InputError(
-                f"Unknown quantization type {q.quant_type!r}.", "Use --quant-type nf4 or fp4."
-            )
-        if q.blocksize != 64:
-            raise InputError(
-                f"blocksize {q.blocksize} cannot be matched at training time.",
-                "bitsandbytes layers built by transformers always use 64; leave it at 64.",
-            )
-        for name, value in (("model dtype", self.model.dtype), ("compute dtype", q.compute_dtype)):
-            if value not in DTYPES:
-                raise InputError(f"Unknown {name} {value!r}.", f"Use one of {', '.join(DTYPES)}.")
-        if not isinstance(lo.rank, int) or lo.rank < 1:
-            raise InputError(f"rank must be at least 1, got {lo.rank}.", "Use --rank 8, 16 or 64.")
-        if not lo.alpha > 0:
-            raise InputError(f"alpha must be positive, got {lo.alpha}.", "Use --alpha equal to the rank.")
-        if not lo.targets:
-            raise InputError("No target modules given.", "Use --targets all-linear or a list of names.")
-        if ini.method not in METHODS:
-            raise InputError(f"Unknown method {ini.method!r}.", f"Use one of {', '.join(METHODS)}.")
-        if ini.inputs not in INPUT_SOURCES:
-            raise InputError(
-                f"Unknown input source {ini.inputs!r}.", f"Use one of {', '.join(INPUT_SOURCES)}."
-            )
-        if ini.verify not in VERIFY_MODES:
-            raise InputError(f"Unknown verify mode {ini.verify!r}.", f"Use one of {', '.join(VERIFY_MODES)}.")
-        if not ini.damping >= 0:
-            raise InputError(f"damping must be >= 0, got {ini.damping}.", "The usual value is 0.01.")
-        if ini.als_iters < 1:
-            raise InputError(f"als_iters must be at least 1, got {ini.als_iters}.", "The usual value is 500.")
-        if ini.batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {ini.batch_size}.", "Use 8.")
-        if cal.samples < 1:
-            raise InputError(f"samples must be at least 1, got {cal.samples}.", "The usual value is 128.")
-        if cal.seq_len < 8:
-            raise InputError(f"seq_len must be at least 8, got {cal.seq_len}.", "The usual value is 512.")
-        if cal.heldout_samples < 0:
-            raise InputError("heldout_samples must be >= 0.", "The usual value is 16.")
-        from .device import resolve_device  # local import: torch is heavy
 
-        resolve_device(ini.device)
+        def refuse(path: str, message: str, hint: str | None = None) -> None:
+            raise InputError(message, hint if hint is not None else _usual_hint(path), field=path)
+
+        if q.bits not in (4, 8):
+            refuse("quantization.bits", f"bits must be 4 or 8, got {q.bits}.", "Use --bits 4 or --bits 8.")
+        if q.quant_type not in QUANT_TYPES:
+            refuse("quantization.quant_type", f"Unknown quantization type {q.quant_type!r}.", "Use --quant-type nf4 or fp4.")
+        if q.blocksize != 64:
+            refuse("quantization.blocksize", f"blocksize {q.blocksize} cannot be matched at training time.",
+                   "bitsandbytes layers built by transformers always use 64; leave it at 64.")  # fmt: skip
+        for path, value in (("model.dtype", self.model.dtype), ("quantization.compute_dtype", q.compute_dtype)):
+            if value not in DTYPES:
+                name = "model dtype" if path == "model.dtype" else "compute dtype"
+                refuse(path, f"Unknown {name} {value!r}.", f"Use one of {', '.join(DTYPES)}.")
+        if not isinstance(lo.rank, int) or lo.rank < 1:
+            refuse("lora.rank", f"rank must be at least 1, got {lo.rank}.", "Use --rank 8, 16 or 64.")
+        if not lo.alpha > 0:
+            refuse("lora.alpha", f"alpha must be positive, got {lo.alpha}.", "Use --alpha equal to the rank.")
+        if not lo.targets:
+            refuse("lora.targets", "No target modules given.", "Use --targets all-linear or a list of names.")
+        if ini.method not in METHODS:
+            refuse("init.method", f"Unknown method {ini.method!r}.", f"Use one of {', '.join(METHODS)}.")
+        if ini.inputs not in INPUT_SOURCES:
+            refuse("init.inputs", f"Unknown input source {ini.inputs!r}.", f"Use one of {', '.join(INPUT_SOURCES)}.")
+        if ini.verify not in VERIFY_MODES:
+            refuse("init.verify", f"Unknown verify mode {ini.verify!r}.", f"Use one of {', '.join(VERIFY_MODES)}.")
+        if not ini.damping >= 0:
+            refuse("init.damping", f"damping must be >= 0, got {ini.damping}.")
+        if ini.als_iters < 1:
+            refuse("init.als_iters", f"als_iters must be at least 1, got {ini.als_iters}.")
+        if ini.batch_size < 1:
+            refuse("init.batch_size", f"batch_size must be at least 1, got {ini.batch_size}.")
+        if cal.samples < 1:
+            refuse("calibration.samples", f"samples must be at least 1, got {cal.samples}.")
+        if cal.seq_len < 8:
+            refuse("calibration.seq_len", f"seq_len must be at least 8, got {cal.seq_len}.")
+        if cal.heldout_samples < 0:
+            refuse("calibration.heldout_samples", "heldout_samples must be >= 0.")
+        from quailora_core.device import resolve_device  # local import: torch is heavy
+
+        with about("init.device"):
+            resolve_device(ini.device)
         check_output_dir(self.output, self.overwrite)
         return self
 
@@ -205,19 +268,12 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        sections = {
-            "model": ModelConfig,
-            "calibration": CalibrationConfig,
-            "quantization": QuantConfig,
-            "lora": LoraSettings,
-            "init": InitSettings,
-            "train": TrainSettings,
-        }
+        sections = SECTIONS
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             if key in sections:
                 if not isinstance(value, dict):
-                    raise InputError(f"[{key}] in the run file must be a table.", "See docs/run.toml.")
+                    raise InputError(f"[{key}] in the run file must be a table.", "See `quailora init --save-config run.toml` for the layout.")
                 kwargs[key] = _build(sections[key], value, key)
             elif key in ("output", "overwrite"):
                 kwargs[key] = value
@@ -268,6 +324,51 @@ class RunConfig:
         return cfg
 
 
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "calibration": CalibrationConfig,
+    "quantization": QuantConfig,
+    "lora": LoraSettings,
+    "init": InitSettings,
+    "train": TrainSettings,
+}
+
+
+def field_help(path: str) -> FieldHelp:
+    """The help of one setting, by its run-file path ("lora.rank", "output")."""
+    section, _, name = path.rpartition(".")
+    cls = SECTIONS[section] if section else RunConfig
+    for f in dataclasses.fields(cls):
+        if f.name == name and "help" in f.metadata:
+            usual = f.metadata["usual"]
+            if usual is None:
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+                usual = _usual_text(default)
+            return FieldHelp(path, f.metadata["help"], usual, f.metadata["flag"])
+    raise KeyError(path)
+
+
+def section_help(section: str | None) -> list[FieldHelp]:
+    """Every documented setting of a section (None: the top-level ones), in declaration order."""
+    cls = SECTIONS[section] if section else RunConfig
+    prefix = f"{section}." if section else ""
+    return [field_help(prefix + f.name) for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+
+def _usual_hint(path: str) -> str:
+    return f"The usual value is {field_help(path).usual}."
+
+
+def _usual_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _local_path(value: str, base: Path) -> str:
     """A path to write, made absolute against `base` ("" stays "": the default applies)."""
     if not value:
@@ -312,13 +413,14 @@ def _drop_none(value: Any) -> Any:
 def check_output_dir(output: str, overwrite: bool) -> None:
     """Refuse an output folder that exists and is not empty, unless overwrite is set."""
     if not output:
-        raise InputError("No output folder given.", "Use --output PATH.")
+        raise InputError("No output folder given.", "Use --output PATH.", field="output")
     path = Path(output)
     if path.exists() and not path.is_dir():
-        raise InputError(f"Output {output!r} exists and is a file.", "Choose a folder path with --output.")
+        raise InputError(f"Output {output!r} exists and is a file.", "Choose a folder path with --output.", field="output")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise InputError(
             f"Output folder {output!r} exists and is not empty.",
             "Choose another --output or pass --overwrite.",
+            field="output",
         )
 

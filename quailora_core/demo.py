@@ -34,8 +34,8 @@ from typing import Any
 
 import quailora_resources
 
-from .config import DEMO_MODEL
-from .errors import InputError
+from quailora_core.config import DEMO_MODEL
+from quailora_core.errors import InputError
 
 DEMO_DIR_NAME = quailora_resources.DEMO_MODEL
 RESOURCES_PACKAGE = "quailora_resources"  # the top-level resources/ folder, as installed
@@ -247,7 +247,7 @@ def _build(
     t_imports = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     if texts is None:
-        from .corpus import pretraining_corpus
+        from quailora_core.sources.corpus import pretraining_corpus
 
         texts = pretraining_corpus()
     _log(on_log, f"Training a {vocab_size}-token BPE tokenizer on {sum(map(len, texts)):,} characters ...")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .errors import InputError
+from quailora_core.errors import InputError
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 

@@ -8,14 +8,22 @@ says how to fix it, so every face of the engine can show the same words.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class QuailoraError(Exception):
-    """Base class: a message that says what is wrong and a hint that says what to do."""
+    """Base class: a message that says what is wrong and a hint that says what to do.
 
-    def __init__(self, message: str, hint: str = "") -> None:
+    `field` names the setting the error is about, by its run-file path ("lora.rank",
+    "calibration.source", "output"; None when it is about no one setting): the app puts the
+    message next to that field, without reading the English text."""
+
+    def __init__(self, message: str, hint: str = "", field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.field = field
 
     def one_line(self) -> str:
         """The message and hint on one line, as the CLI prints them."""
@@ -30,9 +38,23 @@ class MissingColumnError(InputError):
     """A tabular source lacks the asked-for text column. `columns` lists the ones it has, as
     data, so a front end can offer them (the app's column chooser) without parsing the text."""
 
-    def __init__(self, message: str, hint: str = "", columns: list[str] | None = None) -> None:
-        super().__init__(message, hint)
+    def __init__(self, message: str, hint: str = "", columns: list[str] | None = None,
+                 field: str | None = None) -> None:  # fmt: skip
+        super().__init__(message, hint, field)
         self.columns = list(columns or [])
+
+
+@contextlib.contextmanager
+def about(field: str, column_field: str | None = None) -> Iterator[None]:
+    """Errors raised inside are about `field` unless they already name one (a missing text
+    column is about `column_field`): the data loaders serve calibration and training data
+    alike, and only their caller knows which setting the user typed."""
+    try:
+        yield
+    except InputError as exc:
+        if exc.field is None:
+            exc.field = column_field if column_field and isinstance(exc, MissingColumnError) else field
+        raise
 
 
 class EngineError(QuailoraError):

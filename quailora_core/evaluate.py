@@ -30,9 +30,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import DEMO_CALIBRATION
-from .errors import Cancelled, InputError
-from .events import CancelToken, EventCallback, Log, Stage, ignore_events
+from quailora_core.config import DEMO_CALIBRATION
+from quailora_core.errors import Cancelled, InputError
+from quailora_core.events import CancelToken, EventCallback, Log, Stage, ignore_events
 
 # The quantization gap (in mean loss) must exceed this many standard errors for a share of
 # it to be reported: about a 2.5 % chance of calling noise a gap, one-sided.
@@ -155,11 +155,11 @@ def evaluate_adapter(
     import torch
     from transformers import AutoTokenizer
 
-    from .base_model import auto_class, load_quantized_base, recorded_quantization
-    from .data import load_texts, load_training_data, pack
-    from .device import resolve_device
-    from .model_info import resolve_model_path
-    from .train import check_base, read_adapter
+    from quailora_core.device import resolve_device
+    from quailora_core.model.base import auto_class, load_quantized_base, recorded_quantization
+    from quailora_core.model.info import resolve_model_path
+    from quailora_core.sources.text import load_texts, load_training_data, pack
+    from quailora_core.train.trainer import check_base, read_adapter
 
     cancel = cancel or CancelToken()
     started = time.perf_counter()

@@ -62,11 +62,11 @@ def _perplexities(folder: Path, texts: list[str], samples: int, seq_len: int) ->
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from quailora_core.base_model import disable_cpu_packing
     from quailora_core.config import QuantConfig
-    from quailora_core.data import pack
     from quailora_core.evaluate import _mean, _sample_losses
-    from quailora_core.quantize import bnb_config
+    from quailora_core.model.base import disable_cpu_packing
+    from quailora_core.quant.quantizer import bnb_config
+    from quailora_core.sources.text import pack
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     batch = pack(texts, tokenizer, samples, seq_len, 0, 0)
@@ -85,9 +85,9 @@ def make(out: Path, threads: int) -> dict:
     import transformers
     from transformers import AutoModelForCausalLM
 
-    from quailora_core import corpus
-    from quailora_core.data import _paragraphs, default_text, load_texts
     from quailora_core.demo import MARKER_FILE, MARKER_KIND, build_tiny_llm
+    from quailora_core.sources import corpus
+    from quailora_core.sources.text import _paragraphs, default_text, load_texts
 
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ def demo_model() -> Path:
 
 @pytest.fixture
 def text_file(tmp_path) -> Path:
-    from quailora_core.corpus import pretraining_corpus
+    from quailora_core.sources.corpus import pretraining_corpus
 
     path = tmp_path / "calibration.txt"
     path.write_text("\n\n".join(pretraining_corpus(20_000)) + "\n", encoding="utf-8")
@@ -66,7 +66,7 @@ def demo_adapter(demo_model, tmp_path_factory) -> Path:
     """A QuAILoRA adapter (rank 8, NF4) for the demo model, made once per session."""
     from helpers import make_config
 
-    from quailora_core.engine import run_init
+    from quailora_core.init.pipeline import run_init
 
     out = tmp_path_factory.mktemp("demo-adapter") / "adapter"
     run_init(make_config(demo_model, out))

@@ -13,10 +13,10 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
 
-from quailora_core.adapter import read_metadata
+from quailora_core.adapter.writer import read_metadata
 from quailora_core.config import RunConfig
-from quailora_core.data import load_texts, pack
-from quailora_core.quantize import bnb_config, dequantized_module_weight
+from quailora_core.quant.quantizer import bnb_config, dequantized_module_weight
+from quailora_core.sources.text import load_texts, pack
 
 _CLASSES = {"AutoModelForCausalLM": AutoModelForCausalLM, "AutoModelForImageTextToText": AutoModelForImageTextToText}
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from quailora_core import corpus, data
 from quailora_core.config import CalibrationConfig
-from quailora_core.data import DataPreview, load_calibration, load_texts, pack, preview
 from quailora_core.errors import InputError
+from quailora_core.sources import corpus
+from quailora_core.sources import text as data
+from quailora_core.sources.text import DataPreview, load_calibration, load_texts, pack, preview
 
 DOCS = [
     "The first document talks about bread, flour and water.",
@@ -349,7 +350,8 @@ def test_preview_of_10_mb_jsonl_is_quick(tmp_path):
 
 
 def test_every_data_format_counts_as_a_file_not_a_hub_id():
-    from quailora_core import data, hub
+    from quailora_core.sources import references as hub
+    from quailora_core.sources import text as data
 
     assert set(data.FORMATS) <= hub.DATA_FILE_SUFFIXES
     assert not data.looks_like_hub_id("notes.jsonl") and data.looks_like_hub_id("owner/dataset")
@@ -374,7 +376,7 @@ def test_source_docstrings_read_packages_without_importing_them():
     import sys
 
     code = (
-        "import sys; from quailora_core import corpus; "
+        "import sys; from quailora_core.sources import corpus; "
         "docs = corpus.source_docstrings(('stdlib', 'numpy'), max_chars=2_000_000); "
         "print(len(docs), sum(map(len, docs)), 'numpy' in sys.modules, 'antigravity' in sys.modules)"
     )

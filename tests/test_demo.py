@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from quailora_core import demo
-from quailora_core.corpus import finetune_corpus
-from quailora_core.data import pack
 from quailora_core.errors import InputError
-from quailora_core.model_info import resolve_model_path, summarize_model
+from quailora_core.model.info import resolve_model_path, summarize_model
+from quailora_core.sources.corpus import finetune_corpus
+from quailora_core.sources.text import pack
 
 
 def test_shipped_files_are_exactly_what_the_package_expects(demo_model):
@@ -74,7 +74,7 @@ def test_loads_offline_with_auto_classes_and_nf4_costs_perplexity(demo_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     from quailora_core.config import QuantConfig
-    from quailora_core.quantize import bnb_config
+    from quailora_core.quant.quantizer import bnb_config
 
     tokenizer = AutoTokenizer.from_pretrained(demo_model)
     model = AutoModelForCausalLM.from_pretrained(demo_model, dtype=torch.float32).eval()

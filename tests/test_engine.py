@@ -16,10 +16,10 @@ import torch
 from helpers import make_config
 from independent import effective_weights, independent_grams
 
-from quailora_core.adapter import read_metadata
-from quailora_core.engine import run_init
+from quailora_core.adapter.writer import read_metadata
 from quailora_core.errors import Cancelled
 from quailora_core.events import CancelToken, Finished, LayerResult, Stage
+from quailora_core.init.pipeline import run_init
 
 
 @pytest.mark.parametrize(

@@ -19,11 +19,11 @@ import pytest
 from helpers import make_config
 
 from quailora_core.cli import main
-from quailora_core.corpus import finetune_corpus
-from quailora_core.engine import run_init
 from quailora_core.errors import InputError
 from quailora_core.evaluate import evaluate_adapter
 from quailora_core.events import event_from_json
+from quailora_core.init.pipeline import run_init
+from quailora_core.sources.corpus import finetune_corpus
 
 
 @pytest.fixture(scope="module")

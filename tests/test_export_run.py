@@ -17,7 +17,7 @@ from quailora_core.cli import main
 from quailora_core.config import RunConfig
 from quailora_core.errors import InputError
 from quailora_core.events import Finished, TrainStep, event_from_json
-from quailora_core.run_export import export_run
+from quailora_core.train.export import export_run
 
 PAIRS = [{"prompt": f"What is {i} plus {i}?", "response": f"{i} plus {i} is {2 * i}."} for i in range(12)]
 

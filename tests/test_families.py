@@ -14,9 +14,9 @@ from helpers import make_config
 from independent import recomputed_errors, wrapped_layers
 from tiny_models import CONFIGS, FAMILIES, save_tiny
 
-from quailora_core.adapter import read_metadata
-from quailora_core.engine import preflight, run_init
+from quailora_core.adapter.writer import read_metadata
 from quailora_core.errors import InputError
+from quailora_core.init.pipeline import preflight, run_init
 
 # rows that are refused, and the words that say why
 REFUSED = {

@@ -8,7 +8,7 @@ from tiny_models import save_tiny
 from transformers import AutoModelForCausalLM
 
 from quailora_core.config import QuantConfig
-from quailora_core.quantize import bnb_config, dequantized_module_weight, quantize_dequantize
+from quailora_core.quant.quantizer import bnb_config, dequantized_module_weight, quantize_dequantize
 
 SETTINGS = [
     QuantConfig(bits=4, quant_type="nf4", double_quant=True),

@@ -1,4 +1,4 @@
-"""Tests of quailora_core.solvers: the optimality, agreement and robustness ALGORITHM.md asks for.
+"""Tests of quailora_core.init.solvers: the optimality, agreement and robustness ALGORITHM.md asks for.
 
 The test layer is small (48 x 64, N = 500) but built like a real one: Q is bitsandbytes
 NF4 (a local blockwise 4-bit rounding if bitsandbytes is missing), and the inputs are
@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from quailora_core import solvers as S
+from quailora_core.init import solvers as S
 
 OUT, IN, N, RANK = 48, 64, 500, 8
 F64 = torch.float64

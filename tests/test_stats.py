@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from quailora_core.stats import GramCollector
+from quailora_core.init.stats import GramCollector
 
 
 class TwoHeads(nn.Module):

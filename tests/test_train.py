@@ -18,12 +18,12 @@ from helpers import make_config
 from safetensors.torch import load_file
 from tiny_models import save_tiny
 
-from quailora_core.adapter import read_metadata
+from quailora_core.adapter.writer import read_metadata
 from quailora_core.cli import main
 from quailora_core.config import RunConfig
 from quailora_core.errors import InputError
 from quailora_core.events import CancelToken, EvalResult, Finished, TrainStep
-from quailora_core.train import (
+from quailora_core.train.trainer import (
     IGNORE_INDEX,
     TrainingCancelled,
     encode_conversation,
@@ -85,7 +85,7 @@ def test_trained_adapter_loads_with_peft_on_the_quantized_base(trained, adapter,
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from quailora_core.base_model import recorded_bnb_config
+    from quailora_core.model.base import recorded_bnb_config
 
     result, _ = trained
     out = Path(result.output_dir)
@@ -226,7 +226,7 @@ def test_bad_settings_are_input_errors(demo_model, adapter, tmp_path):
 
 
 def test_training_data_format_is_detected_from_the_fields(tmp_path):
-    from quailora_core.data import load_training_data
+    from quailora_core.sources.text import load_training_data
 
     chat = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
     (tmp_path / "chat.jsonl").write_text(json.dumps(chat) + "\n", encoding="utf-8")

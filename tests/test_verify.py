@@ -11,13 +11,13 @@ import pytest
 from helpers import make_config
 from tiny_models import save_tiny
 
-import quailora_core.engine as engine
-from quailora_core.adapter import read_metadata
+import quailora_core.init.pipeline as engine
+from quailora_core.adapter.writer import read_metadata
 from quailora_core.cli import main
 from quailora_core.errors import EngineError
 from quailora_core.events import Log
-from quailora_core.targets import Target, TargetPlan
-from quailora_core.verify import choose_layers
+from quailora_core.init.verify import choose_layers
+from quailora_core.model.targets import Target, TargetPlan
 
 
 def _nothing_left(tmp_path, name="adapter"):

@@ -27,7 +27,7 @@ TINY_VOCAB = 320
 
 @pytest.fixture(scope="session")
 def corpus_texts() -> list[str]:
-    from quailora_core.corpus import finetune_corpus
+    from quailora_core.sources.corpus import finetune_corpus
 
     return finetune_corpus(60_000)
 

@@ -90,7 +90,7 @@ def test_run_charts_the_engine_numbers_and_exports_an_adapter_peft_loads(
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(dest))
     import threading
 
-    import quailora_core.adapter as adapter_module
+    import quailora_core.adapter.writer as adapter_module
 
     copied_in = []  # the real copy_adapter, called from whichever thread the window uses
     real_copy = adapter_module.copy_adapter

@@ -159,8 +159,8 @@ def test_open_run_takes_relative_paths_from_the_run_file_not_the_working_folder(
     relative paths point into the folder, and Run writes the adapter there."""
     import shutil
 
-    from quailora_core.engine import run_init
-    from quailora_core.run_export import export_run
+    from quailora_core.init.pipeline import run_init
+    from quailora_core.train.export import export_run
 
     first = RunConfig(output=str(tmp_path / "first-adapter"))
     first.model.path, first.model.dtype = str(tiny_model_dir), "float32"

@@ -149,7 +149,7 @@ def test_failing_run_shows_its_cause_and_export_run_still_works(
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(dest))
     import threading
 
-    import quailora_core.run_export as run_export
+    import quailora_core.train.export as run_export
 
     threads = []  # the real export_run, called from whichever thread the window uses
 

@@ -26,7 +26,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from .config import LoraSettings, check_output_dir
+from quailora_core.config import LoraSettings, check_output_dir
 
 METADATA_FILE = "quailora.json"
 
@@ -113,7 +113,7 @@ def copy_adapter(src_dir: str | Path, dest_dir: str | Path, overwrite: bool = Fa
     """Copy a finished adapter folder to `dest_dir` atomically (the GUI's Export)."""
     src = Path(src_dir)
     if not (src / "adapter_config.json").is_file():
-        from .errors import InputError
+        from quailora_core.errors import InputError
 
         raise InputError(f"{str(src)!r} is not an adapter folder.", "Run the initialization first.")
     with atomic_dir(dest_dir, overwrite) as tmp:

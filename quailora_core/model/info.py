@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, PretrainedConfig
 
-from .blocks import find_decoder_blocks
-from .config import DEMO_MODEL
-from .errors import InputError
-from .hub import looks_like_hub_id, offline
+from quailora_core.config import DEMO_MODEL
+from quailora_core.errors import InputError
+from quailora_core.model.blocks import find_decoder_blocks
+from quailora_core.sources.references import looks_like_hub_id, offline
 
 
 @dataclass
@@ -44,7 +44,7 @@ def resolve_model_path(ref: str) -> str:
     if not ref:
         raise InputError("No model given.", "Use --model PATH, a hub id, or --model demo.")
     if ref == DEMO_MODEL:
-        from .demo import ensure_demo_model
+        from quailora_core.demo import ensure_demo_model
 
         return str(ensure_demo_model())
     path = Path(ref).expanduser()
@@ -137,7 +137,7 @@ def summarize_model(ref: str, trust_remote_code: bool = False) -> ModelSummary:
     model = meta_model(hf_config, trust_remote_code)
     blocks = find_decoder_blocks(model)
     text_config = hf_config.get_text_config()
-    from .targets import linear_leaves
+    from quailora_core.model.targets import linear_leaves
 
     names: list[str] = []
     shapes: dict[str, tuple[int, int]] = {}

@@ -28,9 +28,9 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-from .blocks import find_decoder_blocks
-from .config import LoraSettings, QuantConfig
-from .errors import InputError
+from quailora_core.config import LoraSettings, QuantConfig
+from quailora_core.errors import InputError
+from quailora_core.model.blocks import find_decoder_blocks
 
 ALL_LINEAR = "all-linear"
 
@@ -141,7 +141,7 @@ def plan_targets(
     from peft.tuners.lora import LoraLayer
     from transformers.quantizers import AutoHfQuantizer
 
-    from .quantize import bnb_config
+    from quailora_core.quant.quantizer import bnb_config
 
     blocks = find_decoder_blocks(skeleton)
     kinds = linear_leaves(skeleton)
@@ -171,6 +171,7 @@ def plan_targets(
             f"peft refuses these targets: {text.removeprefix('[PEFT:PeftType.LORA] ')}",
             f"Name the layers to adapt with --targets (linear layers in each block: "
             f"{', '.join(_block_linear_names(kinds, block_names))}).",
+            field="lora.targets",
         ) from None
     wrapped = [
         (name.removeprefix("base_model.model."), module)
@@ -205,16 +206,18 @@ def plan_targets(
         raise InputError(
             f"Target {name.split('.')[-1]!r} is a {kind}, not a linear layer.",
             "QuAILoRA initializes Linear (and GPT-2 style Conv1D) layers only; choose other --targets.",
+            field="lora.targets",
         )
     if not all_linear:
         for t in requested:
-            if not any(x.sub == t or x.sub.endswith("." + t) or x.name == t for x in targets):
+            if not any(matches(t, x.name) for x in targets):
                 raise _no_match([t], kinds, block_names)
     if not targets:
         if all_linear:
             raise InputError(
                 "The decoder blocks of this model hold no linear layers that peft can wrap.",
                 "QuAILoRA initializes Linear layers only.",
+                field="model.path",
             )
         raise _no_match(requested, kinds, block_names)
     smallest = min(targets, key=lambda x: min(x.out_features, x.in_features))
@@ -223,6 +226,7 @@ def plan_targets(
         raise InputError(
             f"rank {lora.rank} is larger than the smallest target dimension ({width}, in {smallest.name}).",
             f"Use --rank {width} or less, or leave {smallest.sub.split('.')[-1]} out of --targets.",
+            field="lora.rank",
         )
     if not any(t.quantized for t in targets):
         classes = sorted({t.kind for t in targets})
@@ -230,6 +234,7 @@ def plan_targets(
             f"transformers keeps every target of this model in full precision when it loads it in "
             f"{quant.bits} bit (it converts nn.Linear and Conv1D; these are {', '.join(classes)}).",
             "There is no quantization error to initialize for: train a plain LoRA, or choose other --targets.",
+            field="model.path",
         )
 
     notes = []
@@ -316,4 +321,12 @@ def _no_match(requested: list[str], kinds: dict[str, tuple[str, int, int]], bloc
         if len(requested) > 1
         else f"Target {requested[0]!r} matches no layer.",
         f"Linear layers in each block: {', '.join(names) or 'none'}.",
+        field="lora.targets",
     )
+
+
+def matches(spec: str, name: str) -> bool:
+    """The one target rule, peft's: `spec` names the layer `name` when it is the whole
+    name or a dotted suffix of it (`o_proj`, `self_attn.o_proj`). The app checks its target
+    boxes with it too, so the form accepts exactly what the engine does."""
+    return name == spec or name.endswith("." + spec)

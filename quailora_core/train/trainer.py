@@ -37,7 +37,6 @@ import json
 import math
 import os
 import re
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,12 +44,21 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from .adapter import METADATA_FILE, atomic_dir, model_card, read_metadata
-from .base_model import load_quantized_base, recorded_quantization
-from .config import DEMO_MODEL, RunConfig, TrainSettings
-from .data import TRAIN_FORMATS, TrainingData, load_training_data, pack_all
-from .errors import Cancelled, InputError, QuailoraError
-from .events import CancelToken, EvalResult, EventCallback, Finished, Log, Stage, TrainStep, ignore_events
+from quailora_core.adapter.writer import METADATA_FILE, atomic_dir, model_card, read_metadata
+from quailora_core.config import DEMO_MODEL, RunConfig, TrainSettings
+from quailora_core.errors import Cancelled, InputError, QuailoraError
+from quailora_core.events import (
+    CancelToken,
+    EvalResult,
+    EventCallback,
+    Finished,
+    Log,
+    Stage,
+    TrainStep,
+    ignore_events,
+)
+from quailora_core.model.base import load_quantized_base, recorded_quantization
+from quailora_core.sources.text import TRAIN_FORMATS, TrainingData, load_training_data, pack_all
 
 FINAL_ADAPTER = "adapter"
 METRICS_FILE = "metrics.json"
@@ -187,7 +195,7 @@ def read_base_weight(model_path: str, name: str):
         try:
             from huggingface_hub import snapshot_download
 
-            from .hub import offline
+            from quailora_core.sources.references import offline
 
             folder = Path(
                 snapshot_download(model_path, allow_patterns=["*.json", "*.safetensors"], local_files_only=offline())
@@ -225,8 +233,8 @@ def check_base(model_path: str, meta: dict[str, Any], adapter: str, trust_remote
     record. Returns warnings (e.g. a fingerprint that could not be checked)."""
     import torch
 
-    from .engine import weight_fingerprint
-    from .model_info import load_model_config
+    from quailora_core.init.pipeline import weight_fingerprint
+    from quailora_core.model.info import load_model_config
 
     rec = meta["base_model"]
     hf_config = load_model_config(model_path, trust_remote_code)
@@ -460,7 +468,7 @@ class _Plan:
 
 def preflight_train(config: RunConfig, on_event: EventCallback = ignore_events) -> _Plan:
     """All checks that need no model weights in memory; raises InputError, writes nothing."""
-    from .model_info import resolve_model_path
+    from quailora_core.model.info import resolve_model_path
 
     t = config.train
     check_settings(t)
@@ -764,14 +772,3 @@ def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
     tmp.replace(path)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m quailora_core.train run.toml [flags]` is `quailora train run.toml [flags]`."""
-    from .cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

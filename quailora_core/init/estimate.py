@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import RunConfig
-from .device import resolve_device, resolve_dtype
-from .model_info import ModelSummary, dtype_size
+from quailora_core.config import RunConfig
+from quailora_core.device import resolve_device, resolve_dtype
+from quailora_core.model.info import ModelSummary, dtype_size
 
 # nominal sustained throughput (FLOP/s) for this kind of work
 _THROUGHPUT = {"cpu": 2.0e10, "cuda": 5.0e13}

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import InputError
+from quailora_core.errors import InputError
 
 
 @dataclass

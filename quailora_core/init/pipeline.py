@@ -26,9 +26,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import solvers
-from .adapter import read_metadata, write_adapter
-from .blocks import (
+from quailora_core.adapter.writer import read_metadata, write_adapter
+from quailora_core.config import RunConfig
+from quailora_core.device import cpu_threads_for, resolve_device, resolve_dtype, torch_threads
+from quailora_core.errors import Cancelled, EngineError, InputError, about
+from quailora_core.events import CancelToken, EventCallback, Finished, LayerResult, Log, Stage, ignore_events
+from quailora_core.init import solvers
+from quailora_core.init.metrics import summarize
+from quailora_core.init.stats import GramCollector
+from quailora_core.init.verify import Verification, choose_layers, verify_adapter
+from quailora_core.model.blocks import (
     BlockBatch,
     HiddenStore,
     call_signature,
@@ -36,16 +43,9 @@ from .blocks import (
     find_decoder_blocks,
     run_block,
 )
-from .config import RunConfig
-from .device import cpu_threads_for, resolve_device, resolve_dtype, torch_threads
-from .errors import Cancelled, EngineError, InputError
-from .events import CancelToken, EventCallback, Finished, LayerResult, Log, Stage, ignore_events
-from .model_info import load_model_config, meta_model, model_class, resolve_model_path
-from .quantize import quantization_record, quantize_dequantize
-from .results import summarize
-from .stats import GramCollector
-from .targets import Target, TargetPlan, module_weight, plan_targets, set_module_weight
-from .verify import Verification, choose_layers, verify_adapter
+from quailora_core.model.info import load_model_config, meta_model, model_class, resolve_model_path
+from quailora_core.model.targets import Target, TargetPlan, module_weight, plan_targets, set_module_weight
+from quailora_core.quant.quantizer import quantization_record, quantize_dequantize
 
 # ALS stops once an iteration improves the damped objective by less than this (relative):
 # by then it sits within ~1e-5 of the closed form on real layers (tests/test_engine.py).
@@ -80,17 +80,19 @@ def preflight(config: RunConfig) -> Preflight:
     """All checks that need no weights: config, model folder, which layers transformers
     quantizes and peft wraps (asked of them on the model skeleton), rank vs. layer sizes,
     calibration data. Raises InputError; writes nothing."""
-    from .data import load_texts
+    from quailora_core.sources.text import load_texts
 
     config.validate()
     device = resolve_device(config.init.device)
     dtype = resolve_dtype(config.model.dtype, device)
-    model_path = resolve_model_path(config.model.path)
-    hf_config = load_model_config(model_path, config.model.trust_remote_code)
-    auto = model_class(hf_config, config.model.trust_remote_code)
+    with about("model.path"):
+        model_path = resolve_model_path(config.model.path)
+        hf_config = load_model_config(model_path, config.model.trust_remote_code)
+        auto = model_class(hf_config, config.model.trust_remote_code)
     plan = _plan(config, hf_config, dtype)
     cal = config.calibration
-    texts = load_texts(cal.source, cal.text_column, cal.dataset_config, cal.split)
+    with about("calibration.source", "calibration.text_column"):
+        texts = load_texts(cal.source, cal.text_column, cal.dataset_config, cal.split)
     text_config = hf_config.get_text_config()
     hidden = int(getattr(text_config, "hidden_size", 0) or 0)
     return Preflight(model_path, device, dtype, texts, plan, hidden, auto.__name__)
@@ -105,14 +107,17 @@ def plan_for(config: RunConfig) -> TargetPlan:
     except InputError:
         device = torch.device("cpu")
     dtype = resolve_dtype(config.model.dtype, device)
-    hf_config = load_model_config(resolve_model_path(config.model.path), config.model.trust_remote_code)
+    with about("model.path"):
+        hf_config = load_model_config(resolve_model_path(config.model.path), config.model.trust_remote_code)
     return _plan(config, hf_config, dtype)
 
 
 def _plan(config: RunConfig, hf_config, dtype: torch.dtype) -> TargetPlan:
-    _refuse_prequantized(hf_config)
-    skeleton = meta_model(hf_config, config.model.trust_remote_code)
-    return plan_targets(skeleton, hf_config, config.lora, config.quantization, dtype)
+    with about("model.path"):
+        _refuse_prequantized(hf_config)
+        skeleton = meta_model(hf_config, config.model.trust_remote_code)
+    with about("lora.targets"):
+        return plan_targets(skeleton, hf_config, config.lora, config.quantization, dtype)
 
 
 def _refuse_prequantized(hf_config) -> None:
@@ -169,8 +174,8 @@ class _Run:
     def _run(self) -> InitResult:
         from transformers import AutoTokenizer
 
-        from .data import pack
-        from .model_info import AUTO_CLASSES
+        from quailora_core.model.info import AUTO_CLASSES
+        from quailora_core.sources.text import pack
 
         cfg, cal, plan = self.config, self.config.calibration, self.pre.plan
         started = time.perf_counter()

@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from .events import LayerResult
+from quailora_core.events import LayerResult
 
 CSV_FIELDS = [f.name for f in fields(LayerResult)]
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import QuantConfig
+from quailora_core.config import QuantConfig
 
 
 def auto_class(meta: dict[str, Any]) -> type:
     """The transformers auto class the adapter's base loads with (text or vision-language)."""
-    from .model_info import AUTO_CLASSES
+    from quailora_core.model.info import AUTO_CLASSES
 
     return AUTO_CLASSES[meta["base_model"].get("auto_class", "AutoModelForCausalLM")]
 
@@ -39,7 +39,7 @@ def recorded_bnb_config(meta: dict[str, Any]):
     """(BitsAndBytesConfig, load dtype) exactly as the adapter was computed for."""
     import torch
 
-    from .quantize import bnb_config
+    from quailora_core.quant.quantizer import bnb_config
 
     quant, dtype_name = recorded_quantization(meta)
     dtype = getattr(torch, dtype_name)

@@ -23,13 +23,13 @@ import shutil
 import stat
 from pathlib import Path
 
-from .adapter import atomic_dir, copy_adapter
-from .base_model import recorded_quantization
-from .config import DEMO_MODEL, RunConfig, check_output_dir
-from .data import looks_like_hub_id
-from .errors import InputError
-from .run_layout import ADAPTER_DIR, DATA_DIR, LAUNCHER, OUTPUT_DIR, RUN_FILE
-from .train import adapter_dir, check_settings, read_adapter
+from quailora_core.adapter.writer import atomic_dir, copy_adapter
+from quailora_core.config import DEMO_MODEL, RunConfig, check_output_dir
+from quailora_core.errors import InputError
+from quailora_core.model.base import recorded_quantization
+from quailora_core.sources.text import looks_like_hub_id
+from quailora_core.train.layout import ADAPTER_DIR, DATA_DIR, LAUNCHER, OUTPUT_DIR, RUN_FILE
+from quailora_core.train.trainer import adapter_dir, check_settings, read_adapter
 
 LAUNCH_SH = """#!/usr/bin/env bash
 # Fine-tune the QuAILoRA-initialized adapter of this run folder (see README.md).

@@ -39,9 +39,9 @@ from typing import TYPE_CHECKING, Any
 
 import quailora_resources
 
-from . import hub
-from .config import DEMO_CALIBRATION, CalibrationConfig
-from .errors import InputError, MissingColumnError
+from quailora_core.config import DEMO_CALIBRATION, CalibrationConfig
+from quailora_core.errors import InputError, MissingColumnError
+from quailora_core.sources import references as hub
 
 if TYPE_CHECKING:
     import torch
@@ -82,7 +82,7 @@ def looks_like_hub_id(source: str) -> bool:
 # ---------------------------------------------------------------------------- demo text
 @functools.lru_cache(maxsize=1)
 def _demo_texts() -> tuple[str, ...]:
-    from .corpus import pretraining_corpus
+    from quailora_core.sources.corpus import pretraining_corpus
 
     own = _paragraphs(DEFAULT_TEXT.read_text(encoding="utf-8"))
     room = DEMO_CHARS - sum(map(len, own))
@@ -840,7 +840,7 @@ def load_training_data(
     if source == DEMO_CALIBRATION:
         if data_format == "prompt_response":
             raise InputError("The demo text is plain text, not prompt/response pairs.", "Use data_format auto.")
-        from .corpus import finetune_corpus
+        from quailora_core.sources.corpus import finetune_corpus
 
         return TrainingData(source, "text", texts=finetune_corpus(), fields="text")
     if not source or not source.strip():

@@ -16,8 +16,8 @@ import bitsandbytes.functional as bnbf
 import torch
 from transformers import BitsAndBytesConfig
 
-from .config import QuantConfig
-from .device import resolve_dtype
+from quailora_core.config import QuantConfig
+from quailora_core.device import resolve_dtype
 
 _STORAGE = {"uint8": torch.uint8, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 

@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import EngineError
-from .stats import token_rows
-from .targets import Target, TargetPlan, module_weight
+from quailora_core.errors import EngineError
+from quailora_core.init.stats import token_rows
+from quailora_core.model.targets import Target, TargetPlan, module_weight
 
 # the largest relative difference between a recomputed and a reported error that passes
 TOLERANCE = 1e-3
@@ -229,8 +229,8 @@ def verify_adapter(
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
 
-    from .base_model import load_quantized_base
-    from .quantize import dequantized_module_weight
+    from quailora_core.model.base import load_quantized_base
+    from quailora_core.quant.quantizer import dequantized_module_weight
 
     started = time.perf_counter()
     result = Verification(mode=mode)
