@@ -90,10 +90,10 @@ class CheckReport:
     """Outcome of one check: errors per field, and what was learnt on the way."""
 
     errors: dict[str, str] = field(default_factory=dict)
-    summary: Any | None = None  # quailora_core.model_info.ModelSummary
-    preview: Any | None = None  # quailora_core.data.DataPreview
-    estimate: Any | None = None  # quailora_core.estimate.RunEstimate
-    plan: Any | None = None  # quailora_core.targets.TargetPlan: the layers the run would initialize
+    summary: Any | None = None  # quailora_core.model.info.ModelSummary
+    preview: Any | None = None  # quailora_core.sources.text.DataPreview
+    estimate: Any | None = None  # quailora_core.init.estimate.RunEstimate
+    plan: Any | None = None  # quailora_core.model.targets.TargetPlan: the layers the run would initialize
     estimate_error: str = ""
     columns: list[str] = field(default_factory=list)  # columns of a tabular calibration source
     generation: int = 0
@@ -143,14 +143,14 @@ class ConfigChecker:
     # ------------------------------------------------------------------ core lookups
     def _core_summarize(self) -> Callable[..., Any]:
         if self._summarize is None:
-            from quailora_core.model_info import summarize_model
+            from quailora_core.model.info import summarize_model
 
             self._summarize = summarize_model
         return self._summarize
 
     def _core_plan(self) -> Callable[..., Any]:
         if self._plan is None:
-            from quailora_core.engine import plan_for
+            from quailora_core.init.pipeline import plan_for
 
             self._plan = plan_for
         return self._plan
@@ -166,14 +166,14 @@ class ConfigChecker:
 
     def _core_preview(self) -> Callable[..., Any]:
         if self._preview is None:
-            from quailora_core.data import preview
+            from quailora_core.sources.text import preview
 
             self._preview = preview
         return self._preview
 
     def _core_estimate(self) -> Callable[..., Any]:
         if self._estimate is None:
-            from quailora_core.estimate import estimate_run
+            from quailora_core.init.estimate import estimate_run
 
             self._estimate = estimate_run
         return self._estimate
@@ -285,12 +285,12 @@ def warm_up() -> None:
     import quailora_core.device  # noqa: F401
 
     for name in (
-        "quailora_core.engine",
-        "quailora_core.model_info",
-        "quailora_core.data",
-        "quailora_core.estimate",
-        "quailora_core.adapter",
-        "quailora_core.results",
+        "quailora_core.init.pipeline",
+        "quailora_core.model.info",
+        "quailora_core.sources.text",
+        "quailora_core.init.estimate",
+        "quailora_core.adapter.writer",
+        "quailora_core.init.metrics",
     ):
         try:
             __import__(name)

@@ -136,7 +136,7 @@ class RunResults:
 
     def summary(self) -> dict[str, Any]:
         """The core's summary of these layers (means, total seconds)."""
-        from quailora_core.results import summarize
+        from quailora_core.init.metrics import summarize
 
         return summarize(self.layers)
 

@@ -10,7 +10,7 @@ from .formatting import fmt_duration, fmt_err, fmt_pct
 from .labels import METHOD_SHORT
 from .results import RunResults
 
-# Known summary keys of quailora_core.results.summarize, with their row labels; any other
+# Known summary keys of quailora_core.init.metrics.summarize, with their row labels; any other
 # key is shown too, labelled from its name.
 SUMMARY_LABELS: dict[str, str] = {
     "layers": "Layers",

@@ -1,6 +1,6 @@
 """Fine-tuning from the app, without Qt: the command, the event stream, curves, ETA, outcome.
 
-The window trains by exporting the run folder (`quailora_core.run_export.export_run`) and
+The window trains by exporting the run folder (`quailora_core.train.export.export_run`) and
 starting the very command that folder's `launch.sh` runs, without `accelerate`:
 `python -m quailora_core.train <run_dir>/run.toml --json`, as a child process. Its stdout
 carries one JSON event per line (`TrainStep`, `EvalResult`, `Log`, `Finished`, `Failed`);
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quailora_core.run_layout import OUTPUT_DIR, RUN_FILE
+from quailora_core.train.layout import OUTPUT_DIR, RUN_FILE
 
 from .formatting import fmt_duration, fmt_gb
 
@@ -67,7 +67,7 @@ def training_config(run_config: Any, adapter_dir: str, settings: dict[str, Any])
 
 def has_checkpoint(run_dir: str | Path | None) -> bool:
     """Whether the run folder's training output holds a complete checkpoint to resume from
-    (what `quailora_core.train.checkpoints` counts: trainer_state.json + adapter weights)."""
+    (what `quailora_core.train.trainer.checkpoints` counts: trainer_state.json + adapter weights)."""
     if not run_dir:
         return False
     out = Path(run_dir) / TRAIN_OUTPUT

@@ -681,14 +681,14 @@ class MainWindow(QMainWindow):
         if dest is None:
             return None
         target = dest if is_free_output(dest) else str(Path(dest) / Path(run.output_dir).name)
-        from quailora_core.adapter import copy_adapter
+        from quailora_core.adapter.writer import copy_adapter
 
         source = run.output_dir
         self._export_in_thread(lambda: copy_adapter(source, target), self._on_adapter_exported, "Export failed", target)
         return target
 
     def _on_adapter_exported(self, target: Path) -> None:
-        from quailora_core.adapter import loading_code
+        from quailora_core.adapter.writer import loading_code
 
         written = [("Adapter", str(target))]
         self.log(f"Adapter exported to {target}")
@@ -731,7 +731,7 @@ class MainWindow(QMainWindow):
             if not path:
                 return None
         self._remember_dir(str(Path(path).parent))
-        from quailora_core.results import write_csv
+        from quailora_core.init.metrics import write_csv
 
         try:
             write_csv(self.results.layers, path)
@@ -833,9 +833,9 @@ class MainWindow(QMainWindow):
         self._start_training(str(run_dir), resume=False)
 
     def _export_run_in_thread(self, target: str, on_done: Callable[[Path], None], failure_title: str) -> None:
-        """quailora_core.run_export.export_run(<the shown run's training config>, target) in a
+        """quailora_core.train.export.export_run(<the shown run's training config>, target) in a
         worker thread; then `on_done(run_dir)` on the GUI thread, or an error dialog."""
-        from quailora_core.run_export import export_run
+        from quailora_core.train.export import export_run
 
         config = self._training_config()  # read from the widgets here, on the GUI thread
         self._export_in_thread(lambda: export_run(config, target), on_done, failure_title, target)

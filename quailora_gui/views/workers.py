@@ -17,7 +17,7 @@ from ..controllers.checks import CheckReport, ConfigChecker, error_text, warm_up
 
 
 class InitWorker(QObject):
-    """Calls `quailora_core.engine.run_init` and reports through signals.
+    """Calls `quailora_core.init.pipeline.run_init` and reports through signals.
 
     `event` carries each engine event object as the engine emits it (from the worker
     thread); then exactly one of `succeeded(InitResult)`, `failed(Failed)` or `cancelled()`.
@@ -51,7 +51,7 @@ class InitWorker(QObject):
         try:
             engine = self._engine
             if engine is None:
-                from quailora_core.engine import run_init
+                from quailora_core.init.pipeline import run_init
 
                 engine = run_init
             result = engine(self.config, self._emit_event, self.token)
