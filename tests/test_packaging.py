@@ -88,10 +88,7 @@ INSTALLED_PROBE = r"""
 import json, re, sys
 import quailora_resources, quailora_core, quailora_gui
 from quailora_core import demo
-try:
-    from quailora_core.sources import default_text
-except ImportError:  # before the core's reorganization into subpackages
-    from quailora_core.data import default_text
+from quailora_core.sources import default_text
 from PySide6.QtCore import QSize
 from PySide6.QtWidgets import QApplication
 from quailora_gui.views import common
