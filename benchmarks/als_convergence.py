@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     from quailora_core.config import QuantConfig
     from quailora_core.init import solvers
     from quailora_core.quant.quantizer import quantize_dequantize
-    from quailora_core.sources.text import load_texts, pack
+    from quailora_core.sources.packing import pack
+    from quailora_core.sources.text import load_texts
 
     torch.set_num_threads(args.threads)
     model_path, label = bench_model(args.size, args.model)

@@ -159,7 +159,8 @@ def child_forward(a: dict) -> dict:
     import torch
     from transformers import AutoTokenizer
 
-    from quailora_core.sources.text import load_texts, pack
+    from quailora_core.sources.packing import pack
+    from quailora_core.sources.text import load_texts
 
     tok = AutoTokenizer.from_pretrained(a["model"])
     data = pack(load_texts(a["calibration"]), tok, a["samples"], a["seq_len"], a["heldout"], 0)
@@ -245,7 +246,8 @@ def child_solvers(a: dict) -> dict:
     from quailora_core.init import pipeline as engine
     from quailora_core.init import solvers
     from quailora_core.quant.quantizer import quantize_dequantize
-    from quailora_core.sources.text import load_texts, pack
+    from quailora_core.sources.packing import pack
+    from quailora_core.sources.text import load_texts
 
     tok = AutoTokenizer.from_pretrained(a["model"])
     data = pack(load_texts(a["calibration"]), tok, a["solver_samples"], a["seq_len"], 0, 0)

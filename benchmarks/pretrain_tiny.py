@@ -83,7 +83,7 @@ def model_pretraining_text(model: str | Path, max_chars: int | None = None) -> t
 
 
 def bench_root() -> Path:
-    from quailora_core.sources.text import cache_root
+    from quailora_core.files import cache_root
 
     return cache_root() / "bench-models"
 

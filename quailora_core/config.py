@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import tomli_w
 import tomllib
 
 from quailora_core.errors import InputError, about
+from quailora_core.files import atomic_write_text, check_output_dir
 from quailora_core.sources import references as hub
 
 METHODS = ("quailora", "exact", "loftq", "qlora")
@@ -286,10 +288,7 @@ class RunConfig:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the run file atomically (temp file, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_toml(), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, self.to_toml())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], resolve: bool = True) -> RunConfig:
@@ -317,10 +316,10 @@ class RunConfig:
         t = cfg.train
         cfg.output = _local_path(cfg.output, base)
         t.adapter, t.output = _local_path(t.adapter, base), _local_path(t.output, base)
-        t.data = _reference(t.data, base, hub.DATA_FILE_SUFFIXES)
-        t.validation_data = _reference(t.validation_data, base, hub.DATA_FILE_SUFFIXES)
-        cfg.calibration.source = _reference(cfg.calibration.source, base, hub.DATA_FILE_SUFFIXES)
-        cfg.model.path = _reference(cfg.model.path, base, frozenset())
+        t.data = _reference(t.data, base, hub.looks_like_dataset_id)
+        t.validation_data = _reference(t.validation_data, base, hub.looks_like_dataset_id)
+        cfg.calibration.source = _reference(cfg.calibration.source, base, hub.looks_like_dataset_id)
+        cfg.model.path = _reference(cfg.model.path, base, hub.looks_like_model_id)
         return cfg
 
 
@@ -377,7 +376,7 @@ def _local_path(value: str, base: Path) -> str:
     return str(path if path.is_absolute() else (base / path).resolve())
 
 
-def _reference(value: str, base: Path, file_suffixes: frozenset[str]) -> str:
+def _reference(value: str, base: Path, looks_like_id: Callable[[str], bool]) -> str:
     """A model or data reference made absolute against `base`; `demo`, and a hub id that
     names no local path there, stay as they are."""
     if not value or value in (DEMO_MODEL, DEMO_CALIBRATION):
@@ -385,7 +384,7 @@ def _reference(value: str, base: Path, file_suffixes: frozenset[str]) -> str:
     path = Path(value).expanduser()
     if path.is_absolute():
         return str(path)
-    if (base / path).exists() or not hub.looks_like_hub_id(value, file_suffixes):
+    if (base / path).exists() or not looks_like_id(value):
         return str((base / path).resolve())
     return value
 
@@ -408,19 +407,3 @@ def _drop_none(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_drop_none(v) for v in value]
     return value
-
-
-def check_output_dir(output: str, overwrite: bool) -> None:
-    """Refuse an output folder that exists and is not empty, unless overwrite is set."""
-    if not output:
-        raise InputError("No output folder given.", "Use --output PATH.", field="output")
-    path = Path(output)
-    if path.exists() and not path.is_dir():
-        raise InputError(f"Output {output!r} exists and is a file.", "Choose a folder path with --output.", field="output")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise InputError(
-            f"Output folder {output!r} exists and is not empty.",
-            "Choose another --output or pass --overwrite.",
-            field="output",
-        )
-

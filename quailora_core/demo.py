@@ -162,19 +162,15 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int):
 
 
 def _blocks(texts: Sequence[str], tokenizer, seq_len: int, seed: int):
-    """All full seq_len blocks of the texts (EOS between documents), in a seeded order."""
+    """All full seq_len blocks of the texts (EOS after each document), in a seeded order."""
     import torch
 
-    eos = tokenizer.eos_token_id
-    ids: list[int] = []
-    for start in range(0, len(texts), 512):
-        for doc in tokenizer(list(texts[start : start + 512]), add_special_tokens=False, verbose=False)[
-            "input_ids"
-        ]:
-            ids.extend(doc)
-            ids.append(eos)
+    from quailora_core.sources.packing import cut_blocks, tokenize
+
+    ids, _ = tokenize(texts, tokenizer, eos_after_each=True)
+    blocks, _ = cut_blocks(ids, seq_len, tokenizer.eos_token_id)
     n = len(ids) // seq_len
-    blocks = torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+    blocks = blocks[:n]
     return blocks[torch.randperm(n, generator=torch.Generator().manual_seed(seed))], len(ids)
 
 

@@ -158,7 +158,9 @@ def evaluate_adapter(
     from quailora_core.device import resolve_device
     from quailora_core.model.base import auto_class, load_quantized_base, recorded_quantization
     from quailora_core.model.info import resolve_model_path
-    from quailora_core.sources.text import load_texts, load_training_data, pack
+    from quailora_core.sources.packing import pack
+    from quailora_core.sources.text import load_texts
+    from quailora_core.sources.training_data import load_training_data
     from quailora_core.train.trainer import check_base, read_adapter
 
     cancel = cancel or CancelToken()

@@ -66,7 +66,7 @@ def _perplexities(folder: Path, texts: list[str], samples: int, seq_len: int) ->
     from quailora_core.evaluate import _mean, _sample_losses
     from quailora_core.model.base import disable_cpu_packing
     from quailora_core.quant.quantizer import bnb_config
-    from quailora_core.sources.text import pack
+    from quailora_core.sources.packing import pack
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     batch = pack(texts, tokenizer, samples, seq_len, 0, 0)

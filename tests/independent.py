@@ -16,7 +16,8 @@ from transformers.pytorch_utils import Conv1D
 from quailora_core.adapter.writer import read_metadata
 from quailora_core.config import RunConfig
 from quailora_core.quant.quantizer import bnb_config, dequantized_module_weight
-from quailora_core.sources.text import load_texts, pack
+from quailora_core.sources.packing import pack
+from quailora_core.sources.text import load_texts
 
 _CLASSES = {"AutoModelForCausalLM": AutoModelForCausalLM, "AutoModelForImageTextToText": AutoModelForImageTextToText}
 

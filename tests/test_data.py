@@ -13,9 +13,12 @@ import torch
 
 from quailora_core.config import CalibrationConfig
 from quailora_core.errors import InputError
-from quailora_core.sources import corpus
+from quailora_core.sources import corpus, tables
+from quailora_core.sources import references as hub
 from quailora_core.sources import text as data
-from quailora_core.sources.text import DataPreview, load_calibration, load_texts, pack, preview
+from quailora_core.sources.packing import load_calibration, pack
+from quailora_core.sources.preview import DataPreview, preview
+from quailora_core.sources.text import load_texts
 
 DOCS = [
     "The first document talks about bread, flour and water.",
@@ -232,9 +235,9 @@ def test_hub_without_network_or_unknown_dataset(monkeypatch):
 
 def test_hub_id_and_local_path_are_told_apart():
     for ref in ("wikitext", "Salesforce/wikitext", "allenai/c4", "HuggingFaceFW/fineweb-edu", "org/name.v2"):
-        assert data.looks_like_hub_id(ref), ref
+        assert hub.looks_like_dataset_id(ref), ref
     for ref in ("data.txt", "owner/data.jsonl", "a/b/c", "./x", "/abs/x", "~/x", "..", "x y", "c:\\data"):
-        assert not data.looks_like_hub_id(ref), ref
+        assert not hub.looks_like_dataset_id(ref), ref
 
 
 # ---------------------------------------------------------------------------- pack
@@ -325,7 +328,7 @@ def test_preview_truncates_long_rows(tmp_path):
 
 @pytest.mark.parametrize("kind", ["txt", "jsonl", "csv", "parquet"])
 def test_preview_of_a_big_file_reads_only_the_head(tmp_path, monkeypatch, kind):
-    monkeypatch.setattr(data, "EXACT_LIMIT", 10)  # every file counts as big
+    monkeypatch.setattr(tables, "EXACT_LIMIT", 10)  # every file counts as big
     path = _write(tmp_path, kind)
     p = preview(str(path), n_rows=2)
     assert p.rows == DOCS[:2] and not p.exact
@@ -350,11 +353,8 @@ def test_preview_of_10_mb_jsonl_is_quick(tmp_path):
 
 
 def test_every_data_format_counts_as_a_file_not_a_hub_id():
-    from quailora_core.sources import references as hub
-    from quailora_core.sources import text as data
-
-    assert set(data.FORMATS) <= hub.DATA_FILE_SUFFIXES
-    assert not data.looks_like_hub_id("notes.jsonl") and data.looks_like_hub_id("owner/dataset")
+    assert set(hub.FORMATS) <= hub.DATA_FILE_SUFFIXES
+    assert not hub.looks_like_dataset_id("notes.jsonl") and hub.looks_like_dataset_id("owner/dataset")
 
 
 # ---------------------------------------------------------------------------- corpus

@@ -16,7 +16,7 @@ from quailora_core import demo
 from quailora_core.errors import InputError
 from quailora_core.model.info import resolve_model_path, summarize_model
 from quailora_core.sources.corpus import finetune_corpus
-from quailora_core.sources.text import pack
+from quailora_core.sources.packing import pack
 
 
 def test_shipped_files_are_exactly_what_the_package_expects(demo_model):

@@ -226,7 +226,7 @@ def test_bad_settings_are_input_errors(demo_model, adapter, tmp_path):
 
 
 def test_training_data_format_is_detected_from_the_fields(tmp_path):
-    from quailora_core.sources.text import load_training_data
+    from quailora_core.sources.training_data import load_training_data
 
     chat = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
     (tmp_path / "chat.jsonl").write_text(json.dumps(chat) + "\n", encoding="utf-8")

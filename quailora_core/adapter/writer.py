@@ -14,11 +14,8 @@ complete under the requested name.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +23,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from quailora_core.config import LoraSettings, check_output_dir
+from quailora_core.config import LoraSettings
+from quailora_core.files import atomic_dir
 
 METADATA_FILE = "quailora.json"
 
@@ -43,27 +41,6 @@ def peft_lora_config(lora: LoraSettings, target_names: list[str]) -> LoraConfig:
         bias="none",
         task_type="CAUSAL_LM",
     )
-
-
-@contextmanager
-def atomic_dir(output: str | Path, overwrite: bool):
-    """Yield a temporary folder; on success it replaces `output`, on error it vanishes."""
-    output = Path(output).expanduser().resolve()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    try:
-        yield tmp
-        check_output_dir(str(output), overwrite)
-        if output.exists():
-            old = output.with_name(f".{output.name}.old-{os.getpid()}")
-            output.rename(old)
-            tmp.rename(output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_adapter(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import asdict, fields
 from pathlib import Path
 
 from quailora_core.events import LayerResult
+from quailora_core.files import atomic_write_text
 
 CSV_FIELDS = [f.name for f in fields(LayerResult)]
 
@@ -41,16 +43,14 @@ def summarize(layers: list[LayerResult]) -> dict[str, float]:
 
 def write_csv(layers: list[LayerResult], path: str | Path) -> None:
     """One row per layer with every LayerResult field (shape as 'out x in')."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        for r in layers:
-            row = asdict(r)
-            row["shape"] = f"{r.shape[0]}x{r.shape[1]}"
-            writer.writerow(row)
-    tmp.replace(path)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    for r in layers:
+        row = asdict(r)
+        row["shape"] = f"{r.shape[0]}x{r.shape[1]}"
+        writer.writerow(row)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def format_table(layers: list[LayerResult]) -> str:

@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageText
 from quailora_core.config import DEMO_MODEL
 from quailora_core.errors import InputError
 from quailora_core.model.blocks import find_decoder_blocks
-from quailora_core.sources.references import looks_like_hub_id, offline
+from quailora_core.sources.references import looks_like_model_id, offline
 
 
 @dataclass
@@ -59,7 +59,7 @@ def resolve_model_path(ref: str) -> str:
                 "Give a folder saved with save_pretrained(), or a hub id.",
             )
         return str(path)
-    if not looks_like_hub_id(ref):
+    if not looks_like_model_id(ref):
         raise InputError(f"Model folder {ref!r} does not exist.", "Check the path, or use --model demo.")
     if offline():
         raise InputError(

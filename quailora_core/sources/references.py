@@ -1,15 +1,22 @@
-"""Telling a Hugging Face Hub id from a local path, and whether the hub may be used.
+"""What a model or data reference names: a local file (of which kind), a folder, or a hub id,
+and whether the hub may be used.
 
-Models and datasets share these rules: `owner/name` (or `name`) without path syntax or a
-file suffix is a hub id; anything else is a local path, and a missing local path is
-reported as missing, not looked up on the hub.
+Models and datasets share one rule: `owner/name` (or `name`) without path syntax is a hub
+id; a data reference that ends in a data file suffix (`notes.jsonl`) is a local file even
+when missing, so it is reported missing instead of looked up on the hub. Local sources are
+classified and checked cheaply here (kind, files, not binary, not empty) before any loader runs.
 """
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
+import socket
+from dataclasses import dataclass
 from pathlib import Path
+
+from quailora_core.errors import InputError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 _TRUE = ("1", "true", "yes", "on")
@@ -26,8 +33,138 @@ def offline(variables: tuple[str, ...] = _OFFLINE_VARS) -> bool:
     return any(os.environ.get(name, "").strip().lower() in _TRUE for name in variables)
 
 
-def looks_like_hub_id(ref: str, file_suffixes: set[str] | frozenset[str] = frozenset()) -> bool:
-    """`owner/name` or `name` with no path syntax and none of `file_suffixes`."""
+def _hub_id(ref: str, file_suffixes: frozenset[str]) -> bool:
     if ref.startswith((".", "/", "~")) or "\\" in ref or not HUB_ID.match(ref):
         return False
     return Path(ref).suffix.lower() not in file_suffixes
+
+
+def looks_like_model_id(ref: str) -> bool:
+    """`owner/name` or `name` with no path syntax: a model reference that names the hub."""
+    return _hub_id(ref, frozenset())
+
+
+def looks_like_dataset_id(ref: str) -> bool:
+    """A model-style hub id that does not end in a data file suffix (`notes.jsonl` is a file)."""
+    return _hub_id(ref, DATA_FILE_SUFFIXES)
+
+
+def _check_not_binary(path: Path) -> None:
+    """Refuse a file whose first 8 KiB contain NUL bytes or are not UTF-8."""
+    with path.open("rb") as f:
+        head = f.read(8192)
+    hint = "Give a plain-text file saved as UTF-8, or a .jsonl/.csv/.parquet file with a text column."
+    if b"\x00" in head:
+        raise InputError(f"{str(path)!r} is a binary file, not text (it contains NUL bytes).", hint)
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        raise InputError(
+            f"{str(path)!r} is not UTF-8 text (it is binary or in another encoding).",
+            "Save it as UTF-8, or give a .jsonl/.csv/.parquet file with a text column.",
+        ) from None
+
+
+def _check_nonempty(path: Path) -> None:
+    if path.stat().st_size == 0:
+        raise InputError(f"{str(path)!r} is empty.", "Give a file that contains calibration text.")
+
+
+TEXT_SUFFIXES = (".txt", ".md")
+
+
+FORMATS = {".txt": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".csv": "csv",
+           ".tsv": "csv", ".parquet": "parquet"}  # fmt: skip
+
+
+SUPPORTED = ", ".join(FORMATS)
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    files = [
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in TEXT_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    ]
+    if not files:
+        raise InputError(
+            f"Folder {str(folder)!r} contains no .txt or .md files.",
+            "Put plain-text files in it, or give a single .jsonl/.csv/.parquet file.",
+        )
+    return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
+
+
+@dataclass
+class _Local:
+    """A local source after the cheap checks: what it is and which files it covers."""
+
+    kind: str  # text | folder | json | csv | parquet
+    path: Path
+    files: list[Path]
+    delimiter: str = ","
+
+
+def _classify(source: str) -> _Local | None:
+    """Check a local source cheaply; None means "a hub dataset id". Raises InputError."""
+    if not source or not source.strip():
+        raise InputError("No calibration data given.", "Use --calibration PATH, a hub dataset id, or demo.")
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = _folder_files(path)
+        for f in files:
+            _check_not_binary(f)
+        return _Local("folder", path, files)
+    if path.is_file():
+        suffix = path.suffix.lower()
+        kind = FORMATS.get(suffix)
+        if kind is None:
+            raise InputError(
+                f"{source!r} has an unsupported file type ({suffix or 'no extension'}).",
+                f"Use one of {SUPPORTED}, a folder of .txt/.md files, or a hub dataset id.",
+            )
+        _check_nonempty(path)
+        if kind != "parquet":
+            _check_not_binary(path)
+        return _Local(kind, path, [path], "\t" if suffix == ".tsv" else ",")
+    if looks_like_dataset_id(source):
+        return None
+    raise InputError(
+        f"Calibration file or folder {source!r} does not exist.",
+        "Check the path; a hub dataset is written owner/name.",
+    )
+
+
+def _env_offline() -> bool:
+    return offline(("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _offline_error(source: str) -> InputError:
+    return InputError(
+        f"Cannot reach the Hugging Face Hub (offline) to fetch dataset {source!r}.",
+        "Use a local file (.txt, .jsonl, .csv, .parquet) or folder, or demo.",
+    )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe of the Hub, so that no network fails fast instead of after retries."""
+    if any(
+        os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")
+    ):
+        return True  # the proxy decides; let datasets try
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants
+
+        endpoint = urlparse(constants.ENDPOINT)
+    except Exception:
+        endpoint = urlparse("https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True

@@ -23,11 +23,12 @@ import shutil
 import stat
 from pathlib import Path
 
-from quailora_core.adapter.writer import atomic_dir, copy_adapter
-from quailora_core.config import DEMO_MODEL, RunConfig, check_output_dir
+from quailora_core.adapter.writer import copy_adapter
+from quailora_core.config import DEMO_MODEL, RunConfig
 from quailora_core.errors import InputError
+from quailora_core.files import atomic_dir, check_output_dir
 from quailora_core.model.base import recorded_quantization
-from quailora_core.sources.text import looks_like_hub_id
+from quailora_core.sources.references import looks_like_dataset_id
 from quailora_core.train.layout import ADAPTER_DIR, DATA_DIR, LAUNCHER, OUTPUT_DIR, RUN_FILE
 from quailora_core.train.trainer import adapter_dir, check_settings, read_adapter
 
@@ -72,7 +73,7 @@ def export_run(config: RunConfig, run_dir: str | os.PathLike[str], overwrite: bo
     if not t.data:
         raise InputError("No training data set.", "Set [train] data in the run file, or use --data PATH.")
     for name, source in (("data", t.data), ("validation_data", t.validation_data)):
-        if source and source != DEMO_MODEL and _local(source) is None and not looks_like_hub_id(source):
+        if source and source != DEMO_MODEL and _local(source) is None and not looks_like_dataset_id(source):
             raise InputError(f"Training {name} {source!r} does not exist.", "Check the path in [train].")
     run = copy.deepcopy(config)
     # The run trains exactly what the adapter was computed for; say so in the run file.

@@ -44,7 +44,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from quailora_core.adapter.writer import METADATA_FILE, atomic_dir, model_card, read_metadata
+from quailora_core.adapter.writer import METADATA_FILE, model_card, read_metadata
 from quailora_core.config import DEMO_MODEL, RunConfig, TrainSettings
 from quailora_core.errors import Cancelled, InputError, QuailoraError
 from quailora_core.events import (
@@ -57,8 +57,10 @@ from quailora_core.events import (
     TrainStep,
     ignore_events,
 )
+from quailora_core.files import atomic_dir, atomic_write_text
 from quailora_core.model.base import load_quantized_base, recorded_quantization
-from quailora_core.sources.text import TRAIN_FORMATS, TrainingData, load_training_data, pack_all
+from quailora_core.sources.packing import pack_all
+from quailora_core.sources.training_data import TRAIN_FORMATS, TrainingData, load_training_data
 
 FINAL_ADAPTER = "adapter"
 METRICS_FILE = "metrics.json"
@@ -768,7 +770,4 @@ def _now() -> str:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))
