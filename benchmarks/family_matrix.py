@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from helpers import make_config  # noqa: E402
 from tiny_models import CONFIGS, FAMILIES, save_tiny  # noqa: E402
 
-from quailora_core.adapter.writer import read_metadata  # noqa: E402
+from quailora_core.adapter.record import AdapterRecord  # noqa: E402
 from quailora_core.demo import ensure_demo_model  # noqa: E402
 from quailora_core.errors import QuailoraError  # noqa: E402
 from quailora_core.init.pipeline import run_init  # noqa: E402
@@ -54,7 +54,7 @@ def run_row(model: Path, work: Path, inputs: str, bits: int) -> dict:
         result = run_init(cfg)
     except QuailoraError as exc:
         return {"status": "refused", "reason": exc.one_line(), "seconds": time.perf_counter() - started}
-    meta = read_metadata(result.output_dir)
+    meta = AdapterRecord.load(result.output_dir).to_dict()
     check = meta["verification"]
     s = result.summary
     return {

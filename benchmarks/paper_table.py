@@ -130,13 +130,11 @@ def init_adapter(args, model: str, cal: str, out: Path, arm: str, rank: int, see
 def unquantized_loader(dtype_name: str):
     """Stand-in for train.load_quantized_base that loads the base WITHOUT quantization."""
 
-    def load(model_path, meta, device=None, trust_remote_code=False):
+    def load(model_path, record, device=None, trust_remote_code=False):
         import torch
         from transformers import AutoModelForCausalLM
 
-        from quailora_core.model.base import recorded_quantization
-
-        _, recorded = recorded_quantization(meta)
+        recorded = record.quantization.load_dtype
         dtype = getattr(torch, recorded if dtype_name == "auto" else dtype_name)
         kwargs = {"device_map": {"": device}} if device is not None else {}
         return AutoModelForCausalLM.from_pretrained(
@@ -147,8 +145,8 @@ def unquantized_loader(dtype_name: str):
 
 def train_arm(args, model: str, data: dict, adapter: Path, out: Path, arm: str, seed: int) -> dict:
     import quailora_core.train.trainer as train_mod
+    from quailora_core.adapter.record import AdapterRecord
     from quailora_core.config import RunConfig
-    from quailora_core.model.base import recorded_quantization
 
     cfg = RunConfig()
     cfg.model.path = model
@@ -158,7 +156,7 @@ def train_arm(args, model: str, data: dict, adapter: Path, out: Path, arm: str, 
     t.eval_interval, t.save_interval, t.log_interval = args.eval_every, args.steps, max(1, args.steps // 10)
     t.warmup_steps, t.seed = args.warmup, seed
     t.adapter, t.output = str(adapter), str(out)
-    cfg.quantization = recorded_quantization(train_mod.read_adapter(str(adapter)))[0]
+    cfg.quantization = AdapterRecord.load(adapter).quantization.config()
     original = train_mod.load_quantized_base
     if ARMS[arm][0] == 16:
         train_mod.load_quantized_base = unquantized_loader(args.dtype)

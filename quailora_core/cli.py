@@ -177,7 +177,7 @@ def build_train_config(args: argparse.Namespace) -> RunConfig:
     record; then every flag given (paths relative to the working directory)."""
     from pathlib import Path
 
-    from quailora_core.train.trainer import config_from_adapter
+    from quailora_core.train.settings import config_from_adapter
 
     if args.config:
         config = RunConfig.load(args.config)

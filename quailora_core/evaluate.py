@@ -67,15 +67,15 @@ class EvalReport:
 
     @property
     def fp_perplexity(self) -> float:
-        return _ppl(self.fp_loss)
+        return perplexity(self.fp_loss)
 
     @property
     def quantized_perplexity(self) -> float:
-        return _ppl(self.quantized_loss)
+        return perplexity(self.quantized_loss)
 
     @property
     def adapter_perplexity(self) -> float:
-        return _ppl(self.adapter_loss)
+        return perplexity(self.adapter_loss)
 
     @property
     def gap_recovered(self) -> float:
@@ -129,7 +129,8 @@ class EvalReport:
         return "\n".join(lines)
 
 
-def _ppl(loss: float) -> float:
+def perplexity(loss: float) -> float:
+    """exp(mean loss), inf where it would overflow: the one perplexity of eval and training."""
     return math.exp(loss) if loss < 700 else float("inf")
 
 
@@ -155,13 +156,14 @@ def evaluate_adapter(
     import torch
     from transformers import AutoTokenizer
 
+    from quailora_core.adapter.record import AdapterRecord
     from quailora_core.device import resolve_device
-    from quailora_core.model.base import auto_class, load_quantized_base, recorded_quantization
+    from quailora_core.model.base import auto_class, load_quantized_base
+    from quailora_core.model.fingerprint import check_base
     from quailora_core.model.info import resolve_model_path
     from quailora_core.sources.packing import pack
     from quailora_core.sources.text import load_texts
     from quailora_core.sources.training_data import load_training_data
-    from quailora_core.train.trainer import check_base, read_adapter
 
     cancel = cancel or CancelToken()
     started = time.perf_counter()
@@ -171,16 +173,16 @@ def evaluate_adapter(
             f"Cannot evaluate {samples} samples of {seq_len} tokens in batches of {batch_size}.",
             "Use at least 1 sample, --seq-len 2 or more and a positive batch size.",
         )
-    meta = read_adapter(adapter)
+    record = AdapterRecord.load(adapter)
     if model is None:
-        rec = meta["base_model"]
-        model = "demo" if rec.get("reference") == "demo" else rec["path"]
+        rec = record.base_model
+        model = "demo" if rec.reference == "demo" else rec.path
     dev = resolve_device(device)
     model_path = resolve_model_path(model)
-    for warning in check_base(model_path, meta, adapter):
+    for warning in check_base(model_path, record, adapter):
         on_event(Log("warning", warning))
-    quant, dtype_name = recorded_quantization(meta)
-    dtype = getattr(torch, dtype_name)
+    dtype_name = record.quantization.load_dtype
+    dtype = record.quantization.dtype()
     if dev.type == "cpu" and dtype != torch.float32:
         on_event(Log("warning", f"the adapter was computed for {dtype_name} weights; evaluating them on CPU is slow"))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -196,32 +198,32 @@ def evaluate_adapter(
 
     on_event(Stage("evaluate", total=3))
     check()
-    fp = auto_class(meta).from_pretrained(model_path, dtype=dtype, low_cpu_mem_usage=True).to(dev)
+    fp = auto_class(record).from_pretrained(model_path, dtype=dtype, low_cpu_mem_usage=True).to(dev)
     fp_sums, counts = _sample_losses(fp, ids, mask, batch_size, dev, check)
     fp_loss, n = _mean(fp_sums, counts), int(counts.sum())
-    on_event(Log("info", f"full precision: loss {fp_loss:.4f}, perplexity {_ppl(fp_loss):.3f}"))
+    on_event(Log("info", f"full precision: loss {fp_loss:.4f}, perplexity {perplexity(fp_loss):.3f}"))
     del fp
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     check()
-    quantized = load_quantized_base(model_path, meta, dev if dev.type == "cuda" else None)
+    quantized = load_quantized_base(model_path, record, dev if dev.type == "cuda" else None)
     q_sums, _ = _sample_losses(quantized, ids, mask, batch_size, dev, check)
     q_loss = _mean(q_sums, counts)
-    label = f"{quant.bits}-bit " + (quant.quant_type.upper() if quant.bits == 4 else "LLM.int8")
-    on_event(Log("info", f"{label}: loss {q_loss:.4f}, perplexity {_ppl(q_loss):.3f}"))
+    label = record.quantization.label()
+    on_event(Log("info", f"{label}: loss {q_loss:.4f}, perplexity {perplexity(q_loss):.3f}"))
     check()
     from peft import PeftModel
 
     with_adapter = PeftModel.from_pretrained(quantized, str(adapter))
     a_sums, _ = _sample_losses(with_adapter, ids, mask, batch_size, dev, check)
     a_loss = _mean(a_sums, counts)
-    on_event(Log("info", f"{label} + adapter: loss {a_loss:.4f}, perplexity {_ppl(a_loss):.3f}"))
+    on_event(Log("info", f"{label} + adapter: loss {a_loss:.4f}, perplexity {perplexity(a_loss):.3f}"))
     return EvalReport(
         model=model_path,
         adapter=str(Path(adapter).expanduser().resolve()),
         data=data,
         quantization=label,
-        method=str(meta.get("init", {}).get("method", "?")),
+        method=str(record.init.get("method", "?")),
         samples=int(ids.shape[0]),
         seq_len=int(ids.shape[1]),
         tokens=n,

@@ -18,3 +18,12 @@ def make_config(model: Path, output: Path, **changes) -> RunConfig:
         section, name = key.split("__")
         setattr(getattr(cfg, section), name, value)
     return cfg
+
+
+def read_metadata(adapter_dir) -> dict:
+    """The adapter's quailora.json as written on disk (plain JSON, read independently of the
+    engine's AdapterRecord, so the tests check the file format itself)."""
+    import json
+    from pathlib import Path
+
+    return json.loads((Path(adapter_dir) / "quailora.json").read_text(encoding="utf-8"))

@@ -9,11 +9,11 @@ recompute the calibrated error: it must match what the engine reported.
 from __future__ import annotations
 
 import torch
+from helpers import read_metadata
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
 
-from quailora_core.adapter.writer import read_metadata
 from quailora_core.config import RunConfig
 from quailora_core.quant.quantizer import bnb_config, dequantized_module_weight
 from quailora_core.sources.packing import pack

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_config
+from helpers import make_config, read_metadata
 from independent import effective_weights, independent_grams
 
-from quailora_core.adapter.writer import read_metadata
 from quailora_core.errors import Cancelled
 from quailora_core.events import CancelToken, Finished, LayerResult, Stage
 from quailora_core.init.pipeline import run_init

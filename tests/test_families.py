@@ -10,11 +10,10 @@ table in README.md and docs/families.md is generated from the same rows
 from __future__ import annotations
 
 import pytest
-from helpers import make_config
+from helpers import make_config, read_metadata
 from independent import recomputed_errors, wrapped_layers
 from tiny_models import CONFIGS, FAMILIES, save_tiny
 
-from quailora_core.adapter.writer import read_metadata
 from quailora_core.errors import InputError
 from quailora_core.init.pipeline import preflight, run_init
 

@@ -14,21 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_config
+from helpers import make_config, read_metadata
 from safetensors.torch import load_file
 from tiny_models import save_tiny
 
-from quailora_core.adapter.writer import read_metadata
 from quailora_core.cli import main
 from quailora_core.config import RunConfig
 from quailora_core.errors import InputError
 from quailora_core.events import CancelToken, EvalResult, Finished, TrainStep
-from quailora_core.train.trainer import (
-    IGNORE_INDEX,
-    TrainingCancelled,
-    encode_conversation,
-    run_train,
-)
+from quailora_core.train.examples import IGNORE_INDEX, encode_conversation
+from quailora_core.train.trainer import TrainingCancelled, run_train
 
 REPEATED = "The quick brown fox jumps over the lazy dog, and the dog sleeps in the sun. " * 40
 
@@ -85,7 +80,7 @@ def test_trained_adapter_loads_with_peft_on_the_quantized_base(trained, adapter,
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from quailora_core.model.base import recorded_bnb_config
+    from quailora_core.adapter.record import AdapterRecord
 
     result, _ = trained
     out = Path(result.output_dir)
@@ -98,7 +93,8 @@ def test_trained_adapter_loads_with_peft_on_the_quantized_base(trained, adapter,
     }
     meta = read_metadata(trained_dir)
     assert meta["training"]["global_step"] == 12 and meta["quantization"] == read_metadata(adapter)["quantization"]
-    bnb, dtype = recorded_bnb_config(meta)
+    recorded = AdapterRecord.from_dict(meta).quantization
+    bnb, dtype = recorded.bnb(), recorded.dtype()
     base = AutoModelForCausalLM.from_pretrained(str(demo_model), quantization_config=bnb, dtype=dtype)
     model = PeftModel.from_pretrained(base, str(trained_dir))
     saved = load_file(str(trained_dir / "adapter_model.safetensors"))

@@ -8,11 +8,10 @@ rotary tables (Gemma 2/3). The check must fail such runs loudly and leave nothin
 from __future__ import annotations
 
 import pytest
-from helpers import make_config
+from helpers import make_config, read_metadata
 from tiny_models import save_tiny
 
 import quailora_core.init.pipeline as engine
-from quailora_core.adapter.writer import read_metadata
 from quailora_core.cli import main
 from quailora_core.errors import EngineError
 from quailora_core.events import Log

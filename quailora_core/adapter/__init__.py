@@ -3,10 +3,12 @@
 from quailora_core._exports import lazy
 
 _TABLE = {
+    "AdapterRecord": "record",
+    "BaseModelRecord": "record",
+    "METADATA_FILE": "record",
     "write_adapter": "writer",
-    "read_metadata": "writer",
     "copy_adapter": "writer",
-    "METADATA_FILE": "writer",
+    "model_card": "card",
 }
 __all__ = sorted(_TABLE)
 __getattr__, __dir__ = lazy(__name__, _TABLE)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
 import importlib.metadata
 import math
 import platform
@@ -26,7 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from quailora_core.adapter.writer import read_metadata, write_adapter
+from quailora_core.adapter.record import AdapterRecord, BaseModelRecord
+from quailora_core.adapter.writer import write_adapter
 from quailora_core.config import RunConfig
 from quailora_core.device import cpu_threads_for, resolve_device, resolve_dtype, torch_threads
 from quailora_core.errors import Cancelled, EngineError, InputError, about
@@ -43,9 +43,11 @@ from quailora_core.model.blocks import (
     find_decoder_blocks,
     run_block,
 )
+from quailora_core.model.fingerprint import weight_fingerprint
 from quailora_core.model.info import load_model_config, meta_model, model_class, resolve_model_path
 from quailora_core.model.targets import Target, TargetPlan, module_weight, plan_targets, set_module_weight
-from quailora_core.quant.quantizer import quantization_record, quantize_dequantize
+from quailora_core.quant.quantizer import quantize_dequantize
+from quailora_core.quant.record import QuantRecord
 
 # ALS stops once an iteration improves the damped objective by less than this (relative):
 # by then it sits within ~1e-5 of the closed form on real layers (tests/test_engine.py).
@@ -175,7 +177,7 @@ class _Run:
         from transformers import AutoTokenizer
 
         from quailora_core.model.info import AUTO_CLASSES
-        from quailora_core.sources.text import pack
+        from quailora_core.sources.packing import pack
 
         cfg, cal, plan = self.config, self.config.calibration, self.pre.plan
         started = time.perf_counter()
@@ -245,7 +247,7 @@ class _Run:
         summary["wall_seconds"] = time.perf_counter() - started
         self.emit(Stage("export"))
         architecture = (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
-        metadata = self._metadata(data.summary, summary, modules, architecture)
+        record = self._record(data.summary, summary, modules, architecture)
         verify_mode = cfg.init.verify
 
         def check(folder: Path) -> dict[str, Any]:
@@ -260,7 +262,7 @@ class _Run:
                 reported = {r.name: (r.cal_err_before, r.cal_err_after) for r in self.layers}
                 with torch_threads(None):
                     result = verify_adapter(
-                        verify_mode, folder, read_metadata(folder), model, blocks.blocks, chosen, reported,
+                        verify_mode, folder, AdapterRecord.load(folder), model, blocks.blocks, chosen, reported,
                         data.input_ids, data.attention_mask, bs, self.device, cfg.init.inputs,
                         cfg.model.trust_remote_code,
                     )  # fmt: skip
@@ -271,7 +273,7 @@ class _Run:
             return result.record()
 
         output = write_adapter(
-            model, cfg.lora, self.pre.target_names, self.factors, cfg.output, cfg.overwrite, metadata, check
+            model, cfg.lora, self.pre.target_names, self.factors, cfg.output, cfg.overwrite, record, check
         )
         summary["wall_seconds"] = time.perf_counter() - started
         self.emit(Finished(str(output), summary))
@@ -454,7 +456,7 @@ class _Run:
         return effective
 
     # ------------------------------------------------------------------ record
-    def _metadata(self, cal_summary: dict[str, Any], summary: dict[str, Any], modules, architecture: str) -> dict[str, Any]:
+    def _record(self, cal_summary: dict[str, Any], summary: dict[str, Any], modules, architecture: str) -> AdapterRecord:
         cfg, plan = self.config, self.pre.plan
         first_target = plan.targets[0]
         first = modules[first_target.name].weight.data  # as stored in the checkpoint (Conv1D: in x out)
@@ -462,38 +464,26 @@ class _Run:
         for pkg in ("quailora", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets"):
             with contextlib.suppress(importlib.metadata.PackageNotFoundError):
                 versions[pkg] = importlib.metadata.version(pkg)
-        return {
-            "format": 1,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "base_model": {
-                "path": self.pre.model_path,
-                "reference": cfg.model.path,
-                "architecture": architecture,
-                "auto_class": self.pre.auto_class,
-                "fingerprint": weight_fingerprint(first),
-                "fingerprint_layer": first_target.name,
-            },
-            "quantization": quantization_record(cfg.quantization, self.dtype),
-            "lora": {**asdict(cfg.lora), "scaling": cfg.lora.scaling},
-            "init": {**asdict(cfg.init), "device": str(self.device)},
-            "calibration": {**asdict(cfg.calibration), **cal_summary},
-            "targets": self.pre.target_names,
-            "full_precision_targets": [t.name for t in plan.targets if not t.quantized],
-            "skipped_layers": [{"name": n, "reason": r} for n, r in plan.skipped],
-            "notes": plan.notes,
-            "fallback_layers": self.fallbacks,
-            "summary": summary,
-            "layers": [asdict(r) for r in self.layers],
-            "versions": versions,
-            "python": platform.python_version(),
-            "run_config": cfg.to_dict(),
-        }
-
-
-def weight_fingerprint(weight: torch.Tensor) -> str:
-    """sha256 of the first targeted weight's bytes: `quailora train` refuses another base."""
-    data = weight.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
-    return hashlib.sha256(data).hexdigest()[:16]
+        base = BaseModelRecord(self.pre.model_path, cfg.model.path, architecture, self.pre.auto_class,
+                               weight_fingerprint(first), first_target.name)  # fmt: skip
+        return AdapterRecord(
+            base_model=base,
+            quantization=QuantRecord.of(cfg.quantization, self.dtype),
+            targets=self.pre.target_names,
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            lora={**asdict(cfg.lora), "scaling": cfg.lora.scaling},
+            init={**asdict(cfg.init), "device": str(self.device)},
+            calibration={**asdict(cfg.calibration), **cal_summary},
+            full_precision_targets=[t.name for t in plan.targets if not t.quantized],
+            skipped_layers=[{"name": n, "reason": r} for n, r in plan.skipped],
+            notes=list(plan.notes),
+            fallback_layers=self.fallbacks,
+            summary=summary,
+            layers=[asdict(r) for r in self.layers],
+            versions=versions,
+            python=platform.python_version(),
+            run_config=cfg.to_dict(),
+        )
 
 
 def _with_hidden(batches: list[BlockBatch], hidden: list[Any]) -> list[BlockBatch]:

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from quailora_core.adapter.record import AdapterRecord
 from quailora_core.errors import EngineError
 from quailora_core.init.stats import token_rows
 from quailora_core.model.targets import Target, TargetPlan, module_weight
@@ -209,7 +210,7 @@ def _streamed(model: nn.Module, blocks: nn.ModuleList, device: torch.device):
 def verify_adapter(
     mode: str,
     adapter_dir: Path,
-    metadata: dict[str, Any],
+    record: AdapterRecord,
     fp_model: nn.Module,
     fp_blocks: nn.ModuleList,
     chosen: list[Target],
@@ -238,18 +239,18 @@ def verify_adapter(
         return result
     acc = torch.float64 if device.type == "cpu" else torch.float32
     base = load_quantized_base(
-        metadata["base_model"]["path"], metadata, device if device.type == "cuda" else None, trust_remote_code
+        record.base_model.path, record, device if device.type == "cuda" else None, trust_remote_code
     )
     base.config.use_cache = False
     model = PeftModel.from_pretrained(base, str(adapter_dir))
     model.eval()
     loaded = model.base_model.model
     wrapped = {name for name, module in loaded.named_modules() if isinstance(module, LoraLayer)}
-    if wrapped != set(metadata["targets"]):
-        extra, lost = sorted(wrapped - set(metadata["targets"])), sorted(set(metadata["targets"]) - wrapped)
+    if wrapped != set(record.targets):
+        extra, lost = sorted(wrapped - set(record.targets)), sorted(set(record.targets) - wrapped)
         raise EngineError(
             f"Self-check failed: loaded as training loads it, the adapter wraps {len(wrapped)} layers, not the "
-            f"{len(metadata['targets'])} it was computed for ({(extra or lost)[0]} "
+            f"{len(record.targets)} it was computed for ({(extra or lost)[0]} "
             f"{'is wrapped too' if extra else 'is not wrapped'}). No adapter was written.",
             "Please report this with the model's config.json.",
         )

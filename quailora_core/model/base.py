@@ -1,5 +1,5 @@
-"""Load the base model exactly as an adapter expects: the class, dtype and quantizer it
-was computed for, read from its `quailora.json`.
+"""Load the base model exactly as an adapter expects: the class, dtype and quantizer its
+`AdapterRecord` says it was computed for.
 
 Training, `quailora eval` and the engine's self-check all load through here, so the
 base every one of them sees is the base fine-tuning sees.
@@ -9,41 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from quailora_core.config import QuantConfig
+from quailora_core.adapter.record import AdapterRecord
 
 
-def auto_class(meta: dict[str, Any]) -> type:
+def auto_class(record: AdapterRecord) -> type:
     """The transformers auto class the adapter's base loads with (text or vision-language)."""
     from quailora_core.model.info import AUTO_CLASSES
 
-    return AUTO_CLASSES[meta["base_model"].get("auto_class", "AutoModelForCausalLM")]
-
-
-def recorded_quantization(meta: dict[str, Any]) -> tuple[QuantConfig, str]:
-    """The QuantConfig and load dtype name the adapter was computed for (from quailora.json)."""
-    q = meta["quantization"]
-    if q["bits"] == 8:
-        return QuantConfig(bits=8), q["load_dtype"]
-    quant = QuantConfig(
-        bits=4,
-        quant_type=q["quant_type"],
-        double_quant=q["double_quant"],
-        compute_dtype=q["compute_dtype"],
-        quant_storage=q["quant_storage"],
-        blocksize=q.get("blocksize", 64),
-    )
-    return quant, q["load_dtype"]
-
-
-def recorded_bnb_config(meta: dict[str, Any]):
-    """(BitsAndBytesConfig, load dtype) exactly as the adapter was computed for."""
-    import torch
-
-    from quailora_core.quant.quantizer import bnb_config
-
-    quant, dtype_name = recorded_quantization(meta)
-    dtype = getattr(torch, dtype_name)
-    return bnb_config(quant, dtype), dtype
+    return AUTO_CLASSES[record.base_model.auto_class]
 
 
 def disable_cpu_packing(model) -> None:
@@ -61,13 +34,16 @@ def disable_cpu_packing(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def load_quantized_base(model_path: str, meta: dict[str, Any], device=None, trust_remote_code: bool = False):
+def load_quantized_base(model_path: str, record: AdapterRecord, device=None, trust_remote_code: bool = False):
     """The base model loaded exactly as the adapter expects: the recorded BitsAndBytesConfig
     and load dtype; on `device` (a CUDA device, or None for CPU)."""
-    bnb, dtype = recorded_bnb_config(meta)
     kwargs: dict[str, Any] = {"device_map": {"": device}} if device is not None else {}
-    model = auto_class(meta).from_pretrained(
-        model_path, quantization_config=bnb, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs
+    model = auto_class(record).from_pretrained(
+        model_path,
+        quantization_config=record.quantization.bnb(),
+        dtype=record.quantization.dtype(),
+        trust_remote_code=trust_remote_code,
+        **kwargs,
     )
     disable_cpu_packing(model)
     return model

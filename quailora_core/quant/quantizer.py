@@ -10,8 +10,6 @@ run all derive the quantizer from one place.
 
 from __future__ import annotations
 
-from typing import Any
-
 import bitsandbytes.functional as bnbf
 import torch
 from transformers import BitsAndBytesConfig
@@ -40,26 +38,6 @@ def bnb_config(q: QuantConfig, load_dtype: torch.dtype) -> BitsAndBytesConfig:
         bnb_4bit_compute_dtype=compute_dtype(q, load_dtype),
         bnb_4bit_quant_storage=_STORAGE[q.quant_storage],
     )
-
-
-def quantization_record(q: QuantConfig, load_dtype: torch.dtype) -> dict[str, Any]:
-    """What `quailora.json` stores so a training run can rebuild the exact quantizer."""
-    record: dict[str, Any] = {
-        "bits": q.bits,
-        "load_dtype": str(load_dtype).removeprefix("torch."),
-        "bnb_config": bnb_config(q, load_dtype).to_dict(),
-    }
-    if q.bits == 4:
-        record.update(
-            quant_type=q.quant_type,
-            double_quant=q.double_quant,
-            blocksize=q.blocksize,
-            compute_dtype=str(compute_dtype(q, load_dtype)).removeprefix("torch."),
-            quant_storage=q.quant_storage,
-        )
-    else:
-        record.update(method="LLM.int8 (row-wise absmax, weights cast to float16 first)")
-    return record
 
 
 @torch.no_grad()

@@ -23,14 +23,14 @@ import shutil
 import stat
 from pathlib import Path
 
+from quailora_core.adapter.record import AdapterRecord
 from quailora_core.adapter.writer import copy_adapter
 from quailora_core.config import DEMO_MODEL, RunConfig
 from quailora_core.errors import InputError
 from quailora_core.files import atomic_dir, check_output_dir
-from quailora_core.model.base import recorded_quantization
 from quailora_core.sources.references import looks_like_dataset_id
-from quailora_core.train.layout import ADAPTER_DIR, DATA_DIR, LAUNCHER, OUTPUT_DIR, RUN_FILE
-from quailora_core.train.trainer import adapter_dir, check_settings, read_adapter
+from quailora_core.train.layout import ADAPTER_DIR, DATA_DIR, LAUNCHER, OUTPUT_DIR, RUN_FILE, adapter_dir
+from quailora_core.train.settings import check_settings
 
 LAUNCH_SH = """#!/usr/bin/env bash
 # Fine-tune the QuAILoRA-initialized adapter of this run folder (see README.md).
@@ -69,7 +69,7 @@ def export_run(config: RunConfig, run_dir: str | os.PathLike[str], overwrite: bo
     check_output_dir(str(run_dir), overwrite)
     check_settings(t)
     adapter = adapter_dir(config)
-    meta = read_adapter(adapter)
+    record = AdapterRecord.load(adapter)
     if not t.data:
         raise InputError("No training data set.", "Set [train] data in the run file, or use --data PATH.")
     for name, source in (("data", t.data), ("validation_data", t.validation_data)):
@@ -77,10 +77,8 @@ def export_run(config: RunConfig, run_dir: str | os.PathLike[str], overwrite: bo
             raise InputError(f"Training {name} {source!r} does not exist.", "Check the path in [train].")
     run = copy.deepcopy(config)
     # The run trains exactly what the adapter was computed for; say so in the run file.
-    quant, dtype_name = recorded_quantization(meta)
-    quant.compute_dtype = meta["quantization"].get("compute_dtype", "auto") if quant.bits == 4 else "auto"
-    run.quantization = quant
-    run.model.dtype = dtype_name
+    run.quantization = record.quantization.config()
+    run.model.dtype = record.quantization.load_dtype
     if run.model.path != DEMO_MODEL and Path(run.model.path).expanduser().exists():
         run.model.path = str(Path(run.model.path).expanduser().resolve())
     run.output = ADAPTER_DIR
@@ -111,7 +109,7 @@ def export_run(config: RunConfig, run_dir: str | os.PathLike[str], overwrite: bo
         launcher = tmp / LAUNCHER
         launcher.write_text(LAUNCH_SH, encoding="utf-8")
         launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-        (tmp / "README.md").write_text(_readme(run, meta), encoding="utf-8")
+        (tmp / "README.md").write_text(_readme(run, record), encoding="utf-8")
     return Path(run_dir).expanduser().resolve()
 
 
@@ -125,9 +123,8 @@ def _unique(name: str, taken: set[str]) -> str:
     return f"{stem}-{i}{suffix}"
 
 
-def _readme(run: RunConfig, meta: dict) -> str:
-    t, q = run.train, meta["quantization"]
-    quant = f"{q['bits']}-bit" + (f" {q['quant_type'].upper()}" if q["bits"] == 4 else " LLM.int8")
+def _readme(run: RunConfig, record: AdapterRecord) -> str:
+    t, quant = run.train, record.quantization.label()
     model = run.model.path
     where = (
         "the demo model (`demo`: ships with the package, no download)"
@@ -142,7 +139,7 @@ A self-contained QLoRA fine-tuning run, exported by QuAILoRA Studio (`quailora e
 | file | what it is |
 |---|---|
 | `run.toml` | the run: base model, quantization, training settings; paths relative to this folder |
-| `adapter/` | the QuAILoRA-initialized LoRA adapter ({meta["init"]["method"]}, rank {meta["lora"]["rank"]}, {quant}) |
+| `adapter/` | the QuAILoRA-initialized LoRA adapter ({record.init.get("method")}, rank {record.lora.get("rank")}, {quant}) |
 | `data/` | the training data (copied here when it was a local file) |
 | `launch.sh` | starts the training with `accelerate launch` |
 

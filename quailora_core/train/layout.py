@@ -1,12 +1,54 @@
-"""The file layout of an exported run folder (`run_export.export_run`), in one light module.
+"""Where a training run's files live: the exported run folder (`train.export`) and the
+training output (checkpoints, the trained adapter, metrics), in one light module.
 
-The GUI's training controller needs these names to start and follow a run, and must not
-import `run_export` for them (that pulls in transformers through `train`): both import from
-here, so the names cannot drift apart.
+The app's training controller needs these names and rules to start and follow a run, and
+must not import the trainer for them (transformers): both import from here, so they cannot
+drift apart.
 """
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from quailora_core.config import RunConfig
 
 RUN_FILE = "run.toml"  # the run's configuration, with paths relative to the folder
 LAUNCHER = "launch.sh"  # `accelerate launch -m quailora_core.train run.toml`
 ADAPTER_DIR = "adapter"  # the initialized adapter training starts from
 DATA_DIR = "data"  # copies of the training / validation data
 OUTPUT_DIR = "output"  # checkpoints and the trained adapter
+
+# the training output folder
+FINAL_ADAPTER = "adapter"
+METRICS_FILE = "metrics.json"
+RUN_RECORD = "training_run.json"
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+# ---------------------------------------------------------------------------- run files and paths
+def adapter_dir(config: RunConfig) -> str:
+    """The initialized adapter a run trains: `[train] adapter`, else the run's `output`."""
+    return config.train.adapter or config.output
+
+
+def output_dir(config: RunConfig) -> str:
+    """The training output folder: `[train] output`, else the adapter folder + '-trained'."""
+    if config.train.output:
+        return config.train.output
+    adapter = Path(adapter_dir(config)).expanduser()
+    return str(adapter.with_name(adapter.name + "-trained"))
+
+
+def checkpoints(output: str | os.PathLike[str]) -> list[Path]:
+    """Complete Trainer checkpoints in `output` (trainer_state.json is written last), oldest first."""
+    folder = Path(output)
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        m = CHECKPOINT_RE.match(p.name)
+        if m and p.is_dir() and (p / "trainer_state.json").is_file() and (p / "adapter_model.safetensors").is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]

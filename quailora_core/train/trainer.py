@@ -32,11 +32,9 @@ a run folder written by `quailora export-run` works from any working directory.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import json
-import math
-import os
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,9 +42,11 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from quailora_core.adapter.writer import METADATA_FILE, model_card, read_metadata
-from quailora_core.config import DEMO_MODEL, RunConfig, TrainSettings
+from quailora_core.adapter.card import model_card
+from quailora_core.adapter.record import AdapterRecord
+from quailora_core.config import RunConfig
 from quailora_core.errors import Cancelled, InputError, QuailoraError
+from quailora_core.evaluate import perplexity
 from quailora_core.events import (
     CancelToken,
     EvalResult,
@@ -58,15 +58,12 @@ from quailora_core.events import (
     ignore_events,
 )
 from quailora_core.files import atomic_dir, atomic_write_text
-from quailora_core.model.base import load_quantized_base, recorded_quantization
-from quailora_core.sources.packing import pack_all
-from quailora_core.sources.training_data import TRAIN_FORMATS, TrainingData, load_training_data
-
-FINAL_ADAPTER = "adapter"
-METRICS_FILE = "metrics.json"
-RUN_RECORD = "training_run.json"
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-IGNORE_INDEX = -100
+from quailora_core.model.base import load_quantized_base
+from quailora_core.model.fingerprint import check_base
+from quailora_core.sources.training_data import load_training_data
+from quailora_core.train.examples import IGNORE_INDEX, _count, _split, encode
+from quailora_core.train.layout import FINAL_ADAPTER, METRICS_FILE, RUN_RECORD, adapter_dir
+from quailora_core.train.settings import _is_main_process, check_output, check_quantization, check_settings
 
 
 class TrainingCancelled(Cancelled):
@@ -89,376 +86,13 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-# ---------------------------------------------------------------------------- run files and paths
-def adapter_dir(config: RunConfig) -> str:
-    """The initialized adapter a run trains: `[train] adapter`, else the run's `output`."""
-    return config.train.adapter or config.output
-
-
-def output_dir(config: RunConfig) -> str:
-    """The training output folder: `[train] output`, else the adapter folder + '-trained'."""
-    if config.train.output:
-        return config.train.output
-    adapter = Path(adapter_dir(config)).expanduser()
-    return str(adapter.with_name(adapter.name + "-trained"))
-
-
-def config_from_adapter(adapter: str) -> RunConfig:
-    """The run an adapter was initialized with (from its quailora.json), training that adapter."""
-    meta = read_adapter(adapter)
-    config = RunConfig.from_dict(meta.get("run_config") or {})
-    base = meta["base_model"]
-    config.model.path = DEMO_MODEL if base.get("reference") == DEMO_MODEL else base.get("path", config.model.path)
-    config.train = TrainSettings(adapter=str(Path(adapter).expanduser().resolve()))
-    return config
-
-
-# ---------------------------------------------------------------------------- cheap checks
-def check_settings(t: TrainSettings) -> None:
-    """Raise InputError on the first training setting that cannot work."""
-    if t.data_format not in TRAIN_FORMATS:
-        raise InputError(f"Unknown data format {t.data_format!r}.", f"Use one of {', '.join(TRAIN_FORMATS)}.")
-    for name, usual in (("batch_size", 4), ("gradient_accumulation", 1), ("eval_interval", 50),
-                        ("save_interval", 50), ("log_interval", 1)):  # fmt: skip
-        value = getattr(t, name)
-        if not isinstance(value, int) or value < 1:
-            raise InputError(f"{name} must be a whole number of at least 1, got {value!r}.", f"The usual value is {usual}.")
-    if not isinstance(t.seq_len, int) or t.seq_len < 8:
-        raise InputError(f"seq_len must be at least 8, got {t.seq_len!r}.", "The usual value is 512.")
-    if not t.epochs >= 0:
-        raise InputError(f"epochs must be >= 0, got {t.epochs}.", "Use 0 to train for max_steps steps.")
-    if t.epochs == 0 and (not isinstance(t.max_steps, int) or t.max_steps < 1):
-        raise InputError(f"max_steps must be at least 1, got {t.max_steps!r}.", "Use --max-steps 100, or --epochs 1.")
-    if not (isinstance(t.learning_rate, (int, float)) and math.isfinite(t.learning_rate) and t.learning_rate > 0):
-        raise InputError(f"learning_rate must be a positive number, got {t.learning_rate!r}.", "QLoRA uses 1e-4 to 2e-4.")
-    if not 0 <= t.validation_fraction < 1:
-        raise InputError(
-            f"validation_fraction must be in [0, 1), got {t.validation_fraction}.", "The usual value is 0.05."
-        )
-    if not isinstance(t.warmup_steps, int) or t.warmup_steps < 0:
-        raise InputError(f"warmup_steps must be >= 0, got {t.warmup_steps!r}.", "Use 0 or a few percent of the steps.")
-
-
-def read_adapter(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The quailora.json of an initialized adapter folder, after checking the folder."""
-    folder = Path(path).expanduser()
-    hint = "Run `quailora init` first, or point [train] adapter / --adapter at its output folder."
-    if not str(path):
-        raise InputError("No adapter folder given.", hint)
-    if not folder.is_dir():
-        raise InputError(f"Adapter folder {str(path)!r} does not exist.", hint)
-    if not (folder / "adapter_config.json").is_file():
-        raise InputError(f"{str(path)!r} is not a peft adapter folder (it has no adapter_config.json).", hint)
-    if not (folder / METADATA_FILE).is_file():
-        raise InputError(
-            f"{str(path)!r} has no {METADATA_FILE}: it was not written by `quailora init`.",
-            "Train adapters that `quailora init` wrote; their quailora.json records the quantization.",
-        )
-    try:
-        meta = read_metadata(folder)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{METADATA_FILE} in {str(path)!r} cannot be read: {exc}.", "Run `quailora init` again.") from None
-    missing = [k for k in ("base_model", "quantization", "targets") if k not in meta]
-    if missing:
-        raise InputError(f"{METADATA_FILE} in {str(path)!r} lacks {', '.join(missing)}.", "Run `quailora init` again.")
-    return meta
-
-
-def check_quantization(config: RunConfig, meta: dict[str, Any], adapter: str) -> None:
-    """Refuse run-file quantization settings that differ from the adapter's (`auto` follows it)."""
-    q, rec = config.quantization, meta["quantization"]
-    diffs = []
-    if q.bits != rec["bits"]:
-        diffs.append(f"bits {q.bits} vs {rec['bits']}")
-    elif q.bits == 4:
-        for name in ("quant_type", "double_quant", "quant_storage", "blocksize"):
-            if name in rec and getattr(q, name) != rec[name]:
-                diffs.append(f"{name} {getattr(q, name)!r} vs {rec[name]!r}")
-        if q.compute_dtype != "auto" and q.compute_dtype != rec.get("compute_dtype"):
-            diffs.append(f"compute_dtype {q.compute_dtype!r} vs {rec.get('compute_dtype')!r}")
-    if config.model.dtype != "auto" and config.model.dtype != rec["load_dtype"]:
-        diffs.append(f"model dtype {config.model.dtype!r} vs {rec['load_dtype']!r}")
-    if diffs:
-        raise InputError(
-            f"The run's quantization differs from what adapter {adapter!r} was computed for: "
-            f"{'; '.join(diffs)} (run vs adapter).",
-            "The initialization only helps with its own quantizer: fix [quantization] / [model] dtype, "
-            "or run `quailora init` again with the new settings.",
-        )
-
-
-def read_base_weight(model_path: str, name: str):
-    """The tensor `name + '.weight'` straight from the model's checkpoint files (safetensors or
-    a torch .bin), without building the model; None when it cannot be found there."""
-    import torch
-
-    folder = Path(model_path).expanduser()
-    if not folder.is_dir():
-        try:
-            from huggingface_hub import snapshot_download
-
-            from quailora_core.sources.references import offline
-
-            folder = Path(
-                snapshot_download(model_path, allow_patterns=["*.json", "*.safetensors"], local_files_only=offline())
-            )
-        except Exception:
-            return None
-    keys = [f"{name}.weight", f"{name.removeprefix('model.')}.weight", f"model.{name}.weight"]
-    index = folder / "model.safetensors.index.json"
-    single = folder / "model.safetensors"
-    if index.is_file() or single.is_file():
-        from safetensors import safe_open
-
-        if index.is_file():
-            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
-            files = {weight_map[k] for k in keys if k in weight_map}
-            paths = [folder / f for f in sorted(files)]
-        else:
-            paths = [single]
-        for path in paths:
-            with safe_open(str(path), framework="pt") as f:
-                for key in keys:
-                    if key in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
-                        return f.get_tensor(key)
-        return None
-    for path in sorted(folder.glob("pytorch_model*.bin")):
-        state = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
-        for key in keys:
-            if key in state:
-                return state[key]
-    return None
-
-
-def check_base(model_path: str, meta: dict[str, Any], adapter: str, trust_remote_code: bool = False) -> list[str]:
-    """Refuse a base whose architecture or first-target fingerprint differs from the adapter's
-    record. Returns warnings (e.g. a fingerprint that could not be checked)."""
-    import torch
-
-    from quailora_core.init.pipeline import weight_fingerprint
-    from quailora_core.model.info import load_model_config
-
-    rec = meta["base_model"]
-    hf_config = load_model_config(model_path, trust_remote_code)
-    arch = (getattr(hf_config, "architectures", None) or [""])[0]
-    hint = "Use the base model the adapter was initialized on (see base_model in its quailora.json)."
-    if rec.get("architecture") and arch and arch != rec["architecture"]:
-        raise InputError(
-            f"Model {model_path!r} is a {arch}, but adapter {adapter!r} was initialized on a {rec['architecture']}.",
-            hint,
-        )
-    first = meta["targets"][0]
-    weight = read_base_weight(model_path, first)
-    if weight is None or not rec.get("fingerprint"):
-        return [f"could not read {first}.weight from {model_path!r}'s checkpoint files: the base weights "
-                "are not verified against the adapter's fingerprint"]  # fmt: skip
-    _, dtype_name = recorded_quantization(meta)
-    found = weight_fingerprint(weight.to(getattr(torch, dtype_name)))
-    if found != rec["fingerprint"]:
-        raise InputError(
-            f"Model {model_path!r} is not the base adapter {adapter!r} was initialized on: the weights of "
-            f"{first} differ (fingerprint {found}, adapter recorded {rec['fingerprint']} for {rec.get('path')!r}).",
-            hint,
-        )
-    return []
-
-
-def checkpoints(output: str | os.PathLike[str]) -> list[Path]:
-    """Complete Trainer checkpoints in `output` (trainer_state.json is written last), oldest first."""
-    folder = Path(output)
-    if not folder.is_dir():
-        return []
-    found = []
-    for p in folder.iterdir():
-        m = CHECKPOINT_RE.match(p.name)
-        if m and p.is_dir() and (p / "trainer_state.json").is_file() and (p / "adapter_model.safetensors").is_file():
-            found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
-
-
-def _check_output(config: RunConfig, adapter: str, fingerprint: str | None) -> tuple[Path, Path | None]:
-    """The output folder (checked) and, when resuming, the checkpoint to resume from."""
-    t = config.train
-    out = Path(output_dir(config)).expanduser().resolve()
-    a = Path(adapter).expanduser().resolve()
-    if out == a or a in out.parents:
-        raise InputError(f"Training output {str(out)!r} is inside the adapter folder.", "Choose another --output.")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"Training output {str(out)!r} is a file.", "Choose a folder path with --output.")
-    if not t.resume:
-        # under `accelerate launch` the main process may already have started writing here
-        if out.is_dir() and any(out.iterdir()) and _is_main_process():
-            raise InputError(
-                f"Training output folder {str(out)!r} exists and is not empty.",
-                "Use --resume to continue the run in it, or choose another --output.",
-            )
-        return out, None
-    found = checkpoints(out)
-    if not found:
-        raise InputError(
-            f"Nothing to resume: {str(out)!r} holds no complete checkpoint.",
-            "Run without --resume to start, or point --output at the run's folder.",
-        )
-    record = out / RUN_RECORD
-    if record.is_file() and fingerprint:
-        with_fp = json.loads(record.read_text(encoding="utf-8")).get("base_fingerprint")
-        if with_fp and with_fp != fingerprint:
-            raise InputError(
-                f"The run in {str(out)!r} trained an adapter for another base model.",
-                "Resume with the run file that started it, or choose another --output.",
-            )
-    last = found[-1]
-    step = int(json.loads((last / "trainer_state.json").read_text(encoding="utf-8")).get("global_step", 0))
-    if t.epochs == 0 and step >= t.max_steps:
-        raise InputError(
-            f"The last checkpoint ({last.name}) is already at step {step}, max_steps is {t.max_steps}.",
-            f"Raise --max-steps above {step} to train further.",
-        )
-    return out, last
-
-
-# ---------------------------------------------------------------------------- tokenization
-def _bos(tokenizer) -> list[int]:
-    """[BOS] when the tokenizer adds one by default (as its own encoding of a text would start)."""
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is None:
-        return []
-    ids = tokenizer("a")["input_ids"]
-    return [bos] if ids and ids[0] == bos else []
-
-
-def _segments(tokenizer, messages: list[dict[str, str]]) -> tuple[list[tuple[str, bool]], str]:
-    """The conversation as text pieces, each marked trainable (assistant turns) or not.
-
-    With a chat template: the template's rendering, cut where each assistant turn starts
-    (the rendering of the turns before it with the generation prompt) and ends (the rendering
-    up to and including it). Without one (or with a template whose renderings are not
-    prefixes of each other): each message's content followed by a blank line, the prompt
-    "prompt\\n\\nresponse" layout. Returns (pieces, layout): layout is "chat template",
-    "plain" (no template) or "plain (template not prefix-consistent)".
-    """
-    layout = "plain"
-    if getattr(tokenizer, "chat_template", None):
-        render = tokenizer.apply_chat_template
-        try:
-            full = render(messages, tokenize=False)
-        except Exception as exc:  # jinja errors, templates that raise on odd role orders
-            raise InputError(
-                f"The tokenizer's chat template cannot render a conversation: {str(exc).splitlines()[0]}",
-                "Check the roles and their order in the data (e.g. user and assistant alternating).",
-            ) from None
-        pieces: list[tuple[str, bool]] = []
-        pos = 0
-        ok = isinstance(full, str)
-        for i, m in enumerate(messages):
-            if m["role"] != "assistant" or not ok:
-                continue
-            try:
-                start = render(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
-                end = render(messages[: i + 1], tokenize=False)
-            except Exception:
-                ok = False
-                break
-            if not (full.startswith(start) and full.startswith(end) and pos <= len(start) <= len(end)):
-                ok = False
-                break
-            pieces += [(full[pos : len(start)], False), (full[len(start) : len(end)], True)]
-            pos = len(end)
-        if ok:
-            return [*pieces, (full[pos:], False)], "chat template"
-        layout = "plain (template not prefix-consistent)"
-    out = []
-    for i, m in enumerate(messages):
-        sep = "" if i == len(messages) - 1 else "\n\n"
-        out.append((m["content"] + sep, m["role"] == "assistant"))
-    return out, layout
-
-
-def encode_conversation(tokenizer, messages: list[dict[str, str]], seq_len: int) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) of one conversation, cut to seq_len; labels are -100 except on the
-    assistant turns (and, without a chat template, the EOS after a final assistant turn)."""
-    ids, labels, _ = _encode_full(tokenizer, messages)
-    return ids[:seq_len], labels[:seq_len]
-
-
-def _encode_full(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[int], str]:
-    segments, layout = _segments(tokenizer, messages)
-    templated = layout == "chat template"
-    ids: list[int] = [] if templated else list(_bos(tokenizer))
-    labels: list[int] = [IGNORE_INDEX] * len(ids)
-    for text, trainable in segments:
-        if not text:
-            continue
-        piece = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-        ids += piece
-        labels += piece if trainable else [IGNORE_INDEX] * len(piece)
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if not templated and eos is not None and messages[-1]["role"] == "assistant":
-        ids.append(eos)
-        labels.append(eos)
-    return ids, labels, layout
-
-
-@dataclass
-class _Examples:
-    rows: list[dict[str, list[int]]]
-    summary: dict[str, Any]
-
-
-def encode(data: TrainingData, tokenizer, seq_len: int) -> _Examples:
-    """Tokenized training examples: packed blocks for text, one example per conversation."""
-    if data.kind == "text":
-        ids, mask = pack_all(data.texts, tokenizer, seq_len)
-        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
-        rows = [
-            {"input_ids": i, "attention_mask": m, "labels": lab}
-            for i, m, lab in zip(ids.tolist(), mask.tolist(), labels.tolist(), strict=True)
-        ]
-        return _Examples(rows, {"documents": len(data.texts), "blocks": len(rows)})
-    rows, dropped, truncated = [], 0, 0
-    layouts: dict[str, int] = {}
-    for messages in data.conversations:
-        ids, labels, layout = _encode_full(tokenizer, messages)
-        layouts[layout] = layouts.get(layout, 0) + 1
-        truncated += len(ids) > seq_len
-        ids, labels = ids[:seq_len], labels[:seq_len]
-        if all(label == IGNORE_INDEX for label in labels):
-            dropped += 1
-            continue
-        rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
-    if not rows:
-        raise InputError(
-            f"No example of {data.source!r} has a response within the first {seq_len} tokens.",
-            "Raise seq_len (--seq-len), or shorten the prompts.",
-        )
-    summary = {"examples": len(data.conversations), "dropped": dropped, "truncated": truncated, "layout": layouts}
-    return _Examples(rows, summary)
-
-
-def _split(rows: list, fraction: float, seed: int) -> tuple[list, list]:
-    """Hold out round(fraction * n) rows (at least 1 when fraction > 0 and n >= 2), seeded."""
-    import torch
-
-    n = len(rows)
-    n_val = min(n - 1, max(1, round(fraction * n))) if fraction > 0 and n >= 2 else 0
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    return [rows[i] for i in order[n_val:]], [rows[i] for i in order[:n_val]]
-
-
-def _count(rows: list[dict[str, list[int]]]) -> tuple[int, int]:
-    tokens = sum(sum(r["attention_mask"]) for r in rows)
-    trained = sum(sum(1 for x in r["labels"][1:] if x != IGNORE_INDEX) for r in rows)
-    return tokens, trained
-
-
-# ---------------------------------------------------------------------------- the plan
 @dataclass
 class _Plan:
     """Everything the cheap checks found; what the heavy part needs."""
 
     config: RunConfig
     adapter: Path
-    meta: dict[str, Any]
+    record: AdapterRecord
     model_path: str
     output: Path
     resume_from: Path | None
@@ -475,12 +109,12 @@ def preflight_train(config: RunConfig, on_event: EventCallback = ignore_events) 
     t = config.train
     check_settings(t)
     adapter = adapter_dir(config)
-    meta = read_adapter(adapter)
-    check_quantization(config, meta, adapter)
+    record = AdapterRecord.load(adapter)
+    check_quantization(config, record, adapter)
     model_path = resolve_model_path(config.model.path)
-    for warning in check_base(model_path, meta, adapter, config.model.trust_remote_code):
+    for warning in check_base(model_path, record, adapter, config.model.trust_remote_code):
         on_event(Log("warning", warning))
-    output, resume_from = _check_output(config, adapter, meta["base_model"].get("fingerprint"))
+    output, resume_from = check_output(config, adapter, record.base_model.fingerprint or None)
     if not t.data:
         raise InputError("No training data given.", "Set [train] data in the run file, or use --data PATH.")
     from transformers import AutoTokenizer
@@ -514,7 +148,7 @@ def preflight_train(config: RunConfig, on_event: EventCallback = ignore_events) 
     if data.kind == "prompt_response" and examples.summary["dropped"]:
         on_event(Log("warning", f"{examples.summary['dropped']} examples dropped: their response starts after "
                                 f"seq_len={t.seq_len} tokens"))  # fmt: skip
-    return _Plan(config, Path(adapter).expanduser().resolve(), meta, model_path, output, resume_from, tokenizer,
+    return _Plan(config, Path(adapter).expanduser().resolve(), record, model_path, output, resume_from, tokenizer,
                  train_rows, eval_rows, summary)  # fmt: skip
 
 
@@ -529,10 +163,6 @@ def run_train(
     on_event(Stage("load"))
     plan = preflight_train(config, on_event)
     return _Training(plan, on_event, cancel).run()
-
-
-def perplexity(loss: float) -> float:
-    return math.exp(loss) if loss < 700 else float("inf")
 
 
 class _Training:
@@ -560,7 +190,7 @@ class _Training:
             from accelerate import PartialState
 
             device = PartialState().local_process_index
-        model = load_quantized_base(plan.model_path, plan.meta, device, plan.config.model.trust_remote_code)
+        model = load_quantized_base(plan.model_path, plan.record, device, plan.config.model.trust_remote_code)
         model.config.use_cache = False
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=cuda, gradient_checkpointing_kwargs={"use_reentrant": False}
@@ -580,7 +210,7 @@ class _Training:
             _write_json(plan.output / RUN_RECORD, {
                 "adapter": str(plan.adapter),
                 "base_model": plan.model_path,
-                "base_fingerprint": plan.meta["base_model"].get("fingerprint"),
+                "base_fingerprint": plan.record.base_model.fingerprint or None,
                 "started": _now(),
                 "run_config": plan.config.to_dict(),
             })  # fmt: skip
@@ -680,8 +310,8 @@ class _Training:
     def _write(self, model, metrics: dict[str, Any]) -> None:
         """The trained adapter (atomically, replacing an earlier one) then metrics.json."""
         plan = self.plan
-        meta = dict(plan.meta)
-        meta["training"] = {
+        record = copy.deepcopy(plan.record)
+        record.training = {
             "initialized_adapter": str(plan.adapter),
             "base_model": plan.model_path,
             "settings": asdict(plan.config.train),
@@ -689,22 +319,9 @@ class _Training:
         }
         with atomic_dir(plan.output / FINAL_ADAPTER, overwrite=True) as tmp:
             model.save_pretrained(str(tmp))
-            (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
-            (tmp / "README.md").write_text(model_card(meta) + _training_card(meta["training"]), encoding="utf-8")
+            record.save(tmp)
+            (tmp / "README.md").write_text(model_card(record), encoding="utf-8")
         _write_json(plan.output / METRICS_FILE, metrics)
-
-
-def _training_card(tr: dict[str, Any]) -> str:
-    def fmt(x: Any) -> str:
-        return f"{x:.4f}" if isinstance(x, float) else "n/a"
-
-    return (
-        "\n## Fine-tuning\n\n"
-        f"Fine-tuned from the initialization above with `quailora train` for {tr['global_step']} steps on "
-        f"{tr['data']['source']!r} ({tr['data']['format']}): training loss {fmt(tr['train_loss'])}, "
-        f"validation loss {fmt(tr['first_eval_loss'])} -> {fmt(tr['eval_loss'])} "
-        f"(perplexity {fmt(tr['first_perplexity'])} -> {fmt(tr['perplexity'])}).\n"
-    )
 
 
 class EventBridge(TrainerCallback):
@@ -758,11 +375,6 @@ class EventBridge(TrainerCallback):
         self.emit(EvalResult(state.global_step, loss, perplexity(loss)))
         if state.global_step > 0:
             self._check_cancel(state, control)
-
-
-def _is_main_process() -> bool:
-    """False in the other processes of a multi-process (`accelerate launch`) run."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _now() -> str:

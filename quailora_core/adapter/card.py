@@ -1,0 +1,81 @@
+"""The adapter's README (its model card): what it was computed for and the code that loads
+it as training must, written from its `AdapterRecord`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quailora_core.adapter.record import AdapterRecord
+
+
+def loading_code(adapter_dir: str, record: AdapterRecord) -> str:
+    """Python that loads the base exactly as the adapter expects, then the adapter."""
+    q = record.quantization
+    auto = record.base_model.auto_class
+    if q.bits == 8:
+        bnb = "BitsAndBytesConfig(load_in_8bit=True)"
+    else:
+        bnb = (
+            "BitsAndBytesConfig(\n"
+            "    load_in_4bit=True,\n"
+            f"    bnb_4bit_quant_type={q.quant_type!r},\n"
+            f"    bnb_4bit_use_double_quant={q.double_quant},\n"
+            f"    bnb_4bit_compute_dtype=torch.{q.compute_dtype},\n"
+            f"    bnb_4bit_quant_storage=torch.{q.quant_storage},\n"
+            ")"
+        )
+    return (
+        "import torch\n"
+        "from peft import PeftModel\n"
+        f"from transformers import {auto}, BitsAndBytesConfig\n\n"
+        f"bnb = {bnb}\n"
+        f"base = {auto}.from_pretrained({record.base_model.path!r}, quantization_config=bnb, "
+        f"dtype=torch.{q.load_dtype})\n"
+        f"model = PeftModel.from_pretrained(base, {str(adapter_dir)!r}, is_trainable=True)\n"
+    )
+
+
+def model_card(record: AdapterRecord) -> str:
+    s = record.summary
+    card = f"""---
+library_name: peft
+base_model: {record.base_model.path}
+tags: [qlora, quailora, lora]
+---
+
+# QuAILoRA-initialized LoRA adapter
+
+A LoRA adapter (rank {record.lora.get('rank')}, alpha {record.lora.get('alpha')}) initialized with
+**{record.init.get('method')}** (inputs: {record.init.get('inputs')}, damping {record.init.get('damping')}) so that the
+{record.quantization.label()} quantized base plus this adapter reproduces the full-precision layers on calibration text.
+It was computed for exactly this quantization: load the base with the same settings,
+or the initialization is wasted.
+
+| figure (mean over {s.get('layers', 0)} layers) | before (plain QLoRA) | after |
+|---|---|---|
+| relative calibrated error | {s.get('mean_cal_err_before', float('nan')):.4e} | {s.get('mean_cal_err_after', float('nan')):.4e} |
+| relative held-out error | {s.get('mean_heldout_err_before', float('nan')):.4e} | {s.get('mean_heldout_err_after', float('nan')):.4e} |
+| relative weight error | {s.get('mean_uncal_err_before', float('nan')):.4f} | {s.get('mean_uncal_err_after', float('nan')):.4f} |
+
+## Load it for fine-tuning
+
+```python
+{loading_code("path/to/this/adapter", record)}```
+
+Per-layer metrics, the calibration summary and package versions are in `quailora.json`.
+Made with QuAILoRA Studio (Lawton et al., 2024, arXiv 2410.14713).
+"""
+    return card + (training_card(record.training) if record.training else "")
+
+
+def training_card(tr: dict[str, Any]) -> str:
+    def fmt(x: Any) -> str:
+        return f"{x:.4f}" if isinstance(x, float) else "n/a"
+
+    return (
+        "\n## Fine-tuning\n\n"
+        f"Fine-tuned from the initialization above with `quailora train` for {tr['global_step']} steps on "
+        f"{tr['data']['source']!r} ({tr['data']['format']}): training loss {fmt(tr['train_loss'])}, "
+        f"validation loss {fmt(tr['first_eval_loss'])} -> {fmt(tr['eval_loss'])} "
+        f"(perplexity {fmt(tr['first_perplexity'])} -> {fmt(tr['perplexity'])}).\n"
+    )
