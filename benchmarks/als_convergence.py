@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         t_als = time.perf_counter() - t0
         den = solvers.calibrated_error(w, h)
         # where the engine's stopping rule (improvement < ALS_TOL relative) would stop
-        from quailora_core.init.pipeline import ALS_TOL
+        from quailora_core.init.solvers import ALS_TOL
 
         stop = next((i for i in range(1, len(hist)) if hist[i - 1] - hist[i] < ALS_TOL * abs(hist[i - 1])), None)
         rows = []

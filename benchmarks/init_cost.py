@@ -243,7 +243,6 @@ def child_solvers(a: dict) -> dict:
     from transformers import AutoTokenizer
 
     from quailora_core.config import InitSettings, QuantConfig
-    from quailora_core.init import pipeline as engine
     from quailora_core.init import solvers
     from quailora_core.quant.quantizer import quantize_dequantize
     from quailora_core.sources.packing import pack
@@ -256,7 +255,7 @@ def child_solvers(a: dict) -> dict:
     names = [f"model.layers.{n_blocks // 2}.self_attn.q_proj", f"model.layers.{n_blocks // 2}.mlp.down_proj"]
     grams = layer_grams(model, data.input_ids, names)
     n_tok = data.input_ids.numel()
-    iters, tol = InitSettings().als_iters, engine.ALS_TOL
+    iters, tol = InitSettings().als_iters, solvers.ALS_TOL
     rows = []
     for name in names:
         w = model.get_submodule(name).weight.data

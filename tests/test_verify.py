@@ -11,6 +11,7 @@ import pytest
 from helpers import make_config, read_metadata
 from tiny_models import save_tiny
 
+import quailora_core.init.layer as layer
 import quailora_core.init.pipeline as engine
 from quailora_core.cli import main
 from quailora_core.errors import EngineError
@@ -25,7 +26,7 @@ def _nothing_left(tmp_path, name="adapter"):
 
 def test_a_q_that_training_never_sees_fails_the_run(demo_model, tmp_path, monkeypatch):
     # as if the engine believed a layer is quantized that transformers keeps in full precision
-    monkeypatch.setattr(engine, "quantize_dequantize", lambda w, q: w + 0.01 * w.abs().mean() * w.sign())
+    monkeypatch.setattr(layer, "quantize_dequantize", lambda w, q: w + 0.01 * w.abs().mean() * w.sign())
     with pytest.raises(EngineError, match="Self-check failed") as info:
         engine.run_init(make_config(demo_model, tmp_path / "adapter"))
     assert "No adapter was written" in info.value.message

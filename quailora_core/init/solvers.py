@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from quailora_core.config import METHODS  # the one list of methods: the CLI's and the app's too
+
 __all__ = [
     "METHODS",
     "damp",
@@ -40,7 +42,9 @@ __all__ = [
     "safe_solve",
 ]
 
-METHODS = ("quailora", "exact", "loftq", "qlora")
+# ALS stops once an iteration improves the damped objective by less than this (relative):
+# by then it sits within ~1e-5 of the closed form on real layers (tests/test_engine.py).
+ALS_TOL = 1e-10
 
 # Used when mean(diag(H)) is 0 or not finite: the damping is then taken relative to 1.0,
 # and never smaller than this, so that `damp` still returns a positive definite matrix.
