@@ -71,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:  # Qt would abort with a misleading hint; say what is wrong and how to fix it
         print(f"error: {problem}", file=sys.stderr)
         return 1
+    from quailora_core.library_noise import quiet_library_noise
+
+    quiet_library_noise()  # the app is an entry point, like the command line
     window = build_window(argv)
     from PySide6.QtWidgets import QApplication
 
