@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -53,6 +54,11 @@ def available_devices() -> list[tuple[str, str]]:
     return out
 
 
+_THREADS_LOCK = threading.Lock()
+_threads_stack: list[tuple[int, int]] = []  # (thread ident, count it asked for), innermost last
+_threads_before: int | None = None  # the count before the outermost section
+
+
 @contextlib.contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
     """Run a section with `n` intra-op CPU threads (None: leave as is), then restore.
@@ -60,16 +66,28 @@ def torch_threads(n: int | None) -> Iterator[None]:
     Small linear algebra on a small machine runs far faster on one thread: measured on
     the 2-core development box, ALS on a 128x128 layer took 0.05 s on 1 thread and
     8.9 s on 2 when another process was busy (threads spin-waiting on a shared core).
+
+    torch's thread count is process-wide, and the app runs the engine in a worker thread
+    while other threads use torch too; so the sections of all threads are kept on one
+    stack under a lock: the count is the innermost section's, and the count from before
+    the first section comes back when the last one ends, whatever order threads end in.
     """
-    if n is None or n == torch.get_num_threads():
+    global _threads_before
+    if n is None:
         yield
         return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
+    entry = (threading.get_ident(), n)
+    with _THREADS_LOCK:
+        if not _threads_stack:
+            _threads_before = torch.get_num_threads()
+        _threads_stack.append(entry)
+        torch.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(old)
+        with _THREADS_LOCK:
+            _threads_stack.remove(entry)
+            torch.set_num_threads(_threads_stack[-1][1] if _threads_stack else _threads_before)
 
 
 def cpu_threads_for(device: torch.device, size: int) -> int | None:

@@ -1,0 +1,186 @@
+"""The four commands: their parsers and what each runs (through `reporting.run_reporting`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from quailora_core.cli.flags import INIT_FLAGS, TRAIN_FLAGS, build_config, build_train_config
+from quailora_core.cli.progress import TerminalProgress, TrainProgress
+from quailora_core.cli.reporting import run_reporting
+from quailora_core.config import field_help
+
+
+def _add_init(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "init",
+        help="compute a QuAILoRA-initialized LoRA adapter",
+        description="Initialize LoRA adapters so that the quantized model plus LoRA reproduces the "
+        "full-precision model on calibration text (QuAILoRA).",
+    )
+    p.add_argument("--config", help="run file (TOML) to start from; flags given here override it")
+    for flag, (_, _, typ, text) in INIT_FLAGS.items():
+        p.add_argument(flag, type=typ, default=None, help=text)
+    p.add_argument("--targets", default=None, help=field_help("lora.targets").flag_help() + ", comma-separated")
+    p.add_argument("--double-quant", dest="double_quant", action="store_true", default=None, help=field_help("quantization.double_quant").flag_help())
+    p.add_argument("--no-double-quant", dest="double_quant", action="store_false", help="double quantization off")
+    p.add_argument("--rslora", action="store_true", default=None, help=field_help("lora.rslora").flag_help())
+    p.add_argument(
+        "--offload-activations", action="store_true", default=None,
+        help=field_help("init.offload_activations").flag_help(),
+    )
+    p.add_argument("--overwrite", action="store_true", default=None, help=field_help("overwrite").flag_help())
+    p.add_argument("--save-config", help="also write the resolved run file (TOML) here")
+    p.add_argument("--json", action="store_true", help="stream events as JSON lines on stdout")
+    p.set_defaults(func=cmd_init)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    def work(on_event, cancel):
+        from quailora_core.init.pipeline import run_init
+
+        config = build_config(args)
+        if args.save_config:
+            config.validate()
+            config.save(args.save_config)
+        return run_init(config, on_event, cancel)
+
+    code, result = run_reporting(args, work, None if args.json else TerminalProgress())
+    if code == 0 and not args.json:
+        from quailora_core.init.metrics import format_table
+
+        print(format_table(result.layers))
+        print(f"\nadapter written to {result.output_dir}")
+    return code
+
+
+# ---------------------------------------------------------------------------- train / eval / export-run
+# flag -> (section, field, type, help); these override the run file's [model] / [train] values.
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    for flag, (_, _, typ, text) in TRAIN_FLAGS.items():
+        p.add_argument(flag, type=typ, default=None, help=text)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fine-tune an initialized adapter (QLoRA, transformers Trainer)",
+        description="Fine-tune a QuAILoRA-initialized adapter on the quantized base it was computed for. "
+        "Relative paths in the run file are relative to its folder.",
+    )
+    p.add_argument("config", nargs="?", help="run file (TOML), e.g. the one `quailora export-run` writes")
+    _add_train_flags(p)
+    p.add_argument("--output", dest="train_output", default=None,
+                   help="training output folder: checkpoints, adapter/, metrics.json (default [train] output)")
+    p.add_argument("--resume", action="store_true", help=field_help("train.resume").flag_help())
+    p.add_argument("--json", action="store_true", help="stream events as JSON lines on stdout")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    def work(on_event, cancel):
+        from quailora_core.train.trainer import run_train
+
+        return run_train(build_train_config(args), on_event, cancel)
+
+    code, result = run_reporting(args, work, None if args.json else TrainProgress())
+    if code == 0 and not args.json:
+        m = result.metrics
+
+        def num(x: Any) -> str:
+            return f"{x:.4f}" if isinstance(x, float) else "n/a"
+
+        print(f"trained {result.global_step} steps: training loss {num(m.get('train_loss'))}, validation loss "
+              f"{num(m.get('first_eval_loss'))} -> {num(m.get('eval_loss'))} (perplexity "
+              f"{num(m.get('first_perplexity'))} -> {num(m.get('perplexity'))})")  # fmt: skip
+        print(f"trained adapter written to {result.adapter_dir}; metrics in {result.output_dir}/metrics.json")
+    return code
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="perplexity of full-precision, quantized and quantized + adapter models",
+        description="Measure how much of the perplexity lost to quantization an adapter recovers: "
+        "perplexity of a text under the full-precision base, the quantized base (as the adapter "
+        "records it) and the quantized base plus the adapter.",
+    )
+    p.add_argument("--adapter", required=True, help="adapter folder written by `quailora init` (or train)")
+    p.add_argument("--data", required=True, help="text to measure: a file, folder, hub dataset id or 'demo' "
+                   "(the built-in fine-tuning text); use text the adapter was not calibrated on")  # fmt: skip
+    p.add_argument("--model", default=None, help="base model (default: the one recorded in the adapter)")
+    p.add_argument("--samples", type=int, default=32, help="sequences (default 32)")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
+    p.add_argument("--text-column", default="text", help="column holding the text in table data (default text)")
+    p.add_argument("--batch-size", type=int, default=4, help="sequences per forward pass (default 4)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--seed", type=int, default=0, help="seed for picking the sequences (default 0)")
+    p.add_argument("--json", action="store_true", help="events and the result as JSON lines on stdout")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from quailora_core.events import Finished
+
+    def work(on_event, cancel):
+        from quailora_core.evaluate import evaluate_adapter
+
+        report = evaluate_adapter(
+            args.adapter, args.data, args.model, args.samples, args.seq_len, args.text_column,
+            args.batch_size, args.device, args.seed, on_event, cancel,
+        )  # fmt: skip
+        on_event(Finished(report.adapter, report.to_dict()))
+        return report
+
+    def progress(event: Any) -> None:
+        from quailora_core.events import Log
+
+        if isinstance(event, Log):
+            print(f"[{event.level}] {event.message}", file=sys.stderr)
+
+    code, report = run_reporting(args, work, None if args.json else progress)
+    if code == 0 and not args.json:
+        print(report.table())
+    return code
+
+
+def _add_export_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export-run",
+        help="write a self-contained fine-tuning run folder (run.toml, adapter, data, launch.sh)",
+        description="Write a run folder that trains the initialized adapter with `accelerate launch`, here "
+        "or on another machine: run.toml, a copy of the adapter and of local data files, launch.sh, README.md.",
+    )
+    p.add_argument("--config", help="run file (TOML); flags given here override it")
+    _add_train_flags(p)
+    p.add_argument("--output", dest="run_dir", required=True, help="the run folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty run folder")
+    p.add_argument("--json", action="store_true", help="print the result as a JSON line")
+    p.set_defaults(func=cmd_export_run)
+
+
+def cmd_export_run(args: argparse.Namespace) -> int:
+    from quailora_core.events import Finished
+
+    def work(on_event, cancel):
+        from quailora_core.train.export import export_run
+
+        run_dir = export_run(build_train_config(args), args.run_dir, args.overwrite)
+        on_event(Finished(str(run_dir), {"run_file": str(run_dir / "run.toml"), "launcher": str(run_dir / "launch.sh")}))
+        return run_dir
+
+    code, run_dir = run_reporting(args, work)
+    if code == 0 and not args.json:
+        print(f"run folder written to {run_dir}\nstart it with: {run_dir}/launch.sh   (or NUM_PROCESSES=N for N GPUs)")
+    return code
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quailora", description="QuAILoRA Studio command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_init(sub)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_export_run(sub)
+    return parser

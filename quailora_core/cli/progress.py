@@ -1,0 +1,76 @@
+"""Terminal progress: tqdm bars over layers (init) and steps (train), log lines above them."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+
+class TerminalProgress:
+    """tqdm progress bar with ETA over layers, log lines printed above it."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, event: Any) -> None:
+        from tqdm.auto import tqdm
+
+        from quailora_core.events import LayerResult, Log, Stage
+
+        if isinstance(event, Stage):
+            if event.name == "calibrate":
+                self.bar = tqdm(total=event.total, unit="layer", desc="initializing", file=sys.stderr)
+            elif event.name == "export" and self.bar is not None:
+                self.bar.close()
+                self.bar = None
+                print("writing adapter ...", file=sys.stderr)
+            elif event.name == "load":
+                print("checking inputs and loading ...", file=sys.stderr)
+            elif event.name == "verify":
+                print("self-check: loading the adapter as training will and recomputing ...", file=sys.stderr)
+        elif isinstance(event, LayerResult) and self.bar is not None:
+            self.bar.set_postfix_str(f"{event.name.split('.', 2)[-1]} {event.cal_err_before:.2e}->{event.cal_err_after:.2e}")
+            self.bar.update(1)
+        elif isinstance(event, Log):
+            write = self.bar.write if self.bar is not None else (lambda s: print(s, file=sys.stderr))
+            write(f"[{event.level}] {event.message}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class TrainProgress:
+    """tqdm progress bar over training steps; validation results and logs printed above it."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def _write(self, text: str) -> None:
+        (self.bar.write if self.bar is not None else (lambda s: print(s, file=sys.stderr)))(text)
+
+    def __call__(self, event: Any) -> None:
+        from tqdm.auto import tqdm
+
+        from quailora_core.events import EvalResult, Log, Stage, TrainStep
+
+        if isinstance(event, Stage) and event.name == "load":
+            print("checking inputs and loading ...", file=sys.stderr)
+        elif isinstance(event, Stage) and event.name == "export" and self.bar is not None:
+            self.close()
+            print("writing the trained adapter ...", file=sys.stderr)
+        elif isinstance(event, TrainStep):
+            if self.bar is None:
+                self.bar = tqdm(total=event.total_steps, initial=event.step - 1, unit="step", desc="training",
+                                file=sys.stderr)  # fmt: skip
+            self.bar.set_postfix_str(f"loss {event.loss:.4f} lr {event.lr:.2e} {event.tokens_per_second:,.0f} tok/s")
+            self.bar.update(event.step - self.bar.n)
+        elif isinstance(event, EvalResult):
+            self._write(f"step {event.step}: validation loss {event.loss:.4f}, perplexity {event.perplexity:.3f}")
+        elif isinstance(event, Log):
+            self._write(f"[{event.level}] {event.message}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
