@@ -281,18 +281,18 @@ def child_solvers(a: dict) -> dict:
 PROFILE_BUCKETS = [
     # (label, file suffix, function name): cumulative time of these functions
     ("model load (from_pretrained)", "modeling_utils.py", "from_pretrained"),
-    ("tokenize + pack", "data.py", "pack"),
-    ("capture block-0 inputs", "blocks.py", "capture_block_inputs"),
-    ("block forward incl. hooks (run_block)", "blocks.py", "run_block"),
-    ("Gram accumulation (Moment.add, inside the hooks)", "stats.py", "add"),
-    ("quantize + dequantize (bitsandbytes)", "quantize.py", "quantize_dequantize"),
-    ("solver: safe_solve (all of it)", "solvers.py", "safe_solve"),
-    ("  ALS (solve_als)", "solvers.py", "solve_als"),
-    ("  closed form (solve_exact)", "solvers.py", "solve_exact"),
-    ("  uncalibrated SVD (solve_loftq)", "solvers.py", "solve_loftq"),
-    ("metrics (relative_errors)", "solvers.py", "relative_errors"),
-    ("split into A, B (split_lora)", "solvers.py", "split_lora"),
-    ("write adapter", "adapter.py", "write_adapter"),
+    ("tokenize + pack", "sources/packing.py", "pack"),
+    ("capture block-0 inputs", "init/activations.py", "capture_block_inputs"),
+    ("block forward incl. hooks (run_block)", "init/activations.py", "run_block"),
+    ("Gram accumulation (Moment.add, inside the hooks)", "init/stats.py", "add"),
+    ("quantize + dequantize (bitsandbytes)", "quant/quantizer.py", "quantize_dequantize"),
+    ("solver: safe_solve (all of it)", "init/solvers.py", "safe_solve"),
+    ("  ALS (solve_als)", "init/solvers.py", "solve_als"),
+    ("  closed form (solve_exact)", "init/solvers.py", "solve_exact"),
+    ("  uncalibrated SVD (solve_loftq)", "init/solvers.py", "solve_loftq"),
+    ("metrics (relative_errors)", "init/solvers.py", "relative_errors"),
+    ("split into A, B (split_lora)", "init/solvers.py", "split_lora"),
+    ("write adapter", "adapter/writer.py", "write_adapter"),
 ]
 
 

@@ -58,7 +58,7 @@ def load(path: str, how: str):
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     q = QuantConfig(bits=8) if how == "int8" else QuantConfig(bits=4, quant_type=how, double_quant=True)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, quantization_config=bnb_config(q, torch.float32))
-    disable_cpu_packing(model)  # keep Linear4bit on the exact dequantize path (see train.py)
+    disable_cpu_packing(model)  # keep Linear4bit on the exact dequantize path (see model/base.py)
     return model
 
 

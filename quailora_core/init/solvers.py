@@ -1,6 +1,6 @@
 """The numerical core: pure functions on tensors that turn (W, Q, H) into a LoRA start.
 
-Everything here follows /work/shared/ALGORITHM.md. Conventions:
+Everything here follows docs/ALGORITHM.md. Conventions:
 
 - weights are in PyTorch layout `out x in`; `E = W - Q` is the quantization error;
 - `H = X^T X / N` (`in x in`) is symmetric positive semi-definite and may be singular

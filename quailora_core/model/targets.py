@@ -129,7 +129,7 @@ def plan_targets(
     load_dtype: torch.dtype,
 ) -> TargetPlan:
     """The layers a run initializes, from transformers' quantizer and peft applied to
-    `skeleton` (the model on the meta device, `model_info.meta_model`; used up: it is
+    `skeleton` (the model on the meta device, `model.info.meta_model`; used up: it is
     quantized and wrapped in place).
 
     Raises InputError (before any weight loads) when nothing matches, when a named target

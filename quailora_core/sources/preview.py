@@ -23,7 +23,7 @@ PREVIEW_CHARS = 300
 # ---------------------------------------------------------------------------- preview
 @dataclass
 class DataPreview:
-    """What a source holds, cheaply: for the GUI's data panel and `quailora data`.
+    """What a source holds, cheaply: for the app's data panel.
 
     `rows`: the first documents, each cut to about 300 characters. `n_rows`: total
     documents (paragraphs for text), None when not known cheaply. `n_chars`: total
