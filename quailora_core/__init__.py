@@ -12,12 +12,11 @@ from quailora_core._exports import lazy
 
 __version__ = "0.1.0"
 
-_TABLE = {
-    "run_init": "init.pipeline",
-    "RunConfig": "config",
-    "InputError": "errors",
-    "EngineError": "errors",
-    "CancelToken": "events",
+_EXPORTS = {
+    "init.pipeline": "run_init",
+    "config": "RunConfig",
+    "errors": "InputError EngineError",
+    "events": "CancelToken",
 }
-__all__ = sorted(_TABLE)
-__getattr__, __dir__ = lazy(__name__, _TABLE)
+__all__ = sorted(n for names in _EXPORTS.values() for n in names.split())
+__getattr__, __dir__ = lazy(__name__, _EXPORTS)

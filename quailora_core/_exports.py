@@ -12,8 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 
-def lazy(package: str, table: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """`__getattr__` and `__dir__` for `package`, whose name `n` lives in `package.table[n]`."""
+def lazy(package: str, by_module: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """`__getattr__` and `__dir__` for `package`: `by_module["pipeline"] = "run_init InitResult"`
+    says that `package.run_init` and `package.InitResult` live in `package.pipeline`."""
+    table = {name: module for module, names in by_module.items() for name in names.split()}
 
     def __getattr__(name: str) -> Any:
         if name not in table:

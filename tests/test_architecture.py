@@ -137,3 +137,14 @@ def test_every_room_declares_what_it_is():
     for name, path in MODULES.items():
         doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
         assert doc and "(docstring to write)" not in doc, f"{name} has no docstring that says what it is for"
+
+
+def test_every_rooms_public_names_resolve():
+    import importlib
+
+    rooms = [n for n, p in MODULES.items() if p.name == "__init__.py" and n.startswith("quailora_core")]
+    assert {"quailora_core.init", "quailora_core.sources", "quailora_core.adapter"} <= set(rooms)
+    for room in rooms:
+        package = importlib.import_module(room)
+        for name in getattr(package, "__all__", []):
+            assert getattr(package, name) is not None, f"{room}.{name}"

@@ -2,13 +2,10 @@
 
 from quailora_core._exports import lazy
 
-_TABLE = {
-    "AdapterRecord": "record",
-    "BaseModelRecord": "record",
-    "METADATA_FILE": "record",
-    "write_adapter": "writer",
-    "copy_adapter": "writer",
-    "model_card": "card",
+_EXPORTS = {
+    "record": "AdapterRecord BaseModelRecord METADATA_FILE",
+    "writer": "write_adapter copy_adapter",
+    "card": "model_card",
 }
-__all__ = sorted(_TABLE)
-__getattr__, __dir__ = lazy(__name__, _TABLE)
+__all__ = sorted(n for names in _EXPORTS.values() for n in names.split())
+__getattr__, __dir__ = lazy(__name__, _EXPORTS)

@@ -5,18 +5,9 @@ pretrained on text every machine has)."""
 
 from quailora_core._exports import lazy
 
-_TABLE = {
-    "DEMO_FILES": "shipped",
-    "MARKER_FILE": "shipped",
-    "MARKER_KIND": "shipped",
-    "RESOURCES_PACKAGE": "shipped",
-    "demo_model_path": "shipped",
-    "ensure_demo_model": "shipped",
-    "is_demo_path": "shipped",
-    "resources_dir": "shipped",
-    "_verified": "shipped",
-    "build_tiny_llm": "builder",
-    "train_tokenizer": "builder",
+_EXPORTS = {
+    "shipped": "DEMO_FILES MARKER_FILE MARKER_KIND RESOURCES_PACKAGE demo_model_path ensure_demo_model is_demo_path resources_dir _verified",
+    "builder": "build_tiny_llm train_tokenizer",
 }
-__all__ = sorted(n for n in _TABLE if not n.startswith("_"))
-__getattr__, __dir__ = lazy(__name__, _TABLE)
+__all__ = sorted(n for names in _EXPORTS.values() for n in names.split() if not n.startswith("_"))
+__getattr__, __dir__ = lazy(__name__, _EXPORTS)

@@ -6,14 +6,12 @@
 
 from quailora_core._exports import lazy
 
-_TABLE = {
-    "run_init": "pipeline",
-    "InitResult": "pipeline",
-    "preflight": "preflight",
-    "plan_for": "preflight",
-    "STRATEGIES": "strategies",
-    "estimate_run": "estimate",
-    "summarize": "metrics",
+_EXPORTS = {
+    "pipeline": "run_init InitResult",
+    "preflight": "preflight plan_for",
+    "strategies": "STRATEGIES",
+    "estimate": "estimate_run",
+    "metrics": "summarize",
 }
-__all__ = sorted(_TABLE)
-__getattr__, __dir__ = lazy(__name__, _TABLE)
+__all__ = sorted(n for names in _EXPORTS.values() for n in names.split())
+__getattr__, __dir__ = lazy(__name__, _EXPORTS)

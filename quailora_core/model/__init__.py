@@ -4,16 +4,11 @@ of transformers' quantizer and of peft), and the quantized base as training load
 
 from quailora_core._exports import lazy
 
-_TABLE = {
-    "resolve_model_path": "info",
-    "load_model_config": "info",
-    "summarize_model": "info",
-    "ModelSummary": "info",
-    "find_decoder_blocks": "blocks",
-    "plan_targets": "targets",
-    "Target": "targets",
-    "TargetPlan": "targets",
-    "load_quantized_base": "base",
+_EXPORTS = {
+    "info": "resolve_model_path load_model_config summarize_model ModelSummary",
+    "blocks": "find_decoder_blocks",
+    "targets": "plan_targets Target TargetPlan",
+    "base": "load_quantized_base",
 }
-__all__ = sorted(_TABLE)
-__getattr__, __dir__ = lazy(__name__, _TABLE)
+__all__ = sorted(n for names in _EXPORTS.values() for n in names.split())
+__getattr__, __dir__ = lazy(__name__, _EXPORTS)

@@ -3,10 +3,8 @@ training loads the base with."""
 
 from quailora_core._exports import lazy
 
-_TABLE = {
-    "quantize_dequantize": "quantizer",
-    "bnb_config": "quantizer",
-    "dequantized_module_weight": "quantizer",
+_EXPORTS = {
+    "quantizer": "quantize_dequantize bnb_config dequantized_module_weight",
 }
-__all__ = sorted(_TABLE)
-__getattr__, __dir__ = lazy(__name__, _TABLE)
+__all__ = sorted(n for names in _EXPORTS.values() for n in names.split())
+__getattr__, __dir__ = lazy(__name__, _EXPORTS)

@@ -9,20 +9,12 @@ machine has).
 
 from quailora_core._exports import lazy
 
-_TABLE = {
-    "looks_like_model_id": "references",
-    "looks_like_dataset_id": "references",
-    "offline": "references",
-    "load_texts": "text",
-    "default_text": "text",
-    "pack": "packing",
-    "pack_all": "packing",
-    "load_calibration": "packing",
-    "CalibrationSet": "packing",
-    "preview": "preview",
-    "DataPreview": "preview",
-    "load_training_data": "training_data",
-    "TrainingData": "training_data",
+_EXPORTS = {
+    "references": "looks_like_model_id looks_like_dataset_id offline",
+    "text": "load_texts default_text",
+    "packing": "pack pack_all load_calibration CalibrationSet",
+    "preview": "preview DataPreview",
+    "training_data": "load_training_data TrainingData",
 }
-__all__ = sorted(_TABLE)
-__getattr__, __dir__ = lazy(__name__, _TABLE)
+__all__ = sorted(n for names in _EXPORTS.values() for n in names.split())
+__getattr__, __dir__ = lazy(__name__, _EXPORTS)

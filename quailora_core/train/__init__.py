@@ -4,9 +4,9 @@ folder's launch.sh and the app's Launch start."""
 
 from quailora_core._exports import lazy
 
-_TABLE = {
-    "run_train": "trainer",
-    "export_run": "export",
+_EXPORTS = {
+    "trainer": "run_train",
+    "export": "export_run",
 }
-__all__ = sorted(_TABLE)
-__getattr__, __dir__ = lazy(__name__, _TABLE)
+__all__ = sorted(n for names in _EXPORTS.values() for n in names.split())
+__getattr__, __dir__ = lazy(__name__, _EXPORTS)
