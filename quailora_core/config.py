@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ VERIFY_MODES = ("sample", "all", "off")
 INPUT_SOURCES = ("fp", "propagated", "asymmetric")
 QUANT_TYPES = ("nf4", "fp4")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+TRAIN_FORMATS = ("auto", "text", "prompt_response")
 DEMO_MODEL = "demo"
 DEMO_CALIBRATION = "demo"
 
@@ -198,6 +200,36 @@ class TrainSettings:
     output: str = option("", usual="empty = the adapter folder's name + '-trained'",
                          help="Training output folder: checkpoints, adapter/, metrics.json")
     resume: bool = option(False, usual="off", help="Continue from the last checkpoint in the output folder")
+
+    def validate(self) -> TrainSettings:
+        """Raise InputError on the first training setting that cannot work (its `field` is the
+        setting, its hint the usual value from the config's own help)."""
+        t = self
+
+        def refuse(name: str, message: str, hint: str | None = None) -> None:
+            path = f"train.{name}"
+            raise InputError(message, hint or f"The usual value is {field_help(path).usual}.", field=path)
+
+        if t.data_format not in TRAIN_FORMATS:
+            refuse("data_format", f"Unknown data format {t.data_format!r}.", f"Use one of {', '.join(TRAIN_FORMATS)}.")
+        for name in ("batch_size", "gradient_accumulation", "eval_interval", "save_interval", "log_interval"):
+            value = getattr(t, name)
+            if not isinstance(value, int) or value < 1:
+                refuse(name, f"{name} must be a whole number of at least 1, got {value!r}.")
+        if not isinstance(t.seq_len, int) or t.seq_len < 8:
+            refuse("seq_len", f"seq_len must be at least 8, got {t.seq_len!r}.")
+        if not t.epochs >= 0:
+            refuse("epochs", f"epochs must be >= 0, got {t.epochs}.", "Use 0 to train for max_steps steps.")
+        if t.epochs == 0 and (not isinstance(t.max_steps, int) or t.max_steps < 1):
+            refuse("max_steps", f"max_steps must be at least 1, got {t.max_steps!r}.", "Use --max-steps 100, or --epochs 1.")
+        if not (isinstance(t.learning_rate, (int, float)) and math.isfinite(t.learning_rate) and t.learning_rate > 0):
+            refuse("learning_rate", f"learning_rate must be a positive number, got {t.learning_rate!r}.",
+                   "QLoRA uses 1e-4 to 2e-4.")  # fmt: skip
+        if not 0 <= t.validation_fraction < 1:
+            refuse("validation_fraction", f"validation_fraction must be in [0, 1), got {t.validation_fraction}.")
+        if not isinstance(t.warmup_steps, int) or t.warmup_steps < 0:
+            refuse("warmup_steps", f"warmup_steps must be >= 0, got {t.warmup_steps!r}.", "Use 0 or a few percent of the steps.")
+        return self
 
 
 @dataclass

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quailora_core.config import DEMO_CALIBRATION
+from quailora_core.config import DEMO_CALIBRATION, TRAIN_FORMATS
 from quailora_core.errors import InputError
 from quailora_core.sources.references import _classify, looks_like_dataset_id
 from quailora_core.sources.tables import _missing_column, _no_text
@@ -22,7 +22,6 @@ from quailora_core.sources.text import (
 )
 
 # ---------------------------------------------------------------------------- training data
-TRAIN_FORMATS = ("auto", "text", "prompt_response")
 
 
 _ROLES = ("system", "user", "assistant")

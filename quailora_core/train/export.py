@@ -30,7 +30,6 @@ from quailora_core.errors import InputError
 from quailora_core.files import atomic_dir, check_output_dir
 from quailora_core.sources.references import looks_like_dataset_id
 from quailora_core.train.layout import ADAPTER_DIR, DATA_DIR, LAUNCHER, OUTPUT_DIR, RUN_FILE, adapter_dir
-from quailora_core.train.settings import check_settings
 
 LAUNCH_SH = """#!/usr/bin/env bash
 # Fine-tune the QuAILoRA-initialized adapter of this run folder (see README.md).
@@ -67,7 +66,7 @@ def export_run(config: RunConfig, run_dir: str | os.PathLike[str], overwrite: bo
     """
     t = config.train
     check_output_dir(str(run_dir), overwrite)
-    check_settings(t)
+    t.validate()
     adapter = adapter_dir(config)
     record = AdapterRecord.load(adapter)
     if not t.data:

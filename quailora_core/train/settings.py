@@ -1,17 +1,16 @@
-"""The checks `quailora train` runs before loading anything: the settings, the adapter's
-quantization against the run file's, the output folder and what resuming continues from."""
+"""The checks `quailora train` runs before loading anything, beyond the settings themselves
+(`TrainSettings.validate`): the adapter's quantization against the run file's, the output
+folder and what resuming continues from."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
 from quailora_core.adapter.record import AdapterRecord
-from quailora_core.config import DEMO_MODEL, RunConfig, TrainSettings, field_help
+from quailora_core.config import DEMO_MODEL, RunConfig, TrainSettings
 from quailora_core.errors import InputError
-from quailora_core.sources.training_data import TRAIN_FORMATS
 from quailora_core.train.layout import RUN_RECORD, checkpoints, output_dir
 
 
@@ -26,35 +25,6 @@ def config_from_adapter(adapter: str) -> RunConfig:
 
 
 # ---------------------------------------------------------------------------- cheap checks
-def check_settings(t: TrainSettings) -> None:
-    """Raise InputError on the first training setting that cannot work (its `field` is the
-    setting, its hint the usual value from the config's own help)."""
-
-    def refuse(name: str, message: str, hint: str | None = None) -> None:
-        path = f"train.{name}"
-        raise InputError(message, hint or f"The usual value is {field_help(path).usual}.", field=path)
-
-    if t.data_format not in TRAIN_FORMATS:
-        refuse("data_format", f"Unknown data format {t.data_format!r}.", f"Use one of {', '.join(TRAIN_FORMATS)}.")
-    for name in ("batch_size", "gradient_accumulation", "eval_interval", "save_interval", "log_interval"):
-        value = getattr(t, name)
-        if not isinstance(value, int) or value < 1:
-            refuse(name, f"{name} must be a whole number of at least 1, got {value!r}.")
-    if not isinstance(t.seq_len, int) or t.seq_len < 8:
-        refuse("seq_len", f"seq_len must be at least 8, got {t.seq_len!r}.")
-    if not t.epochs >= 0:
-        refuse("epochs", f"epochs must be >= 0, got {t.epochs}.", "Use 0 to train for max_steps steps.")
-    if t.epochs == 0 and (not isinstance(t.max_steps, int) or t.max_steps < 1):
-        refuse("max_steps", f"max_steps must be at least 1, got {t.max_steps!r}.", "Use --max-steps 100, or --epochs 1.")
-    if not (isinstance(t.learning_rate, (int, float)) and math.isfinite(t.learning_rate) and t.learning_rate > 0):
-        refuse("learning_rate", f"learning_rate must be a positive number, got {t.learning_rate!r}.",
-               "QLoRA uses 1e-4 to 2e-4.")  # fmt: skip
-    if not 0 <= t.validation_fraction < 1:
-        refuse("validation_fraction", f"validation_fraction must be in [0, 1), got {t.validation_fraction}.")
-    if not isinstance(t.warmup_steps, int) or t.warmup_steps < 0:
-        refuse("warmup_steps", f"warmup_steps must be >= 0, got {t.warmup_steps!r}.", "Use 0 or a few percent of the steps.")
-
-
 def check_quantization(config: RunConfig, record: AdapterRecord, adapter: str) -> None:
     """Refuse run-file quantization settings that differ from the adapter's (`auto` follows it)."""
     diffs = record.quantization.differences(config.quantization, config.model.dtype)

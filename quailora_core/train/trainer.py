@@ -63,7 +63,7 @@ from quailora_core.model.fingerprint import check_base
 from quailora_core.sources.training_data import load_training_data
 from quailora_core.train.examples import IGNORE_INDEX, _count, _split, encode
 from quailora_core.train.layout import FINAL_ADAPTER, METRICS_FILE, RUN_RECORD, adapter_dir
-from quailora_core.train.settings import _is_main_process, check_output, check_quantization, check_settings
+from quailora_core.train.settings import _is_main_process, check_output, check_quantization
 
 
 class TrainingCancelled(Cancelled):
@@ -107,7 +107,7 @@ def preflight_train(config: RunConfig, on_event: EventCallback = ignore_events) 
     from quailora_core.model.info import resolve_model_path
 
     t = config.train
-    check_settings(t)
+    t.validate()
     adapter = adapter_dir(config)
     record = AdapterRecord.load(adapter)
     check_quantization(config, record, adapter)
