@@ -9,7 +9,7 @@
 so a user sees, before any training, how much of the fp -> quantized perplexity gap the
 initialization closes. The models are loaded one after the other (the full-precision one
 is freed before the quantized one is loaded). The text is packed like calibration text
-(`data.pack`: EOS between documents, seeded `samples x seq_len` blocks); use text the
+(`sources.packing.pack`: EOS between documents, seeded `samples x seq_len` blocks); use text the
 adapter was not calibrated on; `demo` is the built-in fine-tuning text (the Python language
 reference, as for `quailora train --data demo`), which the demo calibration text does not
 contain. Perplexity is exp of the mean next-token loss over all real (non-padding) tokens.

@@ -13,7 +13,7 @@ heavy happens:
 * the training data has the fields its format needs, and the settings make sense.
 
 Then it loads the base with the `BitsAndBytesConfig` rebuilt from the adapter's record
-(`quantize.bnb_config`), applies `peft.prepare_model_for_kbit_training` (gradient
+(`quant.record.QuantRecord.bnb`), applies `peft.prepare_model_for_kbit_training` (gradient
 checkpointing on CUDA), loads the adapter with `PeftModel.from_pretrained(...,
 is_trainable=True)` and trains with the transformers `Trainer`: bf16 and paged 8-bit AdamW
 on CUDA, float32 and AdamW on CPU; validation loss and perplexity every `eval_interval`
