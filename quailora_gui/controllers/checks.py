@@ -1,10 +1,12 @@
 """The cheap checks that decide whether Run is enabled, with the reason next to each field.
 
 `ConfigChecker.check(config)` reads the model's config (`summarize_model`), previews the
-calibration data (`preview`), checks the output folder and the device, runs
-`RunConfig.validate()` and, when the model is readable, `estimate_run`. Every failure is
-an `InputError` from the core; its message and hint go to the field it is about. The
-view runs this off the GUI thread (it imports torch the first time) and debounced.
+calibration data (`preview`), asks the engine which layers the run would initialize
+(`plan_for`), checks the output folder and the device, runs `RunConfig.validate()` and, when
+the model is readable, `estimate_run`. Every refusal is an `InputError` from the core that
+names the setting it is about (`InputError.field`, a run-file path such as "lora.rank"); the
+form's field table (`form_fields.error_key`) says which red label shows it, whatever its
+words. The view runs this off the GUI thread (it imports torch the first time), debounced.
 """
 
 from __future__ import annotations
@@ -16,66 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Field keys: each has a red label in the form.
-MODEL = "model"
-TARGETS = "targets"
-CALIBRATION = "calibration"
-TEXT_COLUMN = "text_column"
-SIZES = "sizes"
-QUANTIZATION = "quantization"
-LORA = "lora"
-METHOD = "method"
-DEVICE = "device"
-OUTPUT = "output"
-GENERAL = "general"
-FIELDS = (
-    MODEL,
-    TARGETS,
+from .form_fields import (  # noqa: F401 (the error keys are part of this module's API)
     CALIBRATION,
-    TEXT_COLUMN,
-    SIZES,
-    QUANTIZATION,
+    DEVICE,
+    GENERAL,
     LORA,
     METHOD,
-    DEVICE,
+    MODEL,
     OUTPUT,
-    GENERAL,
+    QUANTIZATION,
+    SIZES,
+    TARGETS,
+    TEXT_COLUMN,
+    error_key,
 )
-
-# RunConfig.validate() stops at the first problem; its message says which setting it is.
-_KEYWORDS: tuple[tuple[str, str], ...] = (
-    ("output", OUTPUT),
-    ("device", DEVICE),
-    ("cuda", DEVICE),
-    ("target", TARGETS),
-    ("column", TEXT_COLUMN),
-    ("samples", SIZES),
-    ("seq_len", SIZES),
-    ("heldout", SIZES),
-    ("rank", LORA),
-    ("alpha", LORA),
-    ("bits", QUANTIZATION),
-    ("quantization", QUANTIZATION),
-    ("blocksize", QUANTIZATION),
-    ("compute dtype", QUANTIZATION),
-    ("model dtype", MODEL),
-    ("method", METHOD),
-    ("input source", METHOD),
-    ("damping", METHOD),
-    ("als_iters", METHOD),
-    ("batch_size", METHOD),
-    ("model", MODEL),
-    ("calibration", CALIBRATION),
-)
-
-
-def field_for_message(message: str) -> str:
-    """Which form field an InputError message is about (GENERAL when none matches)."""
-    low = message.lower()
-    for word, key in _KEYWORDS:
-        if word in low:
-            return key
-    return GENERAL
 
 
 def error_text(exc: BaseException) -> str:
@@ -90,10 +46,10 @@ class CheckReport:
     """Outcome of one check: errors per field, and what was learnt on the way."""
 
     errors: dict[str, str] = field(default_factory=dict)
-    summary: Any | None = None  # quailora_core.model.info.ModelSummary
-    preview: Any | None = None  # quailora_core.sources.text.DataPreview
+    summary: Any | None = None  # quailora_core.model.ModelSummary
+    preview: Any | None = None  # quailora_core.sources.DataPreview
     estimate: Any | None = None  # quailora_core.init.estimate.RunEstimate
-    plan: Any | None = None  # quailora_core.model.targets.TargetPlan: the layers the run would initialize
+    plan: Any | None = None  # quailora_core.model.TargetPlan: the layers the run would initialize
     estimate_error: str = ""
     columns: list[str] = field(default_factory=list)  # columns of a tabular calibration source
     generation: int = 0
@@ -104,6 +60,12 @@ class CheckReport:
 
     def first_error(self) -> str:
         return next(iter(self.errors.values()), "")
+
+    def refuse(self, exc: BaseException, default_field: str | None = None) -> None:
+        """File a core error under the label of the setting it names (or `default_field`'s);
+        the first error of a label stays."""
+        path = getattr(exc, "field", None) or default_field
+        self.errors.setdefault(error_key(path), error_text(exc))
 
 
 def _mtime(path: str) -> float:
@@ -119,7 +81,7 @@ def _mtime(path: str) -> float:
 
 
 class ConfigChecker:
-    """Runs the checks; caches successful model summaries and previews by path and mtime.
+    """Runs the checks; caches successful model summaries, previews and plans by their inputs.
 
     The core functions are looked up lazily (importing them imports torch), and can be
     passed in for tests of this class alone.
@@ -134,27 +96,43 @@ class ConfigChecker:
     ) -> None:
         self._summarize = summarize_model
         self._plan = plan_targets
-        self._plans: dict[tuple, Any] = {}
         self._preview = preview
         self._estimate = estimate_run
+        self._plans: dict[tuple, Any] = {}
         self._summaries: dict[tuple, Any] = {}
         self._previews: dict[tuple, Any] = {}
 
     # ------------------------------------------------------------------ core lookups
     def _core_summarize(self) -> Callable[..., Any]:
         if self._summarize is None:
-            from quailora_core.model.info import summarize_model
+            from quailora_core.model import summarize_model
 
             self._summarize = summarize_model
         return self._summarize
 
     def _core_plan(self) -> Callable[..., Any]:
         if self._plan is None:
-            from quailora_core.init.pipeline import plan_for
+            from quailora_core.init import plan_for
 
             self._plan = plan_for
         return self._plan
 
+    def _core_preview(self) -> Callable[..., Any]:
+        if self._preview is None:
+            # the module path: once imported, the room's attribute `preview` is the module
+            from quailora_core.sources.preview import preview
+
+            self._preview = preview
+        return self._preview
+
+    def _core_estimate(self) -> Callable[..., Any]:
+        if self._estimate is None:
+            from quailora_core.init import estimate_run
+
+            self._estimate = estimate_run
+        return self._estimate
+
+    # ------------------------------------------------------------------ pieces
     def plan(self, config: Any) -> Any:
         """Which layers the run would initialize, as the engine decides it (asking peft and
         transformers' quantizer); cached per model, targets, rank and quantization."""
@@ -164,21 +142,6 @@ class ConfigChecker:
             self._plans[key] = self._core_plan()(config)
         return self._plans[key]
 
-    def _core_preview(self) -> Callable[..., Any]:
-        if self._preview is None:
-            from quailora_core.sources.text import preview
-
-            self._preview = preview
-        return self._preview
-
-    def _core_estimate(self) -> Callable[..., Any]:
-        if self._estimate is None:
-            from quailora_core.init.estimate import estimate_run
-
-            self._estimate = estimate_run
-        return self._estimate
-
-    # ------------------------------------------------------------------ pieces
     def summarize(self, path: str, trust_remote_code: bool = False) -> Any:
         key = (path, trust_remote_code, _mtime(path))
         if key not in self._summaries:
@@ -196,7 +159,9 @@ class ConfigChecker:
     # ------------------------------------------------------------------ the check
     def check(self, config: Any) -> CheckReport:
         """Check a RunConfig (not modified) and return every problem found, per field."""
+        from quailora_core.device import resolve_device
         from quailora_core.errors import InputError, MissingColumnError
+        from quailora_core.files import check_output_dir
 
         config = copy.deepcopy(config)
         report = CheckReport()
@@ -209,66 +174,51 @@ class ConfigChecker:
             try:
                 report.summary = self.summarize(config.model.path.strip(), config.model.trust_remote_code)
             except InputError as exc:
-                errors[MODEL] = error_text(exc)
+                report.refuse(exc, "model.path")
             except Exception as exc:  # an unreadable config is the model's problem, not a crash
                 errors[MODEL] = f"Could not read the model's config: {error_text(exc)}"
 
-        # Targets against the model's linear modules.
-        targets = list(config.lora.targets)
-        if not targets:
+        # Targets: what the engine would initialize, asked of the engine itself (it asks peft
+        # and transformers' quantizer), so the form shows the very refusal a run would give.
+        if not config.lora.targets:
             errors[TARGETS] = "Choose at least one target module."
         elif report.summary is not None:
-            # What the engine will initialize, asked of the engine itself (it asks peft and
-            # transformers' quantizer): the form shows the very refusal a run would give.
             try:
                 report.plan = self.plan(config)
             except InputError as exc:
-                text = error_text(exc)
-                if "rank" in exc.message.lower():
-                    errors[LORA] = text
-                elif "full precision" in exc.message or "quantized" in exc.message:
-                    errors[MODEL] = text
-                else:
-                    errors[TARGETS] = text
+                report.refuse(exc, "lora.targets")
             except Exception as exc:
                 errors[TARGETS] = f"Could not plan the targets: {error_text(exc)}"
 
         # Calibration data: preview the first rows.
         if not config.calibration.source.strip():
-            errors[CALIBRATION] = (
-                "Choose calibration text: a file, a folder, a hub dataset or the sample text."
-            )
+            errors[CALIBRATION] = "Choose calibration text: a file, a folder, a hub dataset or the sample text."
         else:
             try:
                 report.preview = self.preview(config.calibration)
                 report.columns = list(report.preview.columns or [])
             except InputError as exc:
-                key = TEXT_COLUMN if "column" in exc.message.lower() else CALIBRATION
-                errors[key] = error_text(exc)
-                report.columns = list(exc.columns) if isinstance(exc, MissingColumnError) else []
+                column = isinstance(exc, MissingColumnError)
+                report.refuse(exc, "calibration.text_column" if column else "calibration.source")
+                report.columns = list(exc.columns) if column else []
             except Exception as exc:
                 errors[CALIBRATION] = f"Could not read the calibration data: {error_text(exc)}"
 
         # Output folder and device, checked on their own so both can show at once.
-        from quailora_core.config import check_output_dir
-
         try:
             check_output_dir(config.output, config.overwrite)
         except InputError as exc:
-            errors[OUTPUT] = error_text(exc)
+            report.refuse(exc, "output")
         try:
-            from quailora_core.device import resolve_device
-
             resolve_device(config.init.device)
         except InputError as exc:
-            errors[DEVICE] = error_text(exc)
+            report.refuse(exc, "init.device")
 
         # Everything else RunConfig.validate() knows (stops at its first problem).
         try:
             config.validate()
         except InputError as exc:
-            key = field_for_message(exc.message)
-            errors.setdefault(key, error_text(exc))
+            report.refuse(exc)
 
         # Memory and time, when the model is known.
         if report.summary is not None and MODEL not in errors:
@@ -279,21 +229,31 @@ class ConfigChecker:
         return report
 
 
+def check_config(checker: ConfigChecker, config: Any, generation: int) -> CheckReport:
+    """`checker.check(config)` as the checks thread runs it: a bug in a check becomes a
+    report (the form must never wait forever), stamped with the check's generation."""
+    try:
+        report = checker.check(config)
+    except Exception as exc:
+        report = CheckReport(errors={GENERAL: f"Could not check the settings: {error_text(exc)}"})
+    report.generation = generation
+    return report
+
+
 def warm_up() -> None:
-    """Import the engine and its heavy dependencies (torch, transformers) once, off the GUI thread."""
+    """Import the engine and its heavy dependencies (torch, transformers) once, off the GUI
+    thread: every public name the app uses, through the rooms' lazy API."""
+    import quailora_core.adapter as adapter
     import quailora_core.config  # noqa: F401
     import quailora_core.device  # noqa: F401
+    import quailora_core.init as init
+    import quailora_core.model as model
+    import quailora_core.sources as sources
 
-    for name in (
-        "quailora_core.init.pipeline",
-        "quailora_core.model.info",
-        "quailora_core.sources.text",
-        "quailora_core.init.estimate",
-        "quailora_core.adapter.writer",
-        "quailora_core.init.metrics",
-    ):
+    for room, name in ((init, "run_init"), (init, "estimate_run"), (init, "summarize"), (model, "summarize_model"),
+                       (sources, "DataPreview"), (adapter, "copy_adapter")):  # fmt: skip
         try:
-            __import__(name)
+            getattr(room, name)
         except ImportError:
             pass
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

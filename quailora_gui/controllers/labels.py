@@ -1,6 +1,14 @@
-"""User-facing names and one-sentence tooltips, kept apart from the widgets that show them."""
+"""User-facing names and one-sentence tooltips, kept apart from the widgets that show them.
+
+The choices' keys are the core's (`quailora_core.config.METHODS`, `INPUT_SOURCES`,
+`VERIFY_MODES`, `QUANT_TYPES`: a test holds them equal). The tooltip of a widget that shows a
+setting is the core's help of that setting (`form_fields.config_tooltip`); `TOOLTIPS` holds
+the others: buttons, charts, labels.
+"""
 
 from __future__ import annotations
+
+from .form_fields import config_tooltip
 
 METHOD_LABELS: dict[str, str] = {
     "quailora": "QuAILoRA (calibrated, ALS)",
@@ -27,47 +35,15 @@ QUANT_TYPE_LABELS: dict[str, str] = {"nf4": "NF4", "fp4": "FP4"}
 DEMO_MODEL_LABEL = "Demo model (built in)"
 DEMO_CALIBRATION_LABEL = "Built-in sample text"
 
-# objectName -> tooltip: one sentence with the usual value.
+# objectName -> tooltip of a widget that shows no setting: one sentence (with the usual value).
 TOOLTIPS: dict[str, str] = {
-    "modelPathEdit": "Local model folder, Hugging Face hub id, or 'demo' for the small model built "
-    "on this machine (usual: a local folder with config.json).",
     "modelMenuButton": "Pick the demo model or a recently used model.",
     "modelBrowseButton": "Choose a local model folder (one that holds config.json).",
-    "trustRemoteCodeCheck": "Allow the model's own Python code to run when loading it (usually off).",
-    "dtypeCombo": "Precision the full-precision weights are loaded in (usual: auto = bfloat16 on GPU, "
-    "float32 on CPU).",
-    "targetsList": "Linear modules that get a LoRA pair (usual: all linear modules checked).",
     "allLinearCheck": "Target every linear module of the model, as 'all-linear' does in peft (usual: on).",
-    "calibrationPathEdit": "Calibration text: a .txt/.jsonl/.json/.csv/.parquet file, a folder, a hub "
-    "dataset id, or 'demo' for the built-in sample text (usual: text like your fine-tuning data).",
     "calibrationMenuButton": "Pick the built-in sample text or a recently used source.",
     "calibrationBrowseButton": "Choose a local calibration file.",
     "calibrationFolderButton": "Choose a local folder of calibration files.",
-    "textColumnCombo": "Column of a tabular file that holds the text (usual: text).",
-    "datasetConfigEdit": "Configuration name of a hub dataset, if it has several (usual: empty).",
-    "splitEdit": "Split of a hub dataset to read (usual: train).",
-    "samplesSpin": "Number of calibration sequences (usual: 128).",
-    "seqLenSpin": "Tokens per calibration sequence (usual: 512).",
-    "heldoutSpin": "Extra sequences kept apart to measure over-fitting of the calibration set (usual: 16).",
-    "seedSpin": "Seed that picks the calibration sequences, for a reproducible run (usual: 0).",
-    "bitsCombo": "Bits per weight of the quantized base model fine-tuning will use (usual: 4).",
-    "quantTypeCombo": "4-bit data type of bitsandbytes (usual: NF4).",
-    "doubleQuantCheck": "Quantize the quantization constants too, as QLoRA does (usual: on).",
-    "computeDtypeCombo": "Compute dtype of the 4-bit layers, bnb_4bit_compute_dtype (usual: auto = load "
-    "dtype).",
-    "rankSpin": "LoRA rank r: the number of directions the adapter can correct (usual: 16).",
-    "alphaSpin": "LoRA alpha: the adapter is scaled by alpha / r (usual: equal to the rank).",
-    "rsloraCheck": "Scale by alpha / sqrt(r) instead of alpha / r, as rsLoRA does (usual: off).",
-    "methodCombo": "How the LoRA pair is initialized (usual: QuAILoRA).",
-    "inputsCombo": "Where the calibration inputs of each layer come from (usual: full-precision inputs).",
-    "dampingSpin": "Damping lambda added to the input Gram matrix, as in GPTQ (usual: 0.01).",
-    "alsItersSpin": "Alternating least-squares iterations of the QuAILoRA solver (usual: 20).",
-    "batchSizeSpin": "Calibration sequences per forward pass through a block (usual: 8).",
-    "deviceCombo": "Where the engine computes (usual: auto = the GPU when there is one).",
-    "outputPathEdit": "Folder the adapter is written to; it must not exist or be empty (usual: a new "
-    "folder).",
     "outputBrowseButton": "Choose the folder the adapter is written to.",
-    "overwriteCheck": "Replace the contents of an existing, non-empty output folder (usual: off).",
     "runButton": "Initialize the LoRA adapter with these settings (Ctrl+R).",
     "cancelButton": "Stop the run after the current layer; nothing is written to disk.",
     "exportAdapterButton": "Copy the finished adapter to a folder of your choice.",
@@ -81,17 +57,7 @@ TOOLTIPS: dict[str, str] = {
     "(usual: when the loss has levelled off).",
     "resumeTrainingButton": "Continue the stopped training from its last checkpoint, up to Max steps (usual: "
     "after Stop).",
-    "trainDataEdit": "Training text (.txt, .md, a folder) or prompt/response JSON lines, a hub dataset id, "
-    "or 'demo' for the built-in fine-tuning text (usual: your task's data).",
     "trainDataBrowseButton": "Choose a local training data file.",
-    "maxStepsSpin": "Optimizer steps to train for (usual: 100 to 1000).",
-    "epochsSpin": "Passes over the data; above 0 it replaces Max steps (usual: off).",
-    "learningRateSpin": "Peak learning rate of the adapter (usual: 0.0002, QLoRA uses 1e-4 to 2e-4).",
-    "trainBatchSizeSpin": "Sequences per step and GPU (usual: 4).",
-    "gradAccumSpin": "Micro-batches summed into each optimizer step (usual: 1).",
-    "trainSeqLenSpin": "Tokens per training sequence (usual: 512).",
-    "evalIntervalSpin": "Measure validation loss and perplexity every this many steps (usual: 50).",
-    "saveIntervalSpin": "Save a checkpoint every this many steps; the last two are kept (usual: 50).",
     "trainOutputEdit": "Folder the run is exported to and trained in: run.toml, adapter/, launch.sh and "
     "output/ with checkpoints and the trained adapter (usual: a new folder).",
     "trainOutputBrowseButton": "Choose the training output folder.",
@@ -111,3 +77,8 @@ TOOLTIPS: dict[str, str] = {
     "progressBar": "Layers initialized, or training steps done, so far.",
     "logView": "Messages from the engine.",
 }
+
+
+def tooltip(name: str) -> str | None:
+    """The tooltip of the widget named `name`: its setting's help from the core, else TOOLTIPS'."""
+    return config_tooltip(name) or TOOLTIPS.get(name)

@@ -1,11 +1,22 @@
-"""Paths the user hands the window: what a dropped path is, a free output folder, recents."""
+"""Paths the user hands the window: what a dropped path is, a free output folder, recents.
+
+The rules are the core's: a calibration file is one of the formats its loaders read
+(`quailora_core.sources.references.FORMATS`), and an output folder is free when
+`quailora_core.files.check_output_dir` accepts it without --overwrite.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-CALIBRATION_SUFFIXES = {".txt", ".text", ".md", ".jsonl", ".json", ".csv", ".tsv", ".parquet"}
 MODEL_MARKERS = ("config.json",)
+
+
+def calibration_suffixes() -> frozenset[str]:
+    """File suffixes the core reads calibration text from."""
+    from quailora_core.sources.references import FORMATS
+
+    return frozenset(FORMATS)
 
 
 def classify_path(path: str) -> str | None:
@@ -17,7 +28,7 @@ def classify_path(path: str) -> str | None:
             return "run"
         if p.name == "config.json":
             return "model"
-        if p.suffix.lower() in CALIBRATION_SUFFIXES:
+        if p.suffix.lower() in calibration_suffixes():
             return "calibration"
         return None
     if p.is_dir():
@@ -34,8 +45,15 @@ def model_path_for(path: str) -> str:
 
 
 def is_free_output(path: str) -> bool:
-    p = Path(path)
-    return not p.exists() or (p.is_dir() and not any(p.iterdir()))
+    """Whether a run may write to `path` without --overwrite (missing, or an empty folder)."""
+    from quailora_core.errors import InputError
+    from quailora_core.files import check_output_dir
+
+    try:
+        check_output_dir(path, overwrite=False)
+    except InputError:
+        return False
+    return True
 
 
 def next_free_output(path: str) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from quailora_core.events import LayerResult, Stage
+
 from .formatting import fmt_duration
 
 STAGE_TEXT = {
@@ -38,17 +40,16 @@ class ProgressTracker:
 
     def on_event(self, event: object) -> None:
         """Feed any engine event; events that do not concern progress are ignored."""
-        kind = type(event).__name__
-        if kind == "Stage":
-            self.stage = event.name  # type: ignore[attr-defined]
+        if isinstance(event, Stage):
+            self.stage = event.name
             self._stage_start = self._clock()
-            if event.name == "calibrate":  # type: ignore[attr-defined]
-                self.total = int(event.total)  # type: ignore[attr-defined]
+            if event.name == "calibrate":
+                self.total = int(event.total)
                 self.done = 0
                 self._layers_start = self._stage_start
-        elif kind == "LayerResult":
+        elif isinstance(event, LayerResult):
             self.done += 1
-            self.current = event.name  # type: ignore[attr-defined]
+            self.current = event.name
             if self._layers_start is None:
                 self._layers_start = self._run_start
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quailora_core.train.layout import OUTPUT_DIR, RUN_FILE
+from quailora_core.events import EvalResult, Failed, Finished, TrainStep
+from quailora_core.train.layout import OUTPUT_DIR, RUN_FILE, checkpoints
 
 from .formatting import fmt_duration, fmt_gb
 
@@ -67,17 +68,8 @@ def training_config(run_config: Any, adapter_dir: str, settings: dict[str, Any])
 
 def has_checkpoint(run_dir: str | Path | None) -> bool:
     """Whether the run folder's training output holds a complete checkpoint to resume from
-    (what `quailora_core.train.trainer.checkpoints` counts: trainer_state.json + adapter weights)."""
-    if not run_dir:
-        return False
-    out = Path(run_dir) / TRAIN_OUTPUT
-    if not out.is_dir():
-        return False
-    return any(
-        p.is_dir() and p.name.startswith("checkpoint-") and (p / "trainer_state.json").is_file()
-        and (p / "adapter_model.safetensors").is_file()
-        for p in out.iterdir()
-    )  # fmt: skip
+    (the core's rule: `quailora_core.train.layout.checkpoints`)."""
+    return bool(run_dir) and bool(checkpoints(Path(run_dir) / TRAIN_OUTPUT))
 
 
 # ---------------------------------------------------------------------------- the stream
@@ -160,8 +152,7 @@ class TrainingState:
 
     # ------------------------------------------------------------------ feeding
     def on_event(self, event: Any) -> None:
-        kind = type(event).__name__
-        if kind == "TrainStep":
+        if isinstance(event, TrainStep):
             if self.steps and event.step <= self.steps[-1]:  # a resume re-logs no step, but be safe
                 cut = next(i for i, s in enumerate(self.steps) if s >= event.step)
                 del self.steps[cut:], self.losses[cut:], self.lrs[cut:]
@@ -172,13 +163,13 @@ class TrainingState:
             self.tokens_per_second = float(event.tokens_per_second)
             self.gpu_memory_gb = event.gpu_memory_gb
             self._step_times.append((self.clock(), int(event.step)))
-        elif kind == "EvalResult":
+        elif isinstance(event, EvalResult):
             self.eval_steps.append(int(event.step))
             self.eval_losses.append(float(event.loss))
             self.perplexities.append(float(event.perplexity))
-        elif kind == "Finished":
+        elif isinstance(event, Finished):
             self.finished = event
-        elif kind == "Failed":
+        elif isinstance(event, Failed):
             self.failed = event
 
     def on_stderr(self, line: str) -> None:

@@ -9,7 +9,7 @@ from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QLabel, QSizePolicy, QWidget
 
-from ..controllers.labels import TOOLTIPS
+from ..controllers.labels import tooltip as registered_tooltip
 
 ORGANIZATION = "QuAILoRA"
 APPLICATION = "QuAILoRA Studio"
@@ -42,9 +42,10 @@ def style_sheet() -> str:
 
 
 def named(widget: QWidget, name: str, tooltip: str | None = None) -> QWidget:
-    """Give a widget its stable objectName and the tooltip registered for that name."""
+    """Give a widget its stable objectName and its tooltip: the help of the setting it shows
+    (from the core), or the one registered for that name (`controllers.labels.TOOLTIPS`)."""
     widget.setObjectName(name)
-    text = tooltip if tooltip is not None else TOOLTIPS.get(name)
+    text = tooltip if tooltip is not None else registered_tooltip(name)
     if text:
         widget.setToolTip(text)
     return widget

@@ -41,7 +41,9 @@ def test_controllers_import_without_qt():
         "import quailora_gui, quailora_gui.controllers.checks, quailora_gui.controllers.results\n"
         "import quailora_gui.controllers.progress, quailora_gui.controllers.session\n"
         "import quailora_gui.controllers.paths, quailora_gui.controllers.formatting\n"
-        "import quailora_gui.controllers.labels\n"
+        "import quailora_gui.controllers.labels, quailora_gui.controllers.app_state\n"
+        "import quailora_gui.controllers.tasks, quailora_gui.controllers.form_fields\n"
+        "import quailora_gui.controllers.target_choice, quailora_gui.controllers.form_text\n"
         "bad = [m for m in sys.modules if m.startswith(('PySide6', 'pyqtgraph', 'torch'))]\n"
         "assert not bad, bad\n"
     )
@@ -173,14 +175,37 @@ def test_number_formatting():
     assert fmt_gb(0.34) == "340 MB" and fmt_gb(12.34) == "12.3 GB"
 
 
-def test_messages_of_validate_map_to_their_fields():
-    assert checks.field_for_message("rank must be at least 1, got 0.") == checks.LORA
-    assert checks.field_for_message("Output folder 'x' exists and is not empty.") == checks.OUTPUT
-    assert checks.field_for_message("Unknown method 'x'.") == checks.METHOD
-    assert (
-        checks.field_for_message("Device 'cuda' was asked for but no CUDA GPU is available.") == checks.DEVICE
-    )
-    assert checks.field_for_message("something else") == checks.GENERAL
+def test_errors_of_validate_go_to_the_label_of_the_setting_they_name(tmp_path):
+    """The setting an InputError names (its `field`, a run-file path) decides the label, not its words."""
+    from quailora_core.config import RunConfig
+    from quailora_core.errors import InputError
+
+    def refused(change):
+        cfg = RunConfig(output=str(tmp_path / "free"))
+        change(cfg)
+        with pytest.raises(InputError) as info:
+            cfg.validate()
+        return info.value
+
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    rank = refused(lambda c: setattr(c.lora, "rank", 0))
+    assert rank.message == "rank must be at least 1, got 0." and checks.error_key(rank.field) == checks.LORA
+    assert checks.error_key(refused(lambda c: setattr(c, "output", str(full))).field) == checks.OUTPUT
+    assert checks.error_key(refused(lambda c: setattr(c.init, "method", "x")).field) == checks.METHOD
+    assert checks.error_key(refused(lambda c: setattr(c.init, "verify", "x")).field) == checks.METHOD
+    assert checks.error_key(refused(lambda c: setattr(c.model, "dtype", "x")).field) == checks.MODEL
+    assert checks.error_key(refused(lambda c: setattr(c.calibration, "seq_len", 4)).field) == checks.SIZES
+    assert checks.error_key(refused(lambda c: setattr(c.quantization, "blocksize", 32)).field) == checks.QUANTIZATION
+    assert checks.error_key("init.device") == checks.DEVICE  # "Device 'cuda' was asked for but no CUDA GPU ..."
+    assert checks.error_key("calibration.text_column") == checks.TEXT_COLUMN
+    assert checks.error_key("lora.dropout") == checks.LORA  # not on the form: its section's label
+    assert checks.error_key(None) == checks.GENERAL and checks.error_key("train.data") == checks.GENERAL
+    report = checks.CheckReport()
+    report.refuse(InputError("whatever text", field="lora.rank"))
+    report.refuse(InputError("about the targets", "a hint"), default_field="lora.targets")
+    assert report.errors == {checks.LORA: "whatever text", checks.TARGETS: "about the targets a hint"}
 
 
 def test_checker_reports_each_problem_next_to_its_field(tmp_path):
@@ -219,9 +244,11 @@ def test_checker_uses_injected_core_functions_and_caches_summaries(tmp_path):
 
         planned.append((tuple(cfg.lora.targets), cfg.lora.rank))
         if "o_proj" in cfg.lora.targets:
-            raise InputError("Target 'o_proj' matches no layer.", "Linear layers in each block: q_proj, v_proj.")
+            raise InputError("Target 'o_proj' matches no layer.", "Linear layers in each block: q_proj, v_proj.",
+                             field="lora.targets")  # fmt: skip
         if cfg.lora.rank > 4:
-            raise InputError("rank 5 is larger than the smallest target dimension (4, in v_proj).", "")
+            raise InputError("rank 5 is larger than the smallest target dimension (4, in v_proj).", "",
+                             field="lora.rank")  # fmt: skip
         return SimpleNamespace(targets=[])
 
     checker = checks.ConfigChecker(
@@ -245,3 +272,195 @@ def test_checker_uses_injected_core_functions_and_caches_summaries(tmp_path):
     checker.check(cfg)
     checker.check(cfg)
     assert planned.count((("all-linear",), 4)) == 1  # planned once per setting, then cached
+
+
+# ---------------------------------------------------------------------------- the state machine
+def _report(generation, errors=None):
+    return checks.CheckReport(errors=dict(errors or {}), generation=generation)
+
+
+def test_state_machine_moves_through_its_phases_and_refuses_illegal_moves():
+    from quailora_gui.controllers.app_state import Action, AppState, Checks, Phase, TransitionError
+
+    state = AppState()
+    seen = []
+    unsubscribe = state.subscribe(lambda s: seen.append((s.phase, s.checks)))
+    assert state.phase is Phase.IDLE and state.checks is Checks.CHECKING
+    assert state.actions() == {Action.OPEN_RUN, Action.SAVE_RUN, Action.DROP_INPUT, Action.EDIT_FORM,
+                               Action.EDIT_TRAINING}  # fmt: skip
+    assert state.run_status() == "Checking the settings…" and "pending" in state.blockers()
+    with pytest.raises(TransitionError, match="cannot start run while idle"):
+        state.start_run()  # no report yet: Run is disabled, so the move is illegal
+    for illegal in (state.cancel, state.end_run, state.stop, state.end_training, state.end_export):
+        with pytest.raises(TransitionError):
+            illegal()
+
+    # checks: only the report of the latest generation counts
+    first = state.new_check()
+    second = state.new_check()
+    assert not state.take_report(_report(first)) and state.checks is Checks.CHECKING  # stale: dropped
+    assert state.take_report(_report(second, {checks.LORA: "rank too large"}))
+    assert state.checks is Checks.FAILED and state.run_status() == "Fix the problem marked in red above."
+    assert state.blockers() == {checks.LORA: "rank too large"} and not state.enabled(Action.RUN)
+    assert state.take_report(_report(state.new_check()))
+    assert state.checks is Checks.PASSED and state.enabled(Action.RUN) and state.run_status() == "Ready to run."
+
+    # an initialization: Run, Cancel, end
+    state.start_run()
+    assert state.phase is Phase.RUNNING and state.running and state.run_status() == "Running…"
+    assert state.actions() == {Action.CANCEL, Action.SAVE_RUN, Action.EDIT_TRAINING}
+    with pytest.raises(TransitionError):
+        state.start_training()
+    state.cancel()
+    assert state.phase is Phase.CANCELLING and not state.enabled(Action.CANCEL)
+    with pytest.raises(TransitionError):
+        state.cancel()  # once
+    state.note(has_run=True, has_results=True)
+    state.end_run()
+    assert state.phase is Phase.IDLE and {Action.RUN, Action.EXPORT_ADAPTER, Action.EXPORT_RUN,
+                                          Action.EXPORT_CHARTS} <= state.actions()  # fmt: skip
+    assert not state.enabled(Action.LAUNCH)  # no training output folder yet
+    state.note(train_output=True)
+    assert state.enabled(Action.LAUNCH) and not state.enabled(Action.RESUME)
+    with pytest.raises(AttributeError):
+        state.note(running=True)  # phases move through transitions only
+
+    # a launch: the run folder is written first, then the training runs; Stop, end
+    from quailora_gui.controllers.app_state import Export
+
+    state.begin_export(Export.LAUNCH)
+    assert state.enabled(Action.RUN)  # an initialization may start while a folder is copied
+    assert not (state.enabled(Action.LAUNCH) or state.enabled(Action.EXPORT_RUN) or state.enabled(Action.EXPORT_ADAPTER))
+    with pytest.raises(TransitionError):
+        state.start_training()  # not before the folder is written
+    with pytest.raises(TransitionError):
+        state.begin_export(Export.ADAPTER)  # one export at a time
+    state.end_export()
+    state.start_training()
+    assert state.training and state.run_status() == "Training is running (see the Training tab)."
+    assert state.enabled(Action.STOP) and state.enabled(Action.EXPORT_ADAPTER)  # the adapter, during training
+    assert not (state.enabled(Action.RUN) or state.enabled(Action.EDIT_FORM) or state.enabled(Action.EDIT_TRAINING))
+    state.stop()
+    assert state.phase is Phase.STOPPING and not state.enabled(Action.STOP)
+    state.note(resumable=True)
+    assert not state.enabled(Action.RESUME)  # still stopping
+    state.end_training()
+    assert state.enabled(Action.RESUME) and state.enabled(Action.RUN)
+
+    # closing: from any phase, once; then nothing is allowed and reports are dropped
+    unsubscribe()
+    n = len(seen)
+    state.close()
+    state.close()
+    assert state.phase is Phase.CLOSED and state.actions() == frozenset() and len(seen) == n
+    assert not state.take_report(_report(state.generation))
+    with pytest.raises(TransitionError):
+        state.new_check()
+    assert seen[0] == (Phase.IDLE, Checks.FAILED) and (Phase.STOPPING, Checks.PASSED) in seen  # each change
+
+
+def test_every_phase_lists_its_moves_and_every_action_has_a_rule():
+    from quailora_gui.controllers.app_state import TRANSITIONS, Action, AppState, Phase
+
+    assert set(TRANSITIONS) == set(Phase)
+    assert all("close" in moves for phase, moves in TRANSITIONS.items() if phase is not Phase.CLOSED)
+    state = AppState()
+    assert all(isinstance(state.enabled(a), bool) for a in Action)
+
+
+# ---------------------------------------------------------------------------- tasks
+def test_a_task_reports_its_outcome_events_cancel_and_failure_without_qt():
+    from quailora_core.errors import Cancelled, InputError
+    from quailora_core.events import Log, Stage
+    from quailora_gui.controllers import tasks
+
+    got = []
+    config = object()
+
+    def engine(cfg, emit, token):
+        assert cfg is config
+        emit(Stage("load"))
+        emit(Log("info", "loaded"))
+        if token.cancelled:
+            raise Cancelled()
+        return "result"
+
+    callbacks = dict(on_event=got.append, on_done=lambda r: got.append(("done", r)),
+                     on_failed=lambda f: got.append(("failed", f)), on_cancelled=lambda: got.append("cancelled"))  # fmt: skip
+    task = tasks.init_task(config, engine, **callbacks)
+    assert (task.name, task.lane) == ("init", tasks.ENGINE)
+    context = tasks.TaskContext(emit=got.append)
+    tasks.deliver(task, tasks.execute(task, context))
+    assert got == [Stage("load"), Log("info", "loaded"), ("done", "result")]
+
+    got.clear()
+    context = tasks.TaskContext(emit=got.append)
+    context.token.cancel()
+    assert context.cancelled
+    tasks.deliver(task, tasks.execute(task, context))
+    assert got[-1] == "cancelled"
+
+    def refuse(cfg, emit, token):
+        raise InputError("The model folder is empty.", "Give a folder with config.json.")
+
+    got.clear()
+    failing = tasks.init_task(config, refuse, **callbacks)
+    outcome = tasks.execute(failing, tasks.TaskContext())
+    assert outcome[0] == tasks.FAILED and "Traceback" in outcome[1][1]
+    tasks.deliver(failing, outcome)
+    failed = got[0][1]
+    assert (failed.message, failed.hint) == ("The model folder is empty.", "Give a folder with config.json.")
+    assert "InputError" in failed.details
+    assert tasks.run_failure(MemoryError()).message == "The run ran out of memory."
+    assert tasks.run_failure(ValueError("bad shape")).message == "The run failed: bad shape"
+
+
+def test_a_check_task_turns_a_bug_into_a_report_of_its_generation():
+    from quailora_gui.controllers import tasks
+
+    class Broken:
+        def check(self, config):
+            raise RuntimeError("a bug")
+
+    task = tasks.check_task(Broken(), object(), 7)
+    assert task.supersede and task.lane == tasks.CHECKS
+    kind, report = tasks.execute(task, tasks.TaskContext())
+    assert kind == tasks.DONE and report.generation == 7
+    assert report.errors == {checks.GENERAL: "Could not check the settings: a bug"}
+
+
+# ---------------------------------------------------------------------------- the form's tables
+def test_the_field_table_names_real_settings_with_their_help_and_labels_keep_the_core_choices():
+    from quailora_core import config as core
+    from quailora_gui.controllers import form_fields, labels
+
+    paths = [f.path for f in form_fields.FIELDS + form_fields.TRAIN_FIELDS]
+    assert len(paths) == len(set(paths)) == 28 + 9
+    for f in form_fields.FIELDS + form_fields.TRAIN_FIELDS:
+        form_fields.get_value(core.RunConfig(), f.path)  # a real setting
+        assert labels.tooltip(f.name) == core.field_help(f.path).tooltip()
+        assert f.name not in labels.TOOLTIPS  # one sentence, in the core only
+        assert f.error in form_fields.ERROR_KEYS
+    assert "(usual: 500)" in labels.tooltip("alsItersSpin")  # the default, not a stale copy
+    assert list(labels.METHOD_LABELS) == list(core.METHODS)
+    assert list(labels.INPUT_LABELS) == list(core.INPUT_SOURCES)
+    assert list(labels.VERIFY_LABELS) == list(core.VERIFY_MODES)
+    assert list(labels.QUANT_TYPE_LABELS) == list(core.QUANT_TYPES)
+    assert form_fields.default_value("calibration.split") == "train"
+
+
+def test_target_specs_are_kept_as_written_until_a_box_is_touched():
+    from quailora_core.model.targets import matches
+    from quailora_gui.controllers.target_choice import TargetChoice
+
+    leaves = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    choice = TargetChoice(["self_attn.o_proj", "q_proj"])
+    assert choice.checked(leaves) == ["q_proj", "o_proj"]
+    assert choice.targets(leaves, ["q_proj", "o_proj"], False) == ["self_attn.o_proj", "q_proj"]  # as written
+    assert matches("self_attn.o_proj", "model.layers.0.self_attn.o_proj")  # the engine's rule, the same spec
+    choice.touched = True
+    assert choice.targets(leaves, ["v_proj", "o_proj"], False) == ["v_proj", "self_attn.o_proj"]  # the boxes, in order
+    assert choice.targets(leaves, leaves, False) == ["all-linear"]
+    assert TargetChoice(["all-linear"]).checked(leaves) == leaves
+    assert TargetChoice(["mlp.down_proj"]).checked(leaves) == []
+    assert TargetChoice(["x"]).targets([], [], False) == ["x"]  # no boxes yet: the specs
