@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..controllers.form_fields import FLOAT, TEXT, TRAIN_FIELDS
 from ..controllers.training import LineBuffer, TrainingState
 from .charts import AFTER, BEFORE, COMPARE, HELD_AFTER, _style_plot
 from .common import named, role_label, shrinkable
@@ -55,7 +56,7 @@ class TrainingPanel(QWidget):
         self.trainDataBrowseButton = named(QPushButton("…"), "trainDataBrowseButton")
         self.trainDataBrowseButton.setFixedWidth(30)
         self.trainDataBrowseButton.clicked.connect(self._browse_data)
-        self.maxStepsSpin = self._spin("maxStepsSpin", 1, 10_000_000, 100)
+        self.maxStepsSpin = self._spin("maxStepsSpin", 1, 10_000_000)
         self.epochsSpin = named(QDoubleSpinBox(), "epochsSpin")
         self.epochsSpin.setRange(0.0, 1000.0)
         self.epochsSpin.setDecimals(2)
@@ -66,12 +67,11 @@ class TrainingPanel(QWidget):
         self.learningRateSpin.setDecimals(6)
         self.learningRateSpin.setRange(1e-6, 1.0)
         self.learningRateSpin.setSingleStep(1e-5)
-        self.learningRateSpin.setValue(2e-4)
-        self.trainBatchSizeSpin = self._spin("trainBatchSizeSpin", 1, 4096, 4)
-        self.gradAccumSpin = self._spin("gradAccumSpin", 1, 4096, 1)
-        self.trainSeqLenSpin = self._spin("trainSeqLenSpin", 8, 131_072, 512)
-        self.evalIntervalSpin = self._spin("evalIntervalSpin", 1, 10_000_000, 50)
-        self.saveIntervalSpin = self._spin("saveIntervalSpin", 1, 10_000_000, 50)
+        self.trainBatchSizeSpin = self._spin("trainBatchSizeSpin", 1, 4096)
+        self.gradAccumSpin = self._spin("gradAccumSpin", 1, 4096)
+        self.trainSeqLenSpin = self._spin("trainSeqLenSpin", 8, 131_072)
+        self.evalIntervalSpin = self._spin("evalIntervalSpin", 1, 10_000_000)
+        self.saveIntervalSpin = self._spin("saveIntervalSpin", 1, 10_000_000)
         self.trainOutputEdit = named(QLineEdit(), "trainOutputEdit")
         self.trainOutputBrowseButton = named(QPushButton("…"), "trainOutputBrowseButton")
         self.trainOutputBrowseButton.setFixedWidth(30)
@@ -147,42 +147,38 @@ class TrainingPanel(QWidget):
         layout.setContentsMargins(6, 6, 6, 6)
         layout.addWidget(scroll)
         layout.addWidget(right, 1)
+        from quailora_core.config import TrainSettings
+
+        self.set_settings(TrainSettings())  # the core's defaults (the data stays the demo text)
 
     @staticmethod
-    def _spin(name: str, low: int, high: int, value: int) -> QSpinBox:
+    def _spin(name: str, low: int, high: int) -> QSpinBox:
         spin = named(QSpinBox(), name)
         spin.setRange(low, high)
-        spin.setValue(value)
         spin.setGroupSeparatorShown(True)
         return spin
 
     # ------------------------------------------------------------------ values
     def settings(self) -> dict[str, Any]:
-        """TrainSettings field -> value of the fields shown here (the output is separate)."""
-        return {
-            "data": self.trainDataEdit.text().strip(),
-            "max_steps": self.maxStepsSpin.value(),
-            "epochs": float(self.epochsSpin.value()),
-            "learning_rate": float(self.learningRateSpin.value()),
-            "batch_size": self.trainBatchSizeSpin.value(),
-            "gradient_accumulation": self.gradAccumSpin.value(),
-            "seq_len": self.trainSeqLenSpin.value(),
-            "eval_interval": self.evalIntervalSpin.value(),
-            "save_interval": self.saveIntervalSpin.value(),
-        }
+        """TrainSettings field -> value of the fields shown here (the output is separate), by
+        the field table `controllers.form_fields.TRAIN_FIELDS`."""
+        values: dict[str, Any] = {}
+        for f in TRAIN_FIELDS:
+            w = getattr(self, f.name)
+            value = w.text().strip() if f.kind == TEXT else w.value()
+            values[f.path.removeprefix("train.")] = float(value) if f.kind == FLOAT else value
+        return values
 
     def set_settings(self, t: Any) -> None:
         """Show a TrainSettings (data left as is when the run has none)."""
-        if t.data:
-            self.trainDataEdit.setText(t.data)
-        self.maxStepsSpin.setValue(t.max_steps)
-        self.epochsSpin.setValue(t.epochs)
-        self.learningRateSpin.setValue(t.learning_rate)
-        self.trainBatchSizeSpin.setValue(t.batch_size)
-        self.gradAccumSpin.setValue(t.gradient_accumulation)
-        self.trainSeqLenSpin.setValue(t.seq_len)
-        self.evalIntervalSpin.setValue(t.eval_interval)
-        self.saveIntervalSpin.setValue(t.save_interval)
+        for f in TRAIN_FIELDS:
+            value = getattr(t, f.path.removeprefix("train."))
+            w = getattr(self, f.name)
+            if f.kind == TEXT:
+                if value:
+                    w.setText(value)
+            else:
+                w.setValue(value)
 
     def set_inputs_enabled(self, on: bool) -> None:
         self.settingsBox.setEnabled(on)

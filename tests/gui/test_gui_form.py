@@ -151,3 +151,75 @@ def test_demo_model_and_sample_text_are_in_the_pickers(qtbot, window, tmp_path):
     assert report.ok, report.errors
     assert report.summary.is_demo and "Blocks" in form.modelSummaryLabel.text()
     assert "Most mornings" in form.calibrationPreview.toPlainText() or form.calibrationPreview.toPlainText()
+
+
+def test_the_settings_widgets_show_the_cores_help_and_start_at_its_defaults(make_window):
+    """One table maps widgets to settings; their tooltips are the core's help of the setting
+    and a fresh form shows the core's defaults (Training tab included)."""
+    from quailora_core.config import RunConfig, field_help
+    from quailora_gui.controllers.form_fields import FIELDS, TRAIN_FIELDS, get_value
+
+    window = make_window(restore_settings=False)
+    defaults = RunConfig()
+    for f in FIELDS + TRAIN_FIELDS:
+        widget = window.findChild(QWidget, f.name)
+        assert widget is not None, f.name
+        assert widget.toolTip() == field_help(f.path).tooltip(), f.name
+        if f.numeric:
+            assert widget.value() == pytest.approx(get_value(defaults, f.path)), f.name
+    assert window.form.alsItersSpin.toolTip().endswith("(usual: 500).")  # not a stale copy
+    shown = window.form.to_config()
+    shown.output = defaults.output  # the window proposes a free folder of its own
+    assert shown.to_dict() == defaults.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("setting", "label"),
+    [("lora.rank", "loraError"), ("model.path", "modelError"), ("calibration.samples", "sizesError"),
+     ("init.device", "deviceError"), (None, "targetsError")],  # no setting named: the plan's own label
+)  # fmt: skip
+def test_an_error_shows_next_to_the_setting_it_names_whatever_its_words(
+    qtbot, window, tiny_model_dir, text_file, tmp_path, setting, label
+):
+    from quailora_core.errors import InputError
+    from quailora_gui.controllers.checks import ConfigChecker
+
+    def plan(config):  # stands in for the engine's plan_for
+        raise InputError("whatever text", "with no keyword", field=setting)
+
+    window.checks.checker = ConfigChecker(plan_targets=plan)
+    configure(window, tiny_model_dir, text_file, tmp_path / "out")
+    report = settle(qtbot, window)
+    shown = [w.objectName() for w in window.form.error_labels.values() if not w.isHidden()]
+    assert shown == [label], report.errors
+    assert window.form.findChild(QWidget, label).text() == "whatever text with no keyword"
+    assert not window.runButton.isEnabled()
+
+
+def test_a_run_file_with_a_dotted_target_keeps_it_as_the_engine_reads_it(qtbot, make_window, tiny_model_dir,
+                                                                        text_file, tmp_path):  # fmt: skip
+    """`self_attn.o_proj` names the o_proj layers by peft's rule: the form checks that box,
+    the engine's plan accepts it, and it is sent as written."""
+    from quailora_core.config import RunConfig
+
+    config = RunConfig(output=str(tmp_path / "out"))
+    config.model.path, config.model.dtype = str(tiny_model_dir), "float32"
+    config.calibration.source = str(text_file)
+    config.calibration.samples, config.calibration.seq_len, config.calibration.heldout_samples = 6, 48, 2
+    config.lora.rank, config.lora.alpha, config.init.device = 4, 8.0, "cpu"
+    config.lora.targets = ["self_attn.o_proj"]
+    config.save(tmp_path / "run.toml")
+    window = make_window(restore_settings=False)
+    assert window.open_run(str(tmp_path / "run.toml"))
+    report = settle(qtbot, window)
+    assert report.ok, report.errors
+    assert report.plan.names == ["model.layers.0.self_attn.o_proj", "model.layers.1.self_attn.o_proj"]
+    form = window.form
+    assert form.to_config().lora.targets == ["self_attn.o_proj"]
+    checked = [form.targetsList.item(i).text() for i in range(form.targetsList.count())
+               if form.targetsList.item(i).checkState() == Qt.CheckState.Checked]  # fmt: skip
+    assert checked == ["o_proj"] and not form.allLinearCheck.isChecked()
+    assert window.runButton.isEnabled()
+    form.targetsList.item(0).setCheckState(Qt.CheckState.Checked)  # q_proj too: the dotted spec stays
+    assert form.to_config().lora.targets == ["q_proj", "self_attn.o_proj"]
+    assert settle(qtbot, window).ok
