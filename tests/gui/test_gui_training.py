@@ -54,8 +54,7 @@ def fill_training(window, data: Path, output: Path, max_steps: int) -> None:
     p.trainSeqLenSpin.setValue(32)
     p.evalIntervalSpin.setValue(10)
     p.saveIntervalSpin.setValue(1000)  # the only checkpoint is the one Stop saves
-    p.trainOutputEdit.setText(str(output))
-    window._sync_training_actions()
+    p.trainOutputEdit.setText(str(output))  # the panel tells the window's state (Launch needs a folder)
 
 
 def test_launch_stream_stop_and_resume(qtbot, window, tiny_model_dir, text_file, tmp_path):

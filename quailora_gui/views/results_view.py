@@ -1,0 +1,181 @@
+"""The centre of the window: the chart toolbar, the tabs (layer errors, heat map, table,
+compare, training) and the one-line summary under them.
+
+It holds what it shows: the layers of the current or last run (`results`), the finished run
+they belong to (`displayed`) and this session's finished runs (`session`, for Compare). The
+charts redraw at most every REFRESH_MS while layers stream in, and a chart on a hidden tab
+is redrawn when its tab is shown.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..controllers.formatting import fmt_err, fmt_pct
+from ..controllers.results import RunResults
+from ..controllers.session import FinishedRun, Session
+from .charts import LayerErrorChart
+from .common import named, role_label, shrinkable
+from .heatmap import HeatMapView
+from .panels import ComparePanel
+from .table import ResultsTable
+
+REFRESH_MS = 150  # charts redraw at most this often while layers stream in
+
+
+class ResultsArea(QWidget):
+    def __init__(self, training_panel: QWidget, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("centrePanel")
+        self.session = Session()
+        self.results = RunResults()
+        self.displayed: FinishedRun | None = None  # the finished run the charts show
+
+        self.logScaleCheck = named(QCheckBox("Log scale"), "logScaleCheck")
+        self.logScaleCheck.toggled.connect(self.set_log_scale)
+        self.compareCombo = named(QComboBox(), "compareCombo")
+        self.compareCombo.addItem("None", 0)
+        self.compareCombo.setMinimumWidth(150)
+        self.compareCombo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.compareCombo.currentIndexChanged.connect(self.on_compare_changed)
+        self.exportAdapterButton = named(QPushButton("Export adapter…"), "exportAdapterButton")
+        self.exportChartsButton = named(QPushButton("Charts PNG…"), "exportChartsButton")
+        self.exportCsvButton = named(QPushButton("Results CSV…"), "exportCsvButton")
+        for b in (self.exportAdapterButton, self.exportChartsButton, self.exportCsvButton):
+            b.setEnabled(False)
+        self.summaryLabel = role_label("", "hint", "summaryLabel")
+        self.summaryLabel.setWordWrap(False)
+        shrinkable(self.summaryLabel)
+        tools = QHBoxLayout()
+        tools.setContentsMargins(6, 2, 6, 2)
+        tools.addWidget(QLabel("Compare with"))
+        tools.addWidget(self.compareCombo)
+        tools.addWidget(self.logScaleCheck)
+        tools.addStretch(1)
+        for button in (self.exportChartsButton, self.exportCsvButton, self.exportAdapterButton):
+            tools.addWidget(button)
+
+        self.layerErrorChart = LayerErrorChart()
+        self.heatMap = HeatMapView()
+        self.resultsTableWidget = ResultsTable()
+        self.resultsTable = self.resultsTableWidget.view
+        self.comparePanel = ComparePanel()
+        self.tabs = QTabWidget()
+        self.tabs.setObjectName("chartTabs")
+        for widget, title in ((self.layerErrorChart, "Layer errors"), (self.heatMap, "Heat map"),
+                              (self.resultsTableWidget, "Table"), (self.comparePanel, "Compare"),
+                              (training_panel, "Training")):  # fmt: skip
+            self.tabs.addTab(widget, title)
+        self._stale: set[QWidget] = set()
+        self.tabs.currentChanged.connect(self._on_tab_changed)
+        self.logScaleCheck.setChecked(True)  # errors after initialization are often 10-100x smaller
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 4, 6, 0)
+        layout.setSpacing(4)
+        layout.addLayout(tools)
+        layout.addWidget(self.tabs, 1)
+        layout.addWidget(self.summaryLabel)
+
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(REFRESH_MS)
+        self._refresh_timer.timeout.connect(self.refresh)
+
+    # ------------------------------------------------------------------ a run
+    def clear(self) -> None:
+        """A run starts: nothing shown yet."""
+        self.results = RunResults()
+        self.displayed = None
+        self.resultsTableWidget.model.set_layers([])
+        self.layerErrorChart.set_results(self.results)
+        self.heatMap.set_results(self.results)
+        self.summaryLabel.setText("")
+
+    def add_layer(self, layer: Any) -> None:
+        self.results.add(layer)
+        self.resultsTableWidget.model.add_layer(layer)
+        if not self._refresh_timer.isActive():
+            self._refresh_timer.start()
+
+    def expect_layers(self, n_layers: int, n_blocks: int) -> None:
+        self.layerErrorChart.expect_layers(n_layers, n_blocks)
+
+    def add_finished(self, config: Any, result: Any) -> FinishedRun:
+        """A run finished: keep it in the session, show it, offer it for comparison."""
+        run = self.session.add(config, result.layers, result.summary, result.output_dir)
+        self.displayed = run
+        self.compareCombo.addItem(run.name, run.number)
+        self.on_compare_changed()
+        return run
+
+    def stop(self) -> None:
+        self._refresh_timer.stop()
+
+    # ------------------------------------------------------------------ drawing
+    def refresh(self, everything: bool = False) -> None:
+        """Redraw the chart on the visible tab (all of them with `everything`); the others
+        are redrawn when their tab is shown."""
+        self._refresh_timer.stop()
+        self._stale.update((self.layerErrorChart, self.heatMap))
+        for chart in list(self._stale):
+            if everything or chart is self.tabs.currentWidget():
+                chart.refresh()
+                self._stale.discard(chart)
+        self._show_summary_line()
+
+    def _on_tab_changed(self, _index: int) -> None:
+        widget = self.tabs.currentWidget()
+        if widget in self._stale:
+            self._stale.discard(widget)
+            widget.refresh()
+
+    def set_log_scale(self, on: bool) -> None:
+        self.layerErrorChart.set_log_scale(on)
+
+    def _show_summary_line(self) -> None:
+        """The core's summary of the layers so far, in one line under the charts."""
+        if not len(self.results):
+            self.summaryLabel.setText("")
+            return
+        s = self.results.summary()
+        self.summaryLabel.setText(
+            f"{len(self.results)} layers · mean calibrated error {fmt_err(s.get('mean_cal_err_before'))} → "
+            f"<b>{fmt_err(s.get('mean_cal_err_after'))}</b> · {fmt_pct(s.get('mean_cal_improvement'))} of it "
+            f"removed per layer on average · held-out {fmt_err(s.get('mean_heldout_err_before'))} → "
+            f"<b>{fmt_err(s.get('mean_heldout_err_after'))}</b>"
+        )
+
+    def on_compare_changed(self, *_: Any) -> None:
+        number = self.compareCombo.currentData() or 0
+        other = self.session.get(number) if number else None
+        if other is not None and other is not self.displayed:
+            self.layerErrorChart.set_compare(other.results, other.name)
+        else:
+            self.layerErrorChart.set_compare(None)
+        shown = self.displayed
+        self.comparePanel.show_runs(
+            shown.name if shown else "This run",
+            shown.summary if shown else None,
+            other.name if other else "Compared run",
+            other.summary if other else None,
+        )
+
+    def grab_chart(self, widget: QWidget) -> Any:
+        """A chart as an image, laid out at the visible tab's size when it is hidden."""
+        if not widget.isVisible():
+            widget.resize(self.tabs.currentWidget().size())
+            widget.ensurePolished()
+        return widget.grab()
