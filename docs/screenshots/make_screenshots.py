@@ -33,8 +33,8 @@ def main() -> int:
     def on_layer(event) -> None:
         if not state["grabbed"] and window.tracker.total and window.tracker.done >= window.tracker.total // 2:
             state["grabbed"] = True
-            window._refresh_charts(everything=True)
-            window._update_progress()
+            window.results_area.refresh(everything=True)
+            window.init_run.update_progress()
             grab(app, window, "main-window-running.png")
 
     window.layerReceived.connect(on_layer)

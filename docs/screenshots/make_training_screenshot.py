@@ -42,7 +42,7 @@ def main() -> int:
         event = wait_for(window, window.trainingStep)[0]
         if event.step >= GRAB_AT:
             break
-    window._update_training_progress()
+    window.training_control.update_progress()
     grab(app, window, "training-panel-running.png")
     window.stop_training()
     wait_for(window, window.trainingStopped, 120_000)
