@@ -20,7 +20,7 @@ What it does, all offline:
 4. the NF4 and LLM.int8 perplexity cost on the built-in sample text, measured with the
    engine's own `BitsAndBytesConfig` and recorded in the marker file;
 5. the folder written atomically, and the SHA-256 of every file printed in the form
-   `quailora_core/demo.py` expects (`DEMO_FILES`): paste it there, so that the package
+   `quailora_core/demo/shipped.py` expects (`DEMO_FILES`): paste it there, so that the package
    and a test notice any file that changes without the package knowing.
 """
 
