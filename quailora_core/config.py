@@ -30,6 +30,8 @@ from quailora_core.files import atomic_write_text, check_output_dir
 from quailora_core.sources import references as hub
 
 METHODS = ("quailora", "exact", "loftq", "qlora")
+CALIBRATED_METHODS = ("quailora", "exact")  # the methods that read calibration inputs
+ITERATIVE_METHODS = ("quailora",)  # the methods als_iters bounds
 VERIFY_MODES = ("sample", "all", "off")
 INPUT_SOURCES = ("fp", "propagated", "asymmetric")
 QUANT_TYPES = ("nf4", "fp4")

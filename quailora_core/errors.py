@@ -34,7 +34,12 @@ class InputError(QuailoraError):
     """Bad input detected before any heavy work started (CLI exit code 2)."""
 
 
-class MissingColumnError(InputError):
+class ColumnError(InputError):
+    """The text column of a tabular source is wrong (missing, or not text): an error about
+    the text column setting, whichever source (calibration, training data) it belongs to."""
+
+
+class MissingColumnError(ColumnError):
     """A tabular source lacks the asked-for text column. `columns` lists the ones it has, as
     data, so a front end can offer them (the app's column chooser) without parsing the text."""
 
@@ -46,14 +51,14 @@ class MissingColumnError(InputError):
 
 @contextlib.contextmanager
 def about(field: str, column_field: str | None = None) -> Iterator[None]:
-    """Errors raised inside are about `field` unless they already name one (a missing text
+    """Errors raised inside are about `field` unless they already name one (a wrong text
     column is about `column_field`): the data loaders serve calibration and training data
     alike, and only their caller knows which setting the user typed."""
     try:
         yield
     except InputError as exc:
         if exc.field is None:
-            exc.field = column_field if column_field and isinstance(exc, MissingColumnError) else field
+            exc.field = column_field if column_field and isinstance(exc, ColumnError) else field
         raise
 
 

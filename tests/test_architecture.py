@@ -148,3 +148,16 @@ def test_every_rooms_public_names_resolve():
         package = importlib.import_module(room)
         for name in getattr(package, "__all__", []):
             assert getattr(package, name) is not None, f"{room}.{name}"
+
+
+def test_no_public_name_is_shadowed_by_a_submodule():
+    # importing `room.x` sets the attribute `room.x` to the module: a function of that name
+    # exported by the room would then be replaced by its own module
+    for name, path in MODULES.items():
+        if path.name != "__init__.py" or not name.startswith("quailora_core"):
+            continue
+        import importlib
+
+        exported = set(getattr(importlib.import_module(name), "__all__", []))
+        submodules = {p.stem for p in path.parent.glob("*.py")} | {p.name for p in path.parent.iterdir() if p.is_dir()}
+        assert not exported & submodules, (name, sorted(exported & submodules))

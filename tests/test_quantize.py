@@ -54,13 +54,16 @@ def test_training_an_8bit_layer_logs_no_per_step_noise(tmp_path):
     """A user's training log must not fill with one bitsandbytes "inputs will be cast" line per
     forward of an 8-bit layer, nor with transformers' deprecation warning that peft triggers;
     bitsandbytes' other warnings still get through. Run in a fresh interpreter, as a training
-    process starts (`import quailora_core` first)."""
+    process starts (every entry point, the training child's too, calls `quiet_library_noise()`
+    first; importing the engine alone changes nothing: tests/test_config.py)."""
     import subprocess
     import sys
 
     model = save_tiny("llama", tmp_path / "model")
     code = f"""
-import logging, quailora_core, torch
+import logging, torch
+from quailora_core.library_noise import quiet_library_noise
+quiet_library_noise()
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 logging.basicConfig(level=logging.WARNING)

@@ -8,7 +8,7 @@ from quailora_core._exports import lazy
 
 _EXPORTS = {
     "pipeline": "run_init InitResult",
-    "preflight": "preflight plan_for",
+    "preflight": "Preflight plan_for",
     "strategies": "STRATEGIES",
     "estimate": "estimate_run",
     "metrics": "summarize",

@@ -31,8 +31,7 @@ from transformers import PretrainedConfig
 from quailora_core.config import LoraSettings, QuantConfig
 from quailora_core.errors import InputError
 from quailora_core.model.blocks import find_decoder_blocks
-
-ALL_LINEAR = "all-linear"
+from quailora_core.model.target_names import ALL_LINEAR, matches
 
 
 @dataclass(frozen=True)
@@ -324,9 +323,3 @@ def _no_match(requested: list[str], kinds: dict[str, tuple[str, int, int]], bloc
         field="lora.targets",
     )
 
-
-def matches(spec: str, name: str) -> bool:
-    """The one target rule, peft's: `spec` names the layer `name` when it is the whole
-    name or a dotted suffix of it (`o_proj`, `self_attn.o_proj`). The app checks its target
-    boxes with it too, so the form accepts exactly what the engine does."""
-    return name == spec or name.endswith("." + spec)

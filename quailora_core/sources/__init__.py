@@ -13,7 +13,7 @@ _EXPORTS = {
     "references": "looks_like_model_id looks_like_dataset_id offline",
     "text": "load_texts default_text",
     "packing": "pack pack_all load_calibration CalibrationSet",
-    "preview": "preview DataPreview",
+    "preview": "DataPreview",
     "training_data": "load_training_data TrainingData",
 }
 __all__ = sorted(n for names in _EXPORTS.values() for n in names.split())

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quailora_core.errors import InputError, MissingColumnError
+from quailora_core.errors import ColumnError, InputError, MissingColumnError
 from quailora_core.sources.references import _Local
 
 EXACT_LIMIT = 32 << 20  # sizes are counted exactly up to 32 MiB, estimated beyond
@@ -42,8 +42,8 @@ def _missing_column(source: str, column: str, columns: Sequence[str]) -> Missing
     )
 
 
-def _not_string(source: str, column: str, dtype: Any) -> InputError:
-    return InputError(
+def _not_string(source: str, column: str, dtype: Any) -> ColumnError:
+    return ColumnError(
         f"Column {column!r} of {source!r} holds {dtype}, not text.",
         "Choose a column of plain strings (--text-column); flatten chat messages into one text column.",
     )
