@@ -160,7 +160,7 @@ class ConfigChecker:
     def check(self, config: Any) -> CheckReport:
         """Check a RunConfig (not modified) and return every problem found, per field."""
         from quailora_core.device import resolve_device
-        from quailora_core.errors import InputError, MissingColumnError
+        from quailora_core.errors import InputError, MissingColumnError, about
         from quailora_core.files import check_output_dir
 
         config = copy.deepcopy(config)
@@ -195,12 +195,12 @@ class ConfigChecker:
             errors[CALIBRATION] = "Choose calibration text: a file, a folder, a hub dataset or the sample text."
         else:
             try:
-                report.preview = self.preview(config.calibration)
+                with about("calibration.source", "calibration.text_column"):  # the core's rule for which
+                    report.preview = self.preview(config.calibration)
                 report.columns = list(report.preview.columns or [])
             except InputError as exc:
-                column = isinstance(exc, MissingColumnError)
-                report.refuse(exc, "calibration.text_column" if column else "calibration.source")
-                report.columns = list(exc.columns) if column else []
+                report.refuse(exc)
+                report.columns = list(exc.columns) if isinstance(exc, MissingColumnError) else []
             except Exception as exc:
                 errors[CALIBRATION] = f"Could not read the calibration data: {error_text(exc)}"
 

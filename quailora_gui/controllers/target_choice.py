@@ -2,7 +2,7 @@
 
 The check boxes show the leaf names of the model's linear layers (`q_proj`, `o_proj`: the
 model summary's `linear_modules`). A spec names layers by peft's rule, the engine's too
-(`quailora_core.model.targets.matches(spec, name)`: the whole name or a dotted suffix), so a
+(`quailora_core.model.target_names.matches(spec, name)`: the whole name or a dotted suffix), so a
 spec such as `self_attn.o_proj` names `o_proj` layers and checks that box. Until the user
 touches a box the targets go to the engine exactly as written; the engine's own plan of
 them (`ConfigChecker.plan`) is what the check shows. After a touch, each checked box
@@ -13,15 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-ALL_LINEAR = "all-linear"
-
-
-def _core_matches() -> Callable[[str, str], bool]:
-    # Imported when the model's layers are known, i.e. after the checks thread loaded the
-    # engine (the module imports torch): the import is then a lookup.
-    from quailora_core.model.targets import matches
-
-    return matches
+from quailora_core.model.target_names import ALL_LINEAR
+from quailora_core.model.target_names import matches as core_matches
 
 
 class TargetChoice:
@@ -36,7 +29,7 @@ class TargetChoice:
         """Whether `spec` names layers whose leaf name is `leaf`: a layer `….leaf` it matches
         by the engine's rule is exactly one whose path ends in the spec, so `leaf` is the
         whole spec or its dotted suffix (the rule read from the spec's side)."""
-        matches = self._matches or _core_matches()
+        matches = self._matches or core_matches
         return matches(leaf, spec)
 
     @property

@@ -27,6 +27,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from quailora_core.config import CALIBRATED_METHODS, ITERATIVE_METHODS
+
 from ..controllers import checks, form_text
 from ..controllers import form_fields as ff
 from ..controllers.labels import DEMO_CALIBRATION_LABEL, DEMO_MODEL_LABEL
@@ -35,7 +37,6 @@ from .form_sections import build_all
 from .form_targets import TargetsEditor
 
 # Methods whose solver uses the calibration inputs (the others ignore inputs and damping).
-CALIBRATED_METHODS = ("quailora", "exact")
 PATH_EDITS = ((checks.MODEL, "modelPathEdit"), (checks.CALIBRATION, "calibrationPathEdit"),
               (checks.OUTPUT, "outputPathEdit"))  # fmt: skip
 
@@ -181,7 +182,7 @@ class RunForm(QWidget):
         calibrated = self.methodCombo.currentData() in CALIBRATED_METHODS
         self.inputsCombo.setEnabled(calibrated)
         self.dampingSpin.setEnabled(calibrated)
-        self.alsItersSpin.setEnabled(self.methodCombo.currentData() == "quailora")
+        self.alsItersSpin.setEnabled(self.methodCombo.currentData() in ITERATIVE_METHODS)
 
     def _update_badges(self) -> None:
         from quailora_core.config import DEMO_CALIBRATION, DEMO_MODEL

@@ -450,7 +450,7 @@ def test_the_field_table_names_real_settings_with_their_help_and_labels_keep_the
 
 
 def test_target_specs_are_kept_as_written_until_a_box_is_touched():
-    from quailora_core.model.targets import matches
+    from quailora_core.model.target_names import matches
     from quailora_gui.controllers.target_choice import TargetChoice
 
     leaves = ["q_proj", "k_proj", "v_proj", "o_proj"]
