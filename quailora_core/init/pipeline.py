@@ -174,12 +174,11 @@ class _Run:
                 _check(self.cancel)
                 chosen = choose_layers(verify_mode, plan, self.signatures)
                 reported = {r.name: (r.cal_err_before, r.cal_err_after) for r in self.solver.layers}
-                with torch_threads(None):
-                    result = verify_adapter(
-                        verify_mode, folder, AdapterRecord.load(folder), model, blocks.blocks, chosen, reported,
-                        data.input_ids, data.attention_mask, bs, self.device, cfg.init.inputs,
-                        cfg.model.trust_remote_code,
-                    )  # fmt: skip
+                result = verify_adapter(
+                    verify_mode, folder, AdapterRecord.load(folder), model, blocks.blocks, chosen, reported,
+                    data.input_ids, data.attention_mask, bs, self.device, cfg.init.inputs,
+                    cfg.model.trust_remote_code,
+                )  # fmt: skip
             self.emit(Log("info" if verify_mode != "off" else "warning", result.summary_line()))
             summary["verify"] = verify_mode
             summary["verified_layers"] = len(result.layers)
