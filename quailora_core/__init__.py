@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "init.pipeline": "run_init",
     "config": "RunConfig",
-    "errors": "InputError EngineError",
+    "errors": "QuailoraError InputError EngineError Cancelled",
     "events": "CancelToken",
 }
 __all__ = sorted(n for names in _EXPORTS.values() for n in names.split())

@@ -55,10 +55,11 @@ class FieldHelp:
     def tooltip(self) -> str:
         return f"{self.help} (usual: {self.usual})." if self.usual else f"{self.help}."
 
-    def flag_help(self) -> str:
+    def flag_help(self, how: str = "") -> str:
+        """The help of the CLI flag; `how` says how to write the value (", comma-separated")."""
         first = self.help.split(" ", 1)[0]
         text = self.help if first[1:] != first[1:].lower() else self.help[0].lower() + self.help[1:]
-        return f"{text} (usual: {self.usual})" if self.usual else text
+        return f"{text}{how} (usual: {self.usual})" if self.usual else text + how
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, usual: str | None = None, flag: str | None = None,
@@ -114,8 +115,7 @@ class QuantConfig:
 
     bits: int = option(4, flag="--bits", usual="4",
                        help="Bits per weight of the quantized base fine-tuning will use: 4 (QLoRA) or 8 (LLM.int8)")
-    quant_type: str = option("nf4", flag="--quant-type", usual="NF4", help="4-bit data type of bitsandbytes: "
-                             "nf4 or fp4")  # fmt: skip
+    quant_type: str = option("nf4", flag="--quant-type", help="4-bit data type of bitsandbytes: nf4 or fp4")  # fmt: skip
     double_quant: bool = option(True, usual="on", help="Quantize the quantization constants too, as QLoRA does")
     compute_dtype: str = option("auto", flag="--compute-dtype", usual="auto = the load dtype",
                                 help="Compute dtype of the 4-bit layers, bnb_4bit_compute_dtype")
@@ -314,7 +314,8 @@ class RunConfig:
             elif key in ("output", "overwrite"):
                 kwargs[key] = value
             else:
-                raise InputError(f"Unknown key {key!r} in the run file.", "Remove it or fix its spelling.")
+                known = ", ".join([*sections, "output", "overwrite"])
+                raise InputError(f"Unknown key {key!r} in the run file.", f"Remove it or fix its spelling; known: {known}.")
         return cls(**kwargs)
 
     def to_toml(self) -> str:
@@ -431,7 +432,34 @@ def _build(cls: type, values: dict[str, Any], section: str) -> Any:
             f"Unknown key {unknown[0]!r} in [{section}] of the run file.",
             f"Known keys: {', '.join(sorted(names))}.",
         )
+    defaults = cls()
+    for name, value in values.items():
+        expected = _kind(getattr(defaults, name))
+        if expected is not None and not _is_kind(value, expected):
+            raise InputError(
+                f"{name} in [{section}] of the run file must be {_NAMES.get(expected, 'a list')}, got {value!r}.",
+                f"The usual value is {field_help(f'{section}.{name}').usual}.",
+                field=f"{section}.{name}",
+            )
     return cls(**values)
+
+
+_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+
+
+def _kind(default: Any) -> type | None:
+    """What a run file must give for a field whose default is `default` (None: not checked)."""
+    return next((t for t in (bool, int, float, str, list) if isinstance(default, t)), None)
+
+
+def _is_kind(value: Any, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind)
 
 
 def _drop_none(value: Any) -> Any:

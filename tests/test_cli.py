@@ -39,8 +39,8 @@ def refused(args, capsys, tmp_path, expect: str, output: Path | None = None):
     existed = output.exists()
     code, _, err = run_cli([*args, "--output", str(output), "--device", "cpu"], capsys)
     assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and expect.lower() in lines[0].lower(), err
+    lines = err.strip().splitlines()  # bad input is one line on stderr, nothing before it
+    assert len(lines) == 1 and lines[0].startswith("error:") and expect.lower() in lines[0].lower(), err
     assert output.exists() == existed
     assert not [p for p in output.parent.iterdir() if ".partial-" in p.name]
     return lines[0]

@@ -123,3 +123,31 @@ def test_importing_the_engine_changes_no_process_wide_state():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("toml", "field", "words"),
+    [
+        ('[lora]\nrank = "sixteen"\n', "lora.rank", "must be a whole number"),
+        ("[calibration]\nseed = 1.5\n", "calibration.seed", "must be a whole number"),
+        ('[quantization]\ndouble_quant = "yes"\n', "quantization.double_quant", "must be true or false"),
+        ("[lora]\ntargets = 'q_proj'\n", "lora.targets", "must be a list"),
+    ],
+)
+def test_a_run_file_value_of_the_wrong_kind_is_refused_by_name(tmp_path, toml, field, words):
+    path = tmp_path / "run.toml"
+    path.write_text(toml, encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        RunConfig.load(path)
+    assert info.value.field == field and words in info.value.message
+
+
+def test_an_unknown_section_names_the_known_ones(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("[modle]\npath = 'x'\n", encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        RunConfig.load(path)
+    assert "'modle'" in info.value.message and "model" in info.value.hint and "calibration" in info.value.hint
+    # a number where a float is expected is fine (alpha = 16)
+    path.write_text("[lora]\nalpha = 16\n", encoding="utf-8")
+    assert RunConfig.load(path).lora.alpha == 16

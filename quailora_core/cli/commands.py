@@ -22,7 +22,7 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="run file (TOML) to start from; flags given here override it")
     for flag, (_, _, typ, text) in INIT_FLAGS.items():
         p.add_argument(flag, type=typ, default=None, help=text)
-    p.add_argument("--targets", default=None, help=field_help("lora.targets").flag_help() + ", comma-separated")
+    p.add_argument("--targets", default=None, help=field_help("lora.targets").flag_help(", comma-separated"))
     p.add_argument("--double-quant", dest="double_quant", action="store_true", default=None, help=field_help("quantization.double_quant").flag_help())
     p.add_argument("--no-double-quant", dest="double_quant", action="store_false", help="double quantization off")
     p.add_argument("--rslora", action="store_true", default=None, help=field_help("lora.rslora").flag_help())

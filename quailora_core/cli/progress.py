@@ -5,6 +5,20 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+CLEAR_LINE = "\r\033[K"
+
+
+def status(text: str) -> None:
+    """A transient line on a terminal (the next line overwrites it); nothing when stderr is a
+    file or a pipe, so a refusal there is exactly one line."""
+    if sys.stderr.isatty():
+        print(text, end="\r", file=sys.stderr, flush=True)
+
+
+def clear_status() -> str:
+    """What starts a line printed after a `status` line (clears it on a terminal)."""
+    return CLEAR_LINE if sys.stderr.isatty() else ""
+
 
 class TerminalProgress:
     """tqdm progress bar with ETA over layers, log lines printed above it."""
@@ -25,14 +39,14 @@ class TerminalProgress:
                 self.bar = None
                 print("writing adapter ...", file=sys.stderr)
             elif event.name == "load":
-                print("checking inputs and loading ...", file=sys.stderr)
+                status("checking inputs and loading ...")
             elif event.name == "verify":
                 print("self-check: loading the adapter as training will and recomputing ...", file=sys.stderr)
         elif isinstance(event, LayerResult) and self.bar is not None:
             self.bar.set_postfix_str(f"{event.name.split('.', 2)[-1]} {event.cal_err_before:.2e}->{event.cal_err_after:.2e}")
             self.bar.update(1)
         elif isinstance(event, Log):
-            write = self.bar.write if self.bar is not None else (lambda s: print(s, file=sys.stderr))
+            write = self.bar.write if self.bar is not None else (lambda s: print(clear_status() + s, file=sys.stderr))
             write(f"[{event.level}] {event.message}")
 
     def close(self) -> None:
@@ -47,7 +61,7 @@ class TrainProgress:
         self.bar = None
 
     def _write(self, text: str) -> None:
-        (self.bar.write if self.bar is not None else (lambda s: print(s, file=sys.stderr)))(text)
+        (self.bar.write if self.bar is not None else (lambda s: print(clear_status() + s, file=sys.stderr)))(text)
 
     def __call__(self, event: Any) -> None:
         from tqdm.auto import tqdm
@@ -55,7 +69,7 @@ class TrainProgress:
         from quailora_core.events import EvalResult, Log, Stage, TrainStep
 
         if isinstance(event, Stage) and event.name == "load":
-            print("checking inputs and loading ...", file=sys.stderr)
+            status("checking inputs and loading ...")
         elif isinstance(event, Stage) and event.name == "export" and self.bar is not None:
             self.close()
             print("writing the trained adapter ...", file=sys.stderr)

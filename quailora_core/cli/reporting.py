@@ -10,6 +10,7 @@ import sys
 import traceback
 from typing import Any
 
+from quailora_core.cli.progress import clear_status
 from quailora_core.errors import InputError, QuailoraError
 
 
@@ -59,12 +60,12 @@ def run_reporting(args: argparse.Namespace, work, progress=None) -> tuple[int, A
     except QuailoraError as exc:
         if args.json:
             print(event_to_json(Failed(exc.message, exc.hint)), file=out, flush=True)
-        print(f"error: {exc.one_line()}", file=sys.stderr)
+        print(f"{clear_status()}error: {exc.one_line()}", file=sys.stderr)
         return (2 if isinstance(exc, InputError) else 1), None
     except Exception as exc:  # a failure during the run: one line, details on request
         if args.json:
             print(event_to_json(Failed(str(exc), "", traceback.format_exc())), file=out, flush=True)
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"{clear_status()}error: {type(exc).__name__}: {exc}", file=sys.stderr)
         if os.environ.get("QUAILORA_DEBUG"):
             traceback.print_exc()
         return 1, None

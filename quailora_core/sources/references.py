@@ -131,7 +131,7 @@ def _classify(source: str) -> _Local | None:
     if looks_like_dataset_id(source):
         return None
     raise InputError(
-        f"Calibration file or folder {source!r} does not exist.",
+        f"Data file or folder {source!r} does not exist.",
         "Check the path; a hub dataset is written owner/name.",
     )
 
