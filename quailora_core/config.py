@@ -23,7 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
-import tomllib
+
+try:  # Python 3.11+; the tomli backport (the same parser) on 3.10
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - 3.10 only
+    import tomli as tomllib
 
 from quailora_core.errors import InputError, about
 from quailora_core.files import atomic_write_text, check_output_dir
@@ -320,6 +324,14 @@ class RunConfig:
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
+
+    @classmethod
+    def from_toml(cls, text: str) -> RunConfig:
+        """The inverse of `to_toml` (paths exactly as written; `load` resolves a file's)."""
+        try:
+            return cls.from_dict(tomllib.loads(text))
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(f"The run is not valid TOML: {exc}.", "Fix the file.") from None
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the run file atomically (temp file, then rename)."""

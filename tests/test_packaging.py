@@ -16,7 +16,11 @@ import zipfile
 from pathlib import Path
 
 import quailora_resources
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the backport the package depends on there
+    import tomli as tomllib
 
 from quailora_core import demo
 

@@ -59,12 +59,10 @@ class WindowSettings:
         text = self.store.value("form/last_run", "")
         if not text:
             return None
-        import tomllib
-
         from quailora_core.config import RunConfig
 
         try:
-            return RunConfig.from_dict(tomllib.loads(str(text)))
+            return RunConfig.from_toml(str(text))
         except Exception:  # settings from another version: start from the defaults
             return None
 
