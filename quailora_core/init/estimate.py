@@ -8,12 +8,13 @@ nominal throughput for the device. It is an order-of-magnitude guide, and says s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from quailora_core.config import RunConfig
 from quailora_core.device import resolve_device, resolve_dtype
+from quailora_core.init.overfitting import token_shortfall
 from quailora_core.model.info import ModelSummary, dtype_size
 
 # nominal sustained throughput (FLOP/s) for this kind of work
@@ -27,6 +28,7 @@ class RunEstimate:
     seconds: float
     tokens: int
     note: str
+    warnings: list[str] = field(default_factory=list)  # e.g. too few calibration tokens (init/overfitting.py)
 
 
 def estimate_run(config: RunConfig, summary: ModelSummary) -> RunEstimate:
@@ -67,4 +69,5 @@ def estimate_run(config: RunConfig, summary: ModelSummary) -> RunEstimate:
         seconds=seconds,
         tokens=tokens,
         note=f"rough estimate for {device}: model {model_bytes / gb:.2f} GiB in {str(dtype).removeprefix('torch.')}",
+        warnings=[w for w in [token_shortfall(tokens, [i for _, i in shapes], cal.seq_len)] if w],
     )

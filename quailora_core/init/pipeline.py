@@ -32,6 +32,7 @@ from quailora_core.events import CancelToken, EventCallback, Finished, LayerResu
 from quailora_core.init.activations import HiddenStore, call_signature, capture_block_inputs
 from quailora_core.init.layer import LayerSolver
 from quailora_core.init.metrics import summarize
+from quailora_core.init.overfitting import overfitting, token_shortfall
 from quailora_core.init.preflight import Preflight, plan_for, preflight, refuse_missing_weights
 from quailora_core.init.strategies import STRATEGIES, Walk
 from quailora_core.init.verify import Verification, choose_layers, verify_adapter
@@ -101,6 +102,10 @@ class _Run:
         data = pack(self.pre.texts, tokenizer, cal.samples, cal.seq_len, cal.heldout_samples, cal.seed)
         for warning in data.warnings:
             self.emit(Log("warning", warning))
+        tokens = int(data.attention_mask.sum())
+        shortfall = token_shortfall(tokens, [t.in_features for t in plan.targets], cal.seq_len)
+        if shortfall:
+            self.emit(Log("warning", shortfall))
         _check(self.cancel)
         model, info = AUTO_CLASSES[self.pre.auto_class].from_pretrained(
             self.pre.model_path,
@@ -158,6 +163,9 @@ class _Run:
                     torch.cuda.empty_cache()
         _check(self.cancel)
         summary = summarize(self.solver.layers)
+        summary["overfitting"] = overfitting(self.solver.layers, tokens, cal.seq_len)
+        if summary["overfitting"]:
+            self.emit(Log("warning", summary["overfitting"]))
         summary["wall_seconds"] = time.perf_counter() - started
         self.emit(Stage("export"))
         architecture = (getattr(model.config, "architectures", None) or [type(model).__name__])[0]

@@ -10,6 +10,7 @@ from typing import Any
 from .formatting import fmt_count, fmt_duration, fmt_gb, fmt_int
 
 GREY = "#64748b"
+AMBER = "#92400e"  # warnings: the run can go ahead, but the user should know
 TABULAR = ("json", "csv", "parquet", "hub")  # preview kinds whose rows are table rows
 
 
@@ -80,9 +81,10 @@ def estimate_html(estimate: Any | None, error: str = "") -> str:
     return html
 
 
-def token_count_html(n: int, length: int, held: int, tokens: int | None = None, available: int | None = None) -> str:
-    """'Uses n × length = tokens calibration tokens, plus the held-out ones', and a warning
-    when the source holds fewer."""
+def token_count_html(n: int, length: int, held: int, tokens: int | None = None, available: int | None = None,
+                     warnings: list[str] | tuple[str, ...] = ()) -> str:  # fmt: skip
+    """'Uses n × length = tokens calibration tokens, plus the held-out ones', a warning when the
+    source holds fewer, and the estimate's warnings (too few tokens for the layers' inputs)."""
     tokens = tokens or n * length
     text = f"Uses {fmt_int(n)} × {fmt_int(length)} = <b>{fmt_int(tokens)}</b> calibration tokens"
     if held:
@@ -90,7 +92,9 @@ def token_count_html(n: int, length: int, held: int, tokens: int | None = None, 
     text += "."
     if available is not None and available < (n + held) * length:
         text += (
-            f"<br><span style='color:#92400e'>The source has only about {fmt_count(available)} tokens: "
+            f"<br><span style='color:{AMBER}'>The source has only about {fmt_count(available)} tokens: "
             "the engine will use what there is and say so in the log.</span>"
         )
+    for warning in warnings:
+        text += f"<br><span style='color:{AMBER}'>{escape(warning[:1].upper() + warning[1:])}.</span>"
     return text

@@ -193,7 +193,7 @@ class RunForm(QWidget):
     def _update_token_count(self, estimate: Any | None = None) -> None:
         self.tokenCountLabel.setText(form_text.token_count_html(
             self.samplesSpin.value(), self.seqLenSpin.value(), self.heldoutSpin.value(),
-            getattr(estimate, "tokens", None), self._source_tokens,
+            getattr(estimate, "tokens", None), self._source_tokens, getattr(estimate, "warnings", ()),
         ))  # fmt: skip
 
     # ================================================================== check report

@@ -223,3 +223,18 @@ def test_a_run_file_with_a_dotted_target_keeps_it_as_the_engine_reads_it(qtbot, 
     form.targetsList.item(0).setCheckState(Qt.CheckState.Checked)  # q_proj too: the dotted spec stays
     assert form.to_config().lora.targets == ["q_proj", "self_attn.o_proj"]
     assert settle(qtbot, window).ok
+
+
+def test_the_estimate_warns_of_too_few_calibration_tokens_before_the_run(qtbot, window, tiny_model_dir, text_file,
+                                                                        tmp_path):  # fmt: skip
+    from quailora_core.init.overfitting import TOKENS_PER_INPUT
+
+    configure(window, tiny_model_dir, text_file, tmp_path / "out", samples=2, seq_len=48)
+    report = settle(qtbot, window)
+    assert report.ok, report.errors  # a warning, not a refusal: Run stays possible
+    widest = max(i for _, i in report.summary.linear_shapes.values())
+    text = window.form.tokenCountLabel.text()  # right under Samples, where the fix is made
+    assert "calibration tokens for layers with up to" in text and f"{TOKENS_PER_INPUT * widest:,}" in text
+    window.form.samplesSpin.setValue(TOKENS_PER_INPUT * widest // 48 + 1)
+    assert settle(qtbot, window).ok
+    assert "calibration tokens for layers" not in window.form.tokenCountLabel.text()
