@@ -1,8 +1,9 @@
 """Write the initialized LoRA pairs as a standard peft adapter, atomically.
 
-The adapter is produced by peft itself: we wrap the (full-precision, CPU) model with
-`get_peft_model`, copy our A and B into its LoRA modules and call `save_pretrained`,
-so the files are exactly what peft writes and reads. Next to them go `quailora.json`
+The adapter is produced by peft itself: we wrap the model's module tree (a meta-device
+skeleton does: no weight of the base is read) with `get_peft_model`, put our A and B in
+its LoRA modules and call `save_pretrained`, so the files are exactly what peft writes and
+reads. Next to them go `quailora.json`
 (the quantizer the adapter was computed for, calibration summary, per-layer metrics,
 versions) and a README model card with the loading code.
 
@@ -52,20 +53,28 @@ def write_adapter(
     record: AdapterRecord,
     check: Callable[[Path], dict[str, Any] | None] | None = None,
 ) -> Path:
-    """Wrap `model` with peft, load `factors[name] = (A, B)`, save atomically.
+    """Wrap `model` (real or on the meta device) with peft, set `factors[name] = (A, B)`, save
+    atomically.
 
     Layers missing from `factors` keep peft's default init (B = 0), which is plain QLoRA.
     `model` is unwrapped again (its own modules back in place) before `check(folder)`
     runs on the written folder (its quailora.json already there); what it returns is recorded in the record
     under "verification", and an exception from it leaves nothing on disk.
     """
-    peft_model = get_peft_model(model, peft_lora_config(lora, target_names))
+    peft_model = get_peft_model(model, peft_lora_config(lora, target_names), low_cpu_mem_usage=True)
     inner = peft_model.base_model.model
     with torch.no_grad():
-        for name, (a, b) in factors.items():
+        for name in target_names:
             layer = inner.get_submodule(name)
-            layer.lora_A["default"].weight.copy_(a)
-            layer.lora_B["default"].weight.copy_(b)
+            # peft made the LoRA modules on the meta device: give them memory, let peft initialize
+            # them as it always does (Kaiming A, B = 0), then put our pair in
+            for part in (layer.lora_A, layer.lora_B):
+                part["default"].to_empty(device="cpu")
+            layer.reset_lora_parameters("default", True)
+            if name in factors:
+                a, b = factors[name]
+                layer.lora_A["default"].weight.copy_(a)
+                layer.lora_B["default"].weight.copy_(b)
     with atomic_dir(output, overwrite) as tmp:
         try:
             peft_model.save_pretrained(str(tmp))

@@ -10,6 +10,8 @@ inputs; `HiddenStore` keeps the hidden states between blocks in memory or on dis
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,9 @@ from torch import nn
 
 from quailora_core.errors import InputError
 from quailora_core.model.blocks import DecoderBlocks
+
+# (block index, device) -> the block with its weights on the device, for a `with` statement
+BlockWeights = Callable[[int, torch.device], AbstractContextManager[nn.Module]]
 
 
 class _StopForward(Exception):
@@ -126,6 +131,7 @@ def capture_block_inputs(
     batch_size: int,
     device: torch.device,
     store: HiddenStore,
+    block_weights: BlockWeights,
 ) -> list[BlockBatch]:
     """Run the model's own forward pass on each batch and record what every block receives.
 
@@ -134,7 +140,8 @@ def capture_block_inputs(
     learnt from one real call of block 0), and the last one ends the pass. So the model
     computes every per-layer mask and position embedding itself, as it will in training,
     at the cost of the embeddings alone. Only the modules that run outside the blocks are
-    moved to `device` (and back after).
+    moved to `device` (and back after); block 0 has its weights (`block_weights(0, device)`)
+    for its one real call.
     """
     n = len(blocks.blocks)
     captured: list[tuple[tuple, dict]] = []
@@ -163,7 +170,7 @@ def capture_block_inputs(
             ids = input_ids[start : start + batch_size].to(device)
             mask = attention_mask[start : start + batch_size].to(device)
             if not template:
-                template.append(_first_block_output(model, blocks, ids, mask, device))
+                template.append(_first_block_output(model, blocks, ids, mask, device, block_weights))
             captured.clear()
             for b, block in enumerate(blocks.blocks):
                 block.forward = stand_in(b)
@@ -188,7 +195,7 @@ def capture_block_inputs(
     return batches
 
 
-def _first_block_output(model: nn.Module, blocks: DecoderBlocks, ids, mask, device) -> Any:
+def _first_block_output(model: nn.Module, blocks: DecoderBlocks, ids, mask, device, block_weights: BlockWeights) -> Any:
     """Block 0's real output on one batch: the form (tensor or tuple) its stand-in returns."""
     first = blocks.blocks[0]
     seen: list[tuple[tuple, dict]] = []
@@ -210,12 +217,8 @@ def _first_block_output(model: nn.Module, blocks: DecoderBlocks, ids, mask, devi
             "This architecture is not supported.",
         )
     hidden, call = _split_call(*seen[0])
-    home = next(first.parameters()).device
-    first.to(device)
-    try:
-        return first(hidden, *call.args, **call.kwargs)
-    finally:
-        first.to(home)
+    with block_weights(0, device) as block:
+        return block(hidden, *call.args, **call.kwargs)
 
 
 def run_block(block: nn.Module, index: int, batch: BlockBatch, store: HiddenStore) -> torch.Tensor | Path:

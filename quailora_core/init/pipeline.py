@@ -2,11 +2,13 @@
 
 `run_init(config, on_event, cancel)` is the one entry point the CLI, the GUI and the tests
 call. This module only orchestrates: `preflight` (every check that needs no weights), then
-load the full-precision model, capture what each decoder block receives
-(`activations`), walk the blocks with the run's input strategy (`strategies`: fp,
-propagated, asymmetric), which solves each layer (`layer`), and write the adapter with its
-record, self-checked (`verify`) before it is renamed into place. Only one block sits on
-the accelerator at a time, and the host keeps one block's activations.
+load the full-precision model with its blocks left in the checkpoint (`model/streamed`),
+capture what each decoder block receives (`activations`), walk the blocks with the run's
+input strategy (`strategies`: fp, propagated, asymmetric), which solves each layer
+(`layer`), and write the adapter with its record, self-checked (`verify`) before it is
+renamed into place. Only one block's weights are in memory at a time (read from the
+checkpoint for its turn, on the accelerator when there is one), and the host keeps one
+block's activations: memory does not grow with the number of blocks.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from quailora_core.init.overfitting import overfitting, token_shortfall
 from quailora_core.init.preflight import Preflight, plan_for, preflight, refuse_missing_weights
 from quailora_core.init.strategies import STRATEGIES, Walk
 from quailora_core.init.verify import Verification, choose_layers, verify_adapter
-from quailora_core.model.blocks import find_decoder_blocks
+from quailora_core.memory import release_freed_memory
 from quailora_core.model.fingerprint import weight_fingerprint
+from quailora_core.model.streamed import load_streamed
 from quailora_core.quant.record import QuantRecord
 
 __all__ = ["InitResult", "plan_for", "preflight", "run_init"]
@@ -83,6 +86,7 @@ class _Run:
             if self.config.init.offload_activations:
                 folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="quailora-activations-")))
             self.store = HiddenStore(folder)
+            self._offload_root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="quailora-weights-")))
             walk = Walk(self.config, self.pre.plan, self.device, self.store, lambda: _check(self.cancel),
                         self.solver.solve)  # fmt: skip
             self.strategy = self.solver.strategy = STRATEGIES[self.config.init.inputs](walk)
@@ -91,7 +95,7 @@ class _Run:
     def _run(self) -> InitResult:
         from transformers import AutoTokenizer
 
-        from quailora_core.model.info import AUTO_CLASSES
+        from quailora_core.model.info import load_model_config, meta_model
         from quailora_core.sources.packing import pack
 
         cfg, cal, plan = self.config, self.config.calibration, self.pre.plan
@@ -107,60 +111,7 @@ class _Run:
         if shortfall:
             self.emit(Log("warning", shortfall))
         _check(self.cancel)
-        model, info = AUTO_CLASSES[self.pre.auto_class].from_pretrained(
-            self.pre.model_path,
-            dtype=self.dtype,
-            low_cpu_mem_usage=True,
-            trust_remote_code=cfg.model.trust_remote_code,
-            output_loading_info=True,
-        )
-        refuse_missing_weights(info)
-        model.eval()
-        model.config.use_cache = False
-        blocks = find_decoder_blocks(model)
-        if blocks.path != plan.blocks_path or len(blocks.blocks) != plan.n_blocks:
-            raise EngineError(
-                f"The loaded model's blocks ({blocks.path}, {len(blocks.blocks)}) differ from its skeleton's "
-                f"({plan.blocks_path}, {plan.n_blocks}).",
-                "This model builds differently when loaded; please report it.",
-            )
-        modules = {t.name: model.get_submodule(t.name) for t in plan.targets}
-        self.emit(
-            Log(
-                "info",
-                f"{len(plan.targets)} layers in {len(blocks.blocks)} blocks; {data.input_ids.shape[0]} x "
-                f"{data.input_ids.shape[1]} calibration tokens, {data.heldout_input_ids.shape[0]} held-out sequences; "
-                f"device {self.device}, {str(self.dtype).removeprefix('torch.')}",
-            )
-        )
-        bs = cfg.init.batch_size
-        by_block = plan.by_block()
-        with torch.no_grad():
-            streams = {
-                "cal": capture_block_inputs(
-                    model, blocks, data.input_ids, data.attention_mask, bs, self.device, self.store
-                ),
-                "heldout": capture_block_inputs(
-                    model, blocks, data.heldout_input_ids, data.heldout_attention_mask, bs, self.device, self.store
-                )
-                if data.heldout_input_ids.shape[0]
-                else [],
-            }
-            self.signatures = call_signature(streams["cal"][0].calls)
-            # a paired strategy keeps a second, quantized-path stream; it starts equal to the first
-            qstreams = dict(streams) if self.strategy.paired else {}
-            self.emit(Stage("calibrate", total=len(plan.targets)))
-            for b, block in enumerate(blocks.blocks):
-                _check(self.cancel)
-                home = next(block.parameters()).device
-                block.to(self.device)
-                try:
-                    layers = [(t, modules[t.name]) for t in by_block.get(b, [])]
-                    streams, qstreams = self.strategy.block(b, block, layers, streams, qstreams)
-                finally:
-                    block.to(home)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+        fingerprint, architecture = self._walk(data)
         _check(self.cancel)
         summary = summarize(self.solver.layers)
         summary["overfitting"] = overfitting(self.solver.layers, tokens, cal.seq_len)
@@ -168,8 +119,7 @@ class _Run:
             self.emit(Log("warning", summary["overfitting"]))
         summary["wall_seconds"] = time.perf_counter() - started
         self.emit(Stage("export"))
-        architecture = (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
-        record = self._record(data.summary, summary, modules, architecture)
+        record = self._record(data.summary, summary, fingerprint, architecture)
         verify_mode = cfg.init.verify
 
         def check(folder: Path) -> dict[str, Any]:
@@ -183,8 +133,8 @@ class _Run:
                 chosen = choose_layers(verify_mode, plan, self.signatures)
                 reported = {r.name: (r.cal_err_before, r.cal_err_after) for r in self.solver.layers}
                 result = verify_adapter(
-                    verify_mode, folder, AdapterRecord.load(folder), model, blocks.blocks, chosen, reported,
-                    data.input_ids, data.attention_mask, bs, self.device, cfg.init.inputs,
+                    verify_mode, folder, AdapterRecord.load(folder), chosen, reported, data.input_ids,
+                    data.attention_mask, cfg.init.batch_size, self.device, cfg.init.inputs, self.offload_folder(),
                     cfg.model.trust_remote_code,
                 )  # fmt: skip
             self.emit(Log("info" if verify_mode != "off" else "warning", result.summary_line()))
@@ -193,23 +143,93 @@ class _Run:
             summary["verify_max_difference"] = result.max_difference if result.layers else None
             return result.record()
 
+        # peft writes the adapter from the model's module tree alone: a meta-device skeleton
+        skeleton = meta_model(load_model_config(self.pre.model_path, cfg.model.trust_remote_code),
+                              cfg.model.trust_remote_code)  # fmt: skip
         output = write_adapter(
-            model, cfg.lora, self.pre.target_names, self.solver.factors, cfg.output, cfg.overwrite, record, check
+            skeleton, cfg.lora, self.pre.target_names, self.solver.factors, cfg.output, cfg.overwrite, record, check
         )
         summary["wall_seconds"] = time.perf_counter() - started
         self.emit(Finished(str(output), summary))
         return InitResult(str(output), self.solver.layers, summary)
 
-    def _record(self, cal_summary: dict[str, Any], summary: dict[str, Any], modules, architecture: str) -> AdapterRecord:
+    def offload_folder(self) -> Path:
+        """A fresh, empty folder for weights that cannot be read from the checkpoint in place
+        (model/streamed.py); all of them are removed with the run."""
+        return Path(tempfile.mkdtemp(dir=self._offload_root))
+
+    def _walk(self, data) -> tuple[str, str]:
+        """Load the model with its blocks left in the checkpoint (model/streamed.py), record what
+        each block receives, and walk the blocks, each read onto the device for its turn and
+        released after. Returns the first target's weight fingerprint and the architecture;
+        the model is gone when this returns, so the self-check starts from free memory."""
+        from quailora_core.model.info import AUTO_CLASSES
+
         cfg, plan = self.config, self.pre.plan
-        first_target = plan.targets[0]
-        first = modules[first_target.name].weight.data  # as stored in the checkpoint (Conv1D: in x out)
+        streamed = load_streamed(self.pre.model_path, AUTO_CLASSES[self.pre.auto_class], self.dtype, self.device,
+                                 self.offload_folder(), cfg.model.trust_remote_code)  # fmt: skip
+        refuse_missing_weights(streamed.loading_info)
+        for note in streamed.notes:
+            self.emit(Log("info", note))
+        model, blocks = streamed.model, streamed.blocks
+        if blocks.path != plan.blocks_path or len(blocks.blocks) != plan.n_blocks:
+            raise EngineError(
+                f"The loaded model's blocks ({blocks.path}, {len(blocks.blocks)}) differ from its skeleton's "
+                f"({plan.blocks_path}, {plan.n_blocks}).",
+                "This model builds differently when loaded; please report it.",
+            )
+        streamed.detach_blocks()
+        modules = {t.name: model.get_submodule(t.name) for t in plan.targets}
+        first = plan.targets[0]
+        fingerprint = ""
+        self.emit(
+            Log(
+                "info",
+                f"{len(plan.targets)} layers in {len(blocks.blocks)} blocks; {data.input_ids.shape[0]} x "
+                f"{data.input_ids.shape[1]} calibration tokens, {data.heldout_input_ids.shape[0]} held-out sequences; "
+                f"device {self.device}, {str(self.dtype).removeprefix('torch.')}; weights read block by block",
+            )
+        )
+        bs = cfg.init.batch_size
+        by_block = plan.by_block()
+        with torch.no_grad():
+            streams = {
+                "cal": capture_block_inputs(model, blocks, data.input_ids, data.attention_mask, bs, self.device,
+                                            self.store, streamed.block_weights),
+                "heldout": capture_block_inputs(model, blocks, data.heldout_input_ids, data.heldout_attention_mask,
+                                                bs, self.device, self.store, streamed.block_weights)
+                if data.heldout_input_ids.shape[0]
+                else [],
+            }  # fmt: skip
+            self.signatures = call_signature(streams["cal"][0].calls)
+            # a paired strategy keeps a second, quantized-path stream; it starts equal to the first
+            qstreams = dict(streams) if self.strategy.paired else {}
+            self.emit(Stage("calibrate", total=len(plan.targets)))
+            for b in range(len(blocks.blocks)):
+                _check(self.cancel)
+                with streamed.block_weights(b, self.device) as block:
+                    if b == first.block:
+                        fingerprint = weight_fingerprint(modules[first.name].weight.data)
+                    layers = [(t, modules[t.name]) for t in by_block.get(b, [])]
+                    streams, qstreams = self.strategy.block(b, block, layers, streams, qstreams)
+                release_freed_memory()
+        for batches in (*streams.values(), *qstreams.values()):
+            for batch in batches:
+                self.store.drop(batch.hidden)
+        architecture = (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
+        del streamed, model, blocks, modules, streams, qstreams
+        release_freed_memory()
+        return fingerprint, architecture
+
+    def _record(self, cal_summary: dict[str, Any], summary: dict[str, Any], fingerprint: str,
+                architecture: str) -> AdapterRecord:  # fmt: skip
+        cfg, plan = self.config, self.pre.plan
         versions = {}
         for pkg in ("quailora", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets"):
             with contextlib.suppress(importlib.metadata.PackageNotFoundError):
                 versions[pkg] = importlib.metadata.version(pkg)
         base = BaseModelRecord(self.pre.model_path, cfg.model.path, architecture, self.pre.auto_class,
-                               weight_fingerprint(first), first_target.name)  # fmt: skip
+                               fingerprint, plan.targets[0].name)  # fmt: skip
         return AdapterRecord(
             base_model=base,
             quantization=QuantRecord.of(cfg.quantization, self.dtype),

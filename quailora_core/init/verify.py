@@ -24,7 +24,6 @@ statistics' memory needs.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -182,37 +181,10 @@ class _Inputs:
             h.remove()
 
 
-@contextlib.contextmanager
-def _streamed(model: nn.Module, blocks: nn.ModuleList, device: torch.device):
-    """Run `model`'s own forward on `device` while its weights stay on the host: everything
-    outside the blocks visits the device for the pass, each block only while it runs (the
-    engine's memory rule, kept for the check)."""
-    if device.type == "cpu":
-        yield
-        return
-    block_ids = {id(m) for m in blocks.modules()}
-    outside = [m for m in model.modules() if id(m) not in block_ids and (list(m.parameters(False)) or list(m.buffers(False)))]
-    for m in outside:
-        m.to(device)
-    handles = []
-    for block in blocks:
-        handles.append(block.register_forward_pre_hook(lambda mod, _args: mod.to(device)))
-        handles.append(block.register_forward_hook(lambda mod, _args, _out: mod.to("cpu")))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-        for m in outside:
-            m.to("cpu")
-
-
 def verify_adapter(
     mode: str,
     adapter_dir: Path,
     record: AdapterRecord,
-    fp_model: nn.Module,
-    fp_blocks: nn.ModuleList,
     chosen: list[Target],
     reported: dict[str, tuple[float, float]],
     input_ids: torch.Tensor,
@@ -220,17 +192,24 @@ def verify_adapter(
     batch_size: int,
     device: torch.device,
     inputs: str,
+    offload_folder: Path,
     trust_remote_code: bool = False,
 ) -> Verification:
     """Recompute `chosen` layers' calibrated errors from the adapter in `adapter_dir`
     (see the module docstring); `reported[name] = (cal_err_before, cal_err_after)`.
+
+    Both models are loaded here from what the record says: the full-precision one with its
+    blocks read from the checkpoint as they run (model/streamed.py; accelerate's hooks do
+    the reading, `offload_folder` takes what cannot be read in place), the quantized one as
+    training loads it.
 
     Raises EngineError when any differs by more than TOLERANCE, relative.
     """
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
 
-    from quailora_core.model.base import load_quantized_base
+    from quailora_core.model.base import auto_class, load_quantized_base
+    from quailora_core.model.streamed import load_streamed
     from quailora_core.quant.quantizer import dequantized_module_weight
 
     started = time.perf_counter()
@@ -238,6 +217,9 @@ def verify_adapter(
     if not chosen:
         return result
     acc = torch.float64 if device.type == "cpu" else torch.float32
+    streamed = load_streamed(record.base_model.path, auto_class(record), record.quantization.dtype(), device,
+                             offload_folder, trust_remote_code)  # fmt: skip
+    fp_model = streamed.model
     base = load_quantized_base(
         record.base_model.path, record, device if device.type == "cuda" else None, trust_remote_code
     )
@@ -262,7 +244,7 @@ def verify_adapter(
         if fp_in is not None:
             fp_in.keep_stash = inputs == "asymmetric"
         try:
-            with torch.no_grad(), _streamed(fp_model, fp_blocks, device):
+            with torch.no_grad():
                 for start in range(0, input_ids.shape[0], batch_size):
                     ids = input_ids[start : start + batch_size].to(device)
                     mask = attention_mask[start : start + batch_size].to(device)
@@ -277,7 +259,8 @@ def verify_adapter(
                 if collector is not None:
                     collector.remove()
         for t in group:
-            w = module_weight(fp_modules[t.name], t).to(acc)
+            with streamed.materialized(t.name, torch.device("cpu")) as module:
+                w = module_weight(module, t).to(acc, copy=True)
             layer = q_modules[t.name]
             base_layer = layer.get_base_layer()
             q = dequantized_module_weight(base_layer) if t.quantized else module_weight(base_layer, t)
@@ -290,7 +273,7 @@ def verify_adapter(
                 before, after = _calibrated(w, q, h), _calibrated(w, q + lora, h)
             rb, ra = reported[t.name]
             result.layers.append(LayerCheck(t.name, rb, before, ra, after))
-    del model, base, loaded
+    del model, base, loaded, fp_model, streamed
     if device.type == "cuda":
         torch.cuda.empty_cache()
     result.seconds = time.perf_counter() - started
