@@ -17,7 +17,8 @@
 # Each step runs in its own process under its own `timeout` (SIGTERM, SIGKILL 10 s later),
 # clipped to what is left of the whole run's budget; a step that fails or times out is recorded
 # and the next step runs (steps that need its output are recorded as skipped). Exit code: 0 when
-# every step is ok, 1 otherwise; the result file is written either way.
+# every step (every selected step, with --steps) is ok, 1 otherwise; the result file is written
+# either way, and its "all_ok" is true only when all steps ran and are ok.
 #
 # Time budget per step on one H200 (the timeout), and the estimate of its GPU time. The
 # estimates are not measurements: no GPU has run this script yet.
@@ -60,7 +61,7 @@ OUT_DIR="$ROOT/benchmarks/results"
 BUDGET=420
 ONLY=""
 
-usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while (($#)); do
     case "$1" in
