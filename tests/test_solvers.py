@@ -398,6 +398,7 @@ def test_safe_solve_passes_through_and_degrades_to_qlora(layer):
         S.safe_solve("nope", E, H, RANK, 0.01, 20)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu(layer):
     E, H = layer["E"], layer["H"]
