@@ -8,7 +8,8 @@
 
 so a user sees, before any training, how much of the fp -> quantized perplexity gap the
 initialization closes. The models are loaded one after the other (the full-precision one
-is freed before the quantized one is loaded). The text is packed like calibration text
+is freed before the quantized one is loaded; its blocks are read from the checkpoint as they
+run, so host memory stays flat). The text is packed like calibration text
 (`sources.packing.pack`: EOS between documents, seeded `samples x seq_len` blocks); use text the
 adapter was not calibrated on; `demo` is the built-in fine-tuning text (the Python language
 reference, as for `quailora train --data demo`), which the demo calibration text does not
@@ -25,6 +26,7 @@ to measure, and how to get a bigger text.
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -161,6 +163,7 @@ def evaluate_adapter(
     from quailora_core.model.base import auto_class, load_quantized_base
     from quailora_core.model.fingerprint import check_base
     from quailora_core.model.info import resolve_model_path
+    from quailora_core.model.streamed import load_streamed
     from quailora_core.sources.packing import pack
     from quailora_core.sources.text import load_texts
     from quailora_core.sources.training_data import load_training_data
@@ -198,11 +201,14 @@ def evaluate_adapter(
 
     on_event(Stage("evaluate", total=3))
     check()
-    fp = auto_class(record).from_pretrained(model_path, dtype=dtype, low_cpu_mem_usage=True).to(dev)
-    fp_sums, counts = _sample_losses(fp, ids, mask, batch_size, dev, check)
+    # the full-precision model with its blocks read from the checkpoint as they run, so that
+    # host memory stays flat whatever the model's size (model/streamed.py)
+    with tempfile.TemporaryDirectory(prefix="quailora-weights-") as offload:
+        fp = load_streamed(model_path, auto_class(record), dtype, dev, offload).model
+        fp_sums, counts = _sample_losses(fp, ids, mask, batch_size, dev, check)
+        del fp
     fp_loss, n = _mean(fp_sums, counts), int(counts.sum())
     on_event(Log("info", f"full precision: loss {fp_loss:.4f}, perplexity {perplexity(fp_loss):.3f}"))
-    del fp
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     check()
