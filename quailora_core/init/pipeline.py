@@ -202,6 +202,7 @@ class _Run:
                 else [],
             }  # fmt: skip
             self.signatures = call_signature(streams["cal"][0].calls)
+            streamed.release_resident()  # the embeddings' work is done
             # a paired strategy keeps a second, quantized-path stream; it starts equal to the first
             qstreams = dict(streams) if self.strategy.paired else {}
             self.emit(Stage("calibrate", total=len(plan.targets)))

@@ -198,16 +198,19 @@ def verify_adapter(
     """Recompute `chosen` layers' calibrated errors from the adapter in `adapter_dir`
     (see the module docstring); `reported[name] = (cal_err_before, cal_err_after)`.
 
-    Both models are loaded here from what the record says: the full-precision one with its
-    blocks read from the checkpoint as they run (model/streamed.py; accelerate's hooks do
-    the reading, `offload_folder` takes what cannot be read in place), the quantized one as
-    training loads it.
+    Both models are loaded here from what the record says: the quantized one as training
+    loads it, the full-precision one with its blocks and embeddings read from the checkpoint
+    as they run (model/streamed.py; accelerate's hooks do the reading, `offload_folder` takes
+    what cannot be read in place). Unless the check needs the quantized model's own forward
+    pass (`propagated`, `asymmetric` inputs), only the checked layers of the quantized model
+    are kept once it is loaded, so the two models are never in memory together.
 
     Raises EngineError when any differs by more than TOLERANCE, relative.
     """
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
 
+    from quailora_core.memory import release_freed_memory
     from quailora_core.model.base import auto_class, load_quantized_base
     from quailora_core.model.streamed import load_streamed
     from quailora_core.quant.quantizer import dequantized_module_weight
@@ -216,10 +219,9 @@ def verify_adapter(
     result = Verification(mode=mode)
     if not chosen:
         return result
-    acc = torch.float64 if device.type == "cpu" else torch.float32
-    streamed = load_streamed(record.base_model.path, auto_class(record), record.quantization.dtype(), device,
-                             offload_folder, trust_remote_code)  # fmt: skip
-    fp_model = streamed.model
+    # float32 sums of per-batch products are ample for errors that are sums of squares; the
+    # asymmetric error is a difference of such sums, which float64 keeps exact on the CPU
+    acc = torch.float64 if device.type == "cpu" and inputs == "asymmetric" else torch.float32
     base = load_quantized_base(
         record.base_model.path, record, device if device.type == "cuda" else None, trust_remote_code
     )
@@ -236,9 +238,17 @@ def verify_adapter(
             f"{'is wrapped too' if extra else 'is not wrapped'}). No adapter was written.",
             "Please report this with the model's config.json.",
         )
+    checked = {t.name: loaded.get_submodule(t.name) for t in chosen}
+    if inputs == "fp":  # only the checked layers are needed: let the rest of the quantized model go
+        del model, base, loaded
+        model = None
+        release_freed_memory()
+    streamed = load_streamed(record.base_model.path, auto_class(record), record.quantization.dtype(), device,
+                             offload_folder, trust_remote_code, offload_embeddings=True)  # fmt: skip
+    fp_model = streamed.model
     for group in _groups(chosen, acc):
         fp_modules = {t.name: fp_model.get_submodule(t.name) for t in group}
-        q_modules = {t.name: loaded.get_submodule(t.name) for t in group}
+        q_modules = {t.name: checked[t.name] for t in group}
         fp_in = _Inputs(fp_modules, acc) if inputs in ("fp", "asymmetric") else None
         q_in = _Inputs(q_modules, acc, stash_for=fp_in) if inputs in ("propagated", "asymmetric") else None
         if fp_in is not None:
@@ -273,7 +283,8 @@ def verify_adapter(
                 before, after = _calibrated(w, q, h), _calibrated(w, q + lora, h)
             rb, ra = reported[t.name]
             result.layers.append(LayerCheck(t.name, rb, before, ra, after))
-    del model, base, loaded, fp_model, streamed
+    del model, checked, fp_model, streamed
+    release_freed_memory()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     result.seconds = time.perf_counter() - started

@@ -43,9 +43,7 @@ class StreamedModel:
     blocks: DecoderBlocks
     loading_info: dict
     notes: list[str] = field(default_factory=list)
-    _weights: Mapping[str, torch.Tensor] = field(
-        init=False, repr=False
-    )  # full name -> tensor, read on access
+    _weights: Mapping[str, torch.Tensor] = field(init=False, repr=False)  # full name -> tensor, read on access
 
     def __post_init__(self) -> None:
         self._weights = offloaded_weights(self.model)
@@ -57,6 +55,16 @@ class StreamedModel:
 
         for block in self.blocks.blocks:
             remove_hook_from_module(block, recurse=True)
+
+    def release_resident(self) -> None:
+        """Send every weight outside the blocks (embeddings, final norm, a tied head) to the meta
+        device: once each block's inputs are recorded, the walk needs none of them."""
+        from accelerate.utils import set_module_tensor_to_device
+
+        inside = {id(t) for t in [*self.blocks.blocks.parameters(), *self.blocks.blocks.buffers()]}
+        for name, tensor in [*self.model.named_parameters(), *self.model.named_buffers()]:
+            if id(tensor) not in inside and tensor.device.type != "meta":
+                set_module_tensor_to_device(self.model, name, "meta")
 
     def block_weights(self, index: int, device: torch.device) -> contextlib.AbstractContextManager[nn.Module]:
         """Block `index` with its weights read onto `device` (see `materialized`)."""
@@ -93,28 +101,27 @@ def offloaded_weights(model: nn.Module) -> Mapping[str, torch.Tensor]:
     raise RuntimeError("the model has no offloaded weights")
 
 
-def device_map(skeleton: nn.Module, blocks: DecoderBlocks, device: torch.device) -> dict[str, str]:
+def device_map(
+    skeleton: nn.Module, blocks: DecoderBlocks, device: torch.device, offload_embeddings: bool = False
+) -> dict[str, str]:
     """A complete device map of `skeleton` (a meta-device copy of the model, as transformers
-    builds it for this checkpoint): each block and an untied output head on disk, every other module (and any tensor held directly by an
-    ancestor of an offloaded module) on `device`."""
-    resident = (
-        "cpu"
-        if device.type == "cpu"
-        else str(device if device.index is not None else torch.device("cuda", 0))
-    )
+    builds it for this checkpoint): each block and an untied output head on disk; with
+    `offload_embeddings` the input embeddings and any head too (a model that only runs whole
+    forward passes needs them only while they run); every other module, and any tensor held
+    directly by an ancestor of an offloaded module, on `device`."""
+    resident = "cpu" if device.type == "cpu" else str(device if device.index is not None else torch.device("cuda", 0))
     offloaded = {f"{blocks.path}.{i}" for i in range(len(blocks.blocks))}
-    head = (
-        skeleton.get_output_embeddings()
-        if callable(getattr(skeleton, "get_output_embeddings", None))
-        else None
-    )
+    head = skeleton.get_output_embeddings() if callable(getattr(skeleton, "get_output_embeddings", None)) else None
     head_name = next((name for name, module in skeleton.named_modules() if module is head), None)
     # transformers' own list of tied tensors (target -> source): a tied head shares the
     # resident embeddings' tensor, so it stays resident too
     tied = getattr(skeleton, "all_tied_weights_keys", None) or {}
     tied_names = {*tied.keys(), *tied.values()}
-    if head_name and not any(n.startswith(head_name + ".") for n in tied_names):
+    if head_name and (offload_embeddings or not any(n.startswith(head_name + ".") for n in tied_names)):
         offloaded.add(head_name)
+    if offload_embeddings and callable(getattr(skeleton, "get_input_embeddings", None)):
+        embeddings = skeleton.get_input_embeddings()
+        offloaded |= {name for name, module in skeleton.named_modules() if module is embeddings}
     mapping: dict[str, str] = {}
 
     def visit(prefix: str, module: nn.Module) -> None:
@@ -141,8 +148,10 @@ def load_streamed(
     device: torch.device,
     offload_folder: str | Path,
     trust_remote_code: bool = False,
+    offload_embeddings: bool = False,
 ) -> StreamedModel:
-    """Load `model_path` with its decoder blocks (and untied head) left in the checkpoint.
+    """Load `model_path` with its decoder blocks (and untied head; with `offload_embeddings`
+    the embeddings too) left in the checkpoint.
 
     `offload_folder` (empty, temporary) receives only what cannot be read from the
     checkpoint as it is stored; its size is noted when anything was written there.
@@ -151,7 +160,7 @@ def load_streamed(
 
     hf_config = load_model_config(model_path, trust_remote_code)
     skeleton = meta_model(hf_config, trust_remote_code)
-    mapping = device_map(skeleton, find_decoder_blocks(skeleton), device)
+    mapping = device_map(skeleton, find_decoder_blocks(skeleton), device, offload_embeddings)
     del skeleton
     model, info = auto_class.from_pretrained(
         model_path,
@@ -174,6 +183,7 @@ def load_streamed(
     if not any(Path(model_path).glob("*.safetensors")) and Path(model_path).is_dir():
         notes.append(
             "this checkpoint has no safetensors files: loading a .bin checkpoint needs memory for its whole "
-            "state dict; save it with save_pretrained(safe_serialization=True) for a flat memory profile"
+            "state dict; load it once and save_pretrained() it again (transformers writes safetensors) for a flat "
+            "memory profile"
         )
     return StreamedModel(model, find_decoder_blocks(model), info, notes)
