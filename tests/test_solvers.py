@@ -257,6 +257,60 @@ def test_randomized_exact_matches_exact_svd(layer):
     assert torch.equal(state, torch.get_rng_state())  # the global RNG is left alone
 
 
+@pytest.fixture(scope="module")
+def wide_layer():
+    """384 x 384, N = 1500, the same construction: wide enough for the block Krylov SVD
+    (which hands a layer this size at rank 8 to the full SVD below 2 * 162 columns)."""
+    g = _gen(20)
+    W = torch.randn(384, 384, generator=g) * 0.05
+    W[:, 3] *= 8
+    X = _inputs(1500, 384, seed=21)
+    return {"E": W.double() - _quantize(W).double(), "H": _gram(X)}
+
+
+def test_krylov_exact_matches_full_svd_and_leaves_the_rng_alone(wide_layer):
+    E, H = wide_layer["E"], wide_layer["H"]
+    H_d = S.damp(H, 0.01)
+    f = _obj(E, S.solve_exact(E, H, RANK), H_d)
+    L1 = S.solve_exact(E, H, RANK, krylov=S.KRYLOV_DEPTH, generator=_gen(7))
+    assert torch.equal(L1, S.solve_exact(E, H, RANK, krylov=S.KRYLOV_DEPTH, generator=_gen(7)))
+    assert (_obj(E, L1, H_d) - f) / f < 1e-8
+    assert _rank(L1) == RANK
+    state = torch.get_rng_state()
+    L32 = S.solve_exact(E.float(), H, RANK, krylov=S.KRYLOV_DEPTH, dtype=torch.float32)
+    assert torch.equal(state, torch.get_rng_state())
+    assert (_obj(E, L32.double(), H_d) - f) / f < 1e-6
+    # fewer blocks than it takes: the gap shows, so the bound above has teeth
+    assert (_obj(E, S.solve_exact(E, H, RANK, krylov=1), H_d) - f) / f > 1e-6
+
+
+def test_damped_gram_is_reused_and_gives_the_same_solutions(layer):
+    E, H = layer["E"], layer["H"]
+    gram = S.DampedGram(H, 0.01)
+    assert torch.equal(gram.H_d, S.damp(H, 0.01))
+    for m in ("exact", "quailora"):
+        assert torch.equal(S.solve(m, E, gram, RANK), S.solve(m, E, H, RANK)), m
+    assert gram.factor is gram.factor  # factored once, for every layer that reads this input
+    assert gram.like(0.01, F64, E.device) is gram
+    other = gram.like(0.1, torch.float32, E.device)
+    assert other.dtype == torch.float32 and torch.allclose(other.H_d.double(), S.damp(H, 0.1), rtol=1e-6)
+    L0 = S.asymmetric_target(layer["W"].double(), layer["Q"].double(), gram, H, 0.01)
+    assert torch.allclose(L0, S.asymmetric_target(layer["W"].double(), layer["Q"].double(), H, H, 0.01))
+
+
+def test_relative_errors_low_rank_path_and_float32(layer):
+    W, E, H, H_ho = layer["W"].double(), layer["E"], layer["H"], layer["H_ho"]
+    L = S.solve_exact(E, H, RANK)
+    ref = S.relative_errors(W, E, L, H, H_ho)
+    assert S.relative_errors(W, E, L, H, H_ho, rank=RANK) == pytest.approx(ref, rel=1e-12)
+    # this layer's correction removes over 90 % of its error, the case where the identity's
+    # terms cancel most; float32 still keeps every figure to 1e-5
+    assert ref["cal_err_after"] < ref["cal_err_before"] / 10
+    got = S.relative_errors(W.float(), E.float(), L.float(), H.float(), H_ho.float(), rank=RANK, dtype=torch.float32)
+    for key, value in ref.items():
+        assert got[key] == pytest.approx(value, rel=1e-5), key
+
+
 def test_float32_working_dtype_agrees(layer):
     # What an accelerator uses: float32 internally.
     E, H = layer["E"], layer["H"]

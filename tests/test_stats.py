@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -60,3 +61,25 @@ def test_cross_moment_pairs_full_precision_and_quantized_inputs():
     assert torch.allclose(collector.cross("q"), a.T @ b / 10)
     assert torch.allclose(collector.gram("q", "fp:cal"), a.T @ a / 10)
     assert torch.allclose(collector.gram("q", "cal"), b.T @ b / 10)
+
+
+def test_what_is_derived_from_a_shared_input_is_made_once_and_refreshed_with_more_tokens():
+    torch.manual_seed(2)
+    net = TwoHeads()
+    collector = GramCollector({"q": net.q, "k": net.k, "o": net.o}, torch.device("cpu"))
+    collector.begin(torch.ones(2, 5, dtype=torch.bool), "cal")
+    net(torch.randn(2, 5, 6))
+    made = []
+
+    def make(h):
+        made.append(h)
+        return h.trace()
+
+    first = collector.derived("q", "cal", "trace", make)
+    assert collector.derived("k", "cal", "trace", make) is first  # q and k read one tensor
+    assert collector.derived("o", "cal", "trace", make) is not first
+    assert len(made) == 2 and collector.derived("q", "heldout", "trace", make) is None
+    collector.begin(torch.ones(2, 5, dtype=torch.bool), "cal")  # more tokens: recomputed
+    net(torch.randn(2, 5, 6))
+    assert float(collector.derived("k", "cal", "trace", make)) == pytest.approx(float(collector.gram("q").trace()))
+    assert len(made) == 3

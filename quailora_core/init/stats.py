@@ -11,6 +11,9 @@ input with its quantized-path input on the same tokens.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -40,15 +43,21 @@ class Moment:
     def __init__(self, dim: int, device: torch.device) -> None:
         self.sum = torch.zeros(dim, dim, dtype=accumulation_dtype(device), device=device)
         self.count = 0
+        self._mean: torch.Tensor | None = None
 
     def add(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         xf = x.float()
         yf = xf if y is None else y.float()
         self.sum += (xf.T @ yf).to(self.sum.dtype)
         self.count += x.shape[0]
+        self._mean = None
 
     def mean(self) -> torch.Tensor:
-        return self.sum / max(self.count, 1)
+        """The moment matrix, computed once after the last `add` (every layer that reads this
+        input asks for it, several times per solve); do not modify it in place."""
+        if self._mean is None:
+            self._mean = self.sum / max(self.count, 1)
+        return self._mean
 
 
 class GramCollector:
@@ -70,6 +79,7 @@ class GramCollector:
         self._seen: dict[int, tuple[int, torch.Tensor]] = {}
         self._stash: dict[str, torch.Tensor] | None = None
         self._mode = "gram"
+        self._derived: dict[tuple[str, int, Any], Any] = {}
         self._handles = [m.register_forward_pre_hook(self._hook(name)) for name, m in modules.items()]
 
     def begin(self, token_mask: torch.Tensor, key: str, mode: str = "gram") -> None:
@@ -80,6 +90,7 @@ class GramCollector:
         self._key = key
         self._seen = {}
         self._mode = mode
+        self._derived = {}  # more tokens are coming: what was derived from the sums is stale
         if mode == "stash":
             self._stash = {}
 
@@ -126,6 +137,20 @@ class GramCollector:
         """`X_stash^T X / N` for layer `name` (asymmetric source)."""
         m = self.moments.get(("cross:" + key, self.group_of[name]))
         return None if m is None else m.mean()
+
+    def derived(self, name: str, key: str, tag: Any, make: Callable[[torch.Tensor], Any]) -> Any:
+        """`make(H)` for the input layer `name` reads on stream `key`, computed once per distinct
+        input and `tag`: the layers that share one accumulator (q/k/v, gate/up) then share
+        what is derived from it too (the damped H and its Cholesky factor: factoring it
+        again per layer would repeat identical work). None if that stream was not run."""
+        group = self.group_of[name]
+        cache_key = (key, group, tag)
+        if cache_key not in self._derived:
+            h = self.gram(name, key)
+            if h is None:
+                return None
+            self._derived[cache_key] = make(h)
+        return self._derived[cache_key]
 
     def groups(self) -> list[list[str]]:
         out: dict[int, list[str]] = {}

@@ -61,13 +61,24 @@ class InputStrategy:
 
     def correction(self, method: str, w, q, e, collector: GramCollector, sub: str, work_dtype, rank: int,
                    damping: float, iters: int) -> tuple[Any, str, str | None, dict[str, float]]:  # fmt: skip
-        """(L, method used, fallback warning, relative errors) of one layer: min ||(W - Q - L) X^T||."""
-        h = collector.gram(sub, "cal").to(work_dtype)
-        h_ho = collector.gram(sub, "heldout")
-        h_ho = h_ho.to(work_dtype) if h_ho is not None else None
+        """(L, method used, fallback warning, relative errors) of one layer: min ||(W - Q - L) X^T||.
+
+        The damped H and its factor are made once per distinct input (`collector.derived`):
+        q/k/v share one, gate/up another. The solve and the figures run in `work_dtype`
+        on the statistics as accumulated (float64 on the CPU); `exact` takes its top
+        singular vectors from a block Krylov space, `quailora` starts ALS from a randomized
+        rank-r SVD of E instead of a full one (both as accurate as the full SVD on real
+        layers: tests/test_solve_precision.py)."""
+        gram = collector.derived(sub, "cal", ("damped", damping, work_dtype),
+                                 lambda h: solvers.DampedGram(h, damping, dtype=work_dtype))  # fmt: skip
+        h_ho = collector.derived(sub, "heldout", ("as", work_dtype), lambda m: m.to(work_dtype))
         with torch_threads(cpu_threads_for(self.walk.device, e.numel())):
-            lora, used, warning = solvers.safe_solve(method, e, h, rank, damping, iters, tol=solvers.ALS_TOL)
-        return lora, used, warning, solvers.relative_errors(w, e, lora, h, h_ho)
+            lora, used, warning = solvers.safe_solve(
+                method, e, gram, rank, damping, iters, tol=solvers.ALS_TOL, dtype=work_dtype, randomized=True,
+                krylov=solvers.KRYLOV_DEPTH,
+            )  # fmt: skip
+            metrics = solvers.relative_errors(w, e, lora, gram, h_ho, rank=rank, dtype=work_dtype)
+        return lora, used, warning, metrics
 
     # ------------------------------------------------------------------ shared steps
     def collect(self, b, block, layers: Layers, streams, qstreams, all_layers: Layers, originals, keep: bool):
@@ -183,11 +194,18 @@ class Asymmetric(Propagated):
     paired = True
 
     def correction(self, method, w, q, e, collector, sub, work_dtype, rank, damping, iters):
+        """As the base class's, on (L0, H_q); this source keeps the solvers' default precision
+        (float64 on the CPU: L0 = (W C - Q H_q) H_q^-1 is a solve with H_q itself, whose
+        conditioning float32 would feel) and shares only the factor of the damped H_q."""
+        work_dtype = torch.float64 if e.device.type == "cpu" else torch.float32
+        w, q, e = w.to(work_dtype), q.to(work_dtype), e.to(work_dtype)
         h = collector.gram(sub, "cal").to(work_dtype)
+        gram = collector.derived(sub, "cal", ("damped", damping, work_dtype),
+                                 lambda m: solvers.DampedGram(m, damping, dtype=work_dtype))  # fmt: skip
         h_fp = collector.gram(sub, "fp:cal").to(work_dtype)
         cross = collector.cross(sub, "cal").to(work_dtype)
         with torch_threads(cpu_threads_for(self.walk.device, e.numel())):
-            lora, used, warning = _asymmetric(method, w, q, e, h, cross, rank, damping, iters)
+            lora, used, warning = _asymmetric(method, w, q, e, gram, cross, rank, damping, iters)
         metrics = _asymmetric_errors(w, q, lora, h_fp, h, cross)
         h_ho = collector.gram(sub, "heldout")
         if h_ho is not None:
