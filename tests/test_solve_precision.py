@@ -1,7 +1,7 @@
 """The engine's float32 solve against float64, on the demo model's real layers.
 
-The engine solves in float32 on every device (`LayerSolver.work_dtype`), on the float64
-statistics, with one damped Gram matrix and factor per distinct input, the block Krylov SVD
+The engine solves in float32 on every device (`LayerSolver.work_dtype`), on float32
+statistics (`stats.accumulation_dtype`; the float64 reference takes the same ones in float64), with one damped Gram matrix and factor per distinct input, the block Krylov SVD
 for `exact` and a randomized SVD start for `quailora`. This is what that costs against the
 float64, full-SVD solvers, on every one of the 28 layers of the shipped (pretrained) demo
 model with its real NF4 error and real calibration inputs:
@@ -77,7 +77,8 @@ def test_float32_engine_path_matches_float64_on_real_layers(real_layers):
     collector, layers = real_layers
     worst = {"exact": 0.0, "quailora": 0.0, "figures": 0.0}
     for name, (w, e) in layers.items():
-        h, h_ho = collector.gram(name, "cal"), collector.gram(name, "heldout")
+        # the statistics as the engine accumulates them (float32), in float64 for the reference
+        h, h_ho = collector.gram(name, "cal").double(), collector.gram(name, "heldout").double()
         gram = collector.derived(name, "cal", ("damped", F32), lambda m: S.DampedGram(m, 0.01, dtype=F32))
         H_d = S.damp(h, 0.01)
         f64 = _objective(e, S.solve_exact(e, h, RANK), H_d)  # float64, full SVD

@@ -31,7 +31,8 @@ def test_gram_excludes_padding_and_is_shared_by_layers_reading_the_same_tensor()
     collector.remove()
     real = torch.cat([x[m] for x, m in zip(xs, masks, strict=True)]).double()
     expected = real.T @ real / real.shape[0]
-    assert torch.allclose(collector.gram("q"), expected)
+    assert collector.gram("q").dtype == torch.float32  # float32 sums: half the memory (stats.accumulation_dtype)
+    assert torch.allclose(collector.gram("q").double(), expected)
     assert torch.equal(collector.gram("k"), collector.gram("q"))
     assert collector.group_of["q"] == collector.group_of["k"] != collector.group_of["o"]
     assert len(collector.groups()) == 2
@@ -51,13 +52,15 @@ def test_memory_does_not_grow_with_the_number_of_tokens():
 def test_cross_moment_pairs_full_precision_and_quantized_inputs():
     torch.manual_seed(1)
     net = TwoHeads()
-    collector = GramCollector({"q": net.q, "k": net.k, "o": net.o}, torch.device("cpu"))
+    # paired, as the asymmetric source collects: float64 on the CPU (a difference of sums)
+    collector = GramCollector({"q": net.q, "k": net.k, "o": net.o}, torch.device("cpu"), paired=True)
     x_fp, x_q, mask = torch.randn(2, 5, 6), torch.randn(2, 5, 6), torch.ones(2, 5, dtype=torch.bool)
     collector.begin(mask, "cal", mode="stash")
     net(x_fp)
     collector.begin(mask, "cal", mode="cross")
     net(x_q)
     a, b = x_fp.reshape(-1, 6).double(), x_q.reshape(-1, 6).double()
+    assert collector.cross("q").dtype == torch.float64
     assert torch.allclose(collector.cross("q"), a.T @ b / 10)
     assert torch.allclose(collector.gram("q", "fp:cal"), a.T @ a / 10)
     assert torch.allclose(collector.gram("q", "cal"), b.T @ b / 10)
@@ -83,3 +86,16 @@ def test_what_is_derived_from_a_shared_input_is_made_once_and_refreshed_with_mor
     net(torch.randn(2, 5, 6))
     assert float(collector.derived("k", "cal", "trace", make)) == pytest.approx(float(collector.gram("q").trace()))
     assert len(made) == 3
+
+
+def test_a_released_input_frees_its_statistics_on_every_stream():
+    net = TwoHeads()
+    collector = GramCollector({"q": net.q, "k": net.k, "o": net.o}, torch.device("cpu"))
+    for key in ("cal", "heldout"):
+        collector.begin(torch.ones(2, 5, dtype=torch.bool), key)
+        net(torch.randn(2, 5, 6))
+    collector.derived("q", "cal", "trace", lambda h: h.trace())
+    collector.release("k")  # k reads q's input: both are gone, o's statistics stay
+    assert collector.gram("q") is None and collector.gram("q", "heldout") is None
+    assert collector.gram("o") is not None and collector.gram("o", "heldout") is not None
+    assert collector.derived("q", "cal", "trace", lambda h: h.trace()) is None

@@ -21,7 +21,6 @@ from quailora_core.init import pipeline
 from quailora_core.init.pipeline import run_init
 from quailora_core.model.streamed import load_streamed
 
-
 VOCAB = 4000  # covers the demo model's tokenizer, which these models borrow
 
 

@@ -203,6 +203,7 @@ class _Run:
             }  # fmt: skip
             self.signatures = call_signature(streams["cal"][0].calls)
             streamed.release_resident()  # the embeddings' work is done
+            release_freed_memory()
             # a paired strategy keeps a second, quantized-path stream; it starts equal to the first
             qstreams = dict(streams) if self.strategy.paired else {}
             self.emit(Stage("calibrate", total=len(plan.targets)))

@@ -96,8 +96,9 @@ def _clamp_rank(rank: int, E: torch.Tensor) -> int:
 
 
 def _symmetrize(H: torch.Tensor) -> torch.Tensor:
-    """Average H with its transpose: X^T X from a BLAS call is not bitwise symmetric."""
-    return 0.5 * (H + H.mT)
+    """Average H with its transpose: X^T X from a BLAS call is not bitwise symmetric. An H
+    that already is comes back as it is (no copy of an `in x in` matrix)."""
+    return H if torch.equal(H, H.mT) else 0.5 * (H + H.mT)
 
 
 def _damping_shift(H: torch.Tensor, damping: float) -> float:

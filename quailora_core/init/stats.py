@@ -18,10 +18,12 @@ import torch
 from torch import nn
 
 
-def accumulation_dtype(device: torch.device) -> torch.dtype:
-    """float64 on CPU (exact, cheap at CPU scale); float32 on CUDA (fast, ample for sums of
-    per-batch products, each of which is itself computed in float32)."""
-    return torch.float64 if device.type == "cpu" else torch.float32
+def accumulation_dtype(device: torch.device, paired: bool = False) -> torch.dtype:
+    """float32: ample for sums of per-batch products, each of which is itself computed in
+    float32, and half the memory (a 14336-wide MLP input's matrix is 0.8 GB in float32).
+    `paired` statistics (the asymmetric source, whose error is a difference of such sums)
+    stay float64 on the CPU, where they cost memory but no speed."""
+    return torch.float64 if paired and device.type == "cpu" else torch.float32
 
 
 def token_rows(x: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
@@ -40,24 +42,42 @@ def token_rows(x: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
 class Moment:
     """Running `sum x^T y` and token count; `.mean()` gives the `in x in` moment matrix."""
 
-    def __init__(self, dim: int, device: torch.device) -> None:
-        self.sum = torch.zeros(dim, dim, dtype=accumulation_dtype(device), device=device)
+    def __init__(self, dim: int, device: torch.device, dtype: torch.dtype | None = None,
+                 symmetric: bool = True) -> None:  # fmt: skip
+        self.sum = torch.zeros(dim, dim, dtype=dtype or accumulation_dtype(device), device=device)
         self.count = 0
-        self._mean: torch.Tensor | None = None
+        self.symmetric = symmetric  # X^T X (a cross moment X^T Y is not)
+        self._is_mean = False
 
     def add(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         xf = x.float()
         yf = xf if y is None else y.float()
+        if self._is_mean:  # more tokens after a mean was taken: back to a sum
+            self.sum.mul_(max(self.count, 1))
+            self._is_mean = False
         self.sum += (xf.T @ yf).to(self.sum.dtype)
         self.count += x.shape[0]
-        self._mean = None
 
     def mean(self) -> torch.Tensor:
-        """The moment matrix, computed once after the last `add` (every layer that reads this
-        input asks for it, several times per solve); do not modify it in place."""
-        if self._mean is None:
-            self._mean = self.sum / max(self.count, 1)
-        return self._mean
+        """The moment matrix, made once after the last `add` by dividing the sum in place (one
+        `in x in` matrix per input, not two; every layer that reads this input shares it); do
+        not modify it in place."""
+        if not self._is_mean:
+            self.sum.div_(max(self.count, 1))
+            if self.symmetric:
+                _symmetrize_in_place(self.sum)
+            self._is_mean = True
+        return self.sum
+
+
+def _symmetrize_in_place(h: torch.Tensor, rows: int = 512) -> None:
+    """h <- (h + h^T) / 2 in strips of `rows` rows (X^T X from BLAS is not bitwise symmetric,
+    and the solvers want it symmetric), without a second `in x in` matrix."""
+    n = h.shape[0]
+    for i in range(0, n, rows):
+        strip = 0.5 * (h[i : i + rows, i:] + h[i:, i : i + rows].mT)
+        h[i : i + rows, i:] = strip
+        h[i:, i : i + rows] = strip.mT
 
 
 class GramCollector:
@@ -69,9 +89,10 @@ class GramCollector:
     same group index share one Gram matrix).
     """
 
-    def __init__(self, modules: dict[str, nn.Module], device: torch.device) -> None:
+    def __init__(self, modules: dict[str, nn.Module], device: torch.device, paired: bool = False) -> None:
         self.modules = modules
         self.device = device
+        self.dtype = accumulation_dtype(device, paired)
         self.group_of: dict[str, int] = {}
         self.moments: dict[tuple[str, int], Moment] = {}
         self._mask: torch.Tensor | None = None
@@ -125,7 +146,7 @@ class GramCollector:
 
     def _moment(self, key: tuple[str, int], dim: int) -> Moment:
         if key not in self.moments:
-            self.moments[key] = Moment(dim, self.device)
+            self.moments[key] = Moment(dim, self.device, self.dtype, symmetric=not key[0].startswith("cross:"))
         return self.moments[key]
 
     def gram(self, name: str, key: str = "cal") -> torch.Tensor | None:
@@ -151,6 +172,15 @@ class GramCollector:
                 return None
             self._derived[cache_key] = make(h)
         return self._derived[cache_key]
+
+    def release(self, name: str) -> None:
+        """Free the statistics of the input layer `name` reads (every stream), and what was
+        derived from them: call it once the last layer that reads that input is solved."""
+        group = self.group_of[name]
+        for key in [k for k in self.moments if k[1] == group]:
+            del self.moments[key]
+        for key in [k for k in self._derived if k[1] == group]:
+            del self._derived[key]
 
     def groups(self) -> list[list[str]]:
         out: dict[int, list[str]] = {}

@@ -88,7 +88,7 @@ class InputStrategy:
         paired streams each batch runs twice: the full-precision stream with the block's
         original weights, then the quantized stream with the weights as they stand."""
         store = self.walk.store
-        collector = GramCollector({t.sub: module for t, module in layers}, self.walk.device)
+        collector = GramCollector({t.sub: module for t, module in layers}, self.walk.device, self.paired)
         outs_by_key: dict[str, list[Any]] = {}
         try:
             for key in ("cal", "heldout"):
@@ -141,9 +141,12 @@ class FullPrecision(InputStrategy):
 
     def block(self, b, block, layers, streams, qstreams):
         collector, next_fp = self.collect(b, block, layers, streams, qstreams, layers, {}, keep=True)
+        last_reader = {collector.group_of[t.sub]: t.sub for t, _ in layers}  # the last layer of each input
         for target, module in layers:
             self.walk.check()
             self.walk.solve(b, target, module, collector)
+            if last_reader[collector.group_of[target.sub]] == target.sub:
+                collector.release(target.sub)  # no later layer reads this input: free its statistics
         return self.advance(streams, next_fp), {}
 
 
