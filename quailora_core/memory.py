@@ -16,19 +16,30 @@ import ctypes.util
 import functools
 import gc
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+LARGE = 1 << 20
+
 
 @functools.cache
-def _malloc_trim():
-    name = ctypes.util.find_library("c")
+def _libc_function(name: str):
+    library = ctypes.util.find_library("c")
     try:
-        return ctypes.CDLL(name).malloc_trim if name else None
+        return getattr(ctypes.CDLL(library), name) if library else None
     except (OSError, AttributeError):
         return None
+
+
+@functools.cache
+def return_large_allocations() -> bool:
+    """Map allocations of LARGE bytes and more on their own (see the module docstring);
+    True where the C library took the setting."""
+    mallopt = _libc_function("mallopt")
+    return bool(mallopt is not None and mallopt(M_MMAP_THRESHOLD, LARGE))
 
 
 def release_freed_memory() -> None:
     """Collect garbage, then return the freed heap pages to the OS where glibc allows it."""
     gc.collect()
-    trim = _malloc_trim()
+    trim = _libc_function("malloc_trim")
     if trim is not None:
         trim(0)

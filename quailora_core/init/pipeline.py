@@ -38,7 +38,7 @@ from quailora_core.init.overfitting import overfitting, token_shortfall
 from quailora_core.init.preflight import Preflight, plan_for, preflight, refuse_missing_weights
 from quailora_core.init.strategies import STRATEGIES, Walk
 from quailora_core.init.verify import Verification, choose_layers, verify_adapter
-from quailora_core.memory import release_freed_memory
+from quailora_core.memory import release_freed_memory, return_large_allocations
 from quailora_core.model.fingerprint import weight_fingerprint
 from quailora_core.model.streamed import load_streamed
 from quailora_core.quant.record import QuantRecord
@@ -80,6 +80,7 @@ class _Run:
     def run(self) -> InitResult:
         """The whole run; on the CPU a small model runs single-threaded (see torch_threads)."""
         hidden = self.pre.hidden_size
+        return_large_allocations()
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch_threads(cpu_threads_for(self.device, hidden * hidden * 2)))
             folder = None

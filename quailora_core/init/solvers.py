@@ -391,6 +391,11 @@ def _low_rank_factors(L: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.T
     return P, Z
 
 
+def _inner(a: torch.Tensor, b: torch.Tensor) -> float:
+    """sum(a * b) without the elementwise product as a temporary matrix."""
+    return float(torch.dot(a.reshape(-1), b.reshape(-1)))
+
+
 def relative_errors(
     W: torch.Tensor,
     E: torch.Tensor,
@@ -416,7 +421,8 @@ def relative_errors(
 
     Cost: `tr(D H D^T) = <H, D^T D>`, so `W^T W` and `E^T E` (two `out x in x in` products,
     the same as two `D @ H`) serve the calibration and the held-out figures alike, each
-    figure then an O(in^2) sum. With `rank` (L has rank <= rank, as every solver's L has),
+    figure then an O(in^2) sum; a layer narrower out than in (a down projection) takes
+    `<D H, D>` instead, whose temporary is `out x in`, not `in x in`. With `rank` (L has rank <= rank, as every solver's L has),
     L is factored as `P Z` by a sketch and the after-figure is
     `tr(E H E^T) - 2 <Z H, P^T E> + <P^T P, Z H Z^T>`, O(rank * in^2). That subtracts
     nearly equal terms when the correction removes most of the error, so where the result
@@ -431,7 +437,15 @@ def relative_errors(
     E = E.to(device=dev, dtype=wd)
     Lw = None if L is None else L.to(device=dev, dtype=wd)
     R = E if Lw is None else E - Lw
-    WtW, EtE = W.mT @ W, E.mT @ E
+    # <H, D^T D> through D^T D (in x in) when the layer is at least as wide out as in, else
+    # through D H (out x in): the smaller matrix, for the memory of down projections
+    gram_form = W.shape[0] >= W.shape[1]
+    WtW, EtE = (W.mT @ W, E.mT @ E) if gram_form else (W, E)
+
+    def quad(D: torch.Tensor, Hm: torch.Tensor) -> float:
+        """<H, D^T D> = tr(D H D^T), with D given as D^T D (gram_form) or as D itself; no
+        in x in temporary."""
+        return _inner(Hm, D) if gram_form else _inner(D @ Hm, D)
     factors = _low_rank_factors(Lw, rank) if Lw is not None and rank is not None else None
     if factors is not None:
         P, Z = factors
@@ -440,18 +454,18 @@ def relative_errors(
 
     def after_direct(Hm: torch.Tensor) -> float:
         if not direct:
-            direct.append(R.mT @ R)
-        return float((Hm * direct[0]).sum())
+            direct.append(R.mT @ R if gram_form else R)
+        return quad(direct[0], Hm)
 
     def cal(Hm: GramLike) -> tuple[float, float]:
         Hm = _plain(Hm).to(device=dev, dtype=wd)
-        den = float((Hm * WtW).sum())
-        before = float((Hm * EtE).sum())
+        den = quad(WtW, Hm)
+        before = quad(EtE, Hm)
         if Lw is None:
             after = before
         elif factors is not None:
             ZH = Z @ Hm
-            after = float(before - 2.0 * (ZH * PtE).sum() + (PtP * (ZH @ Z.mT)).sum())
+            after = float(before - 2.0 * _inner(ZH, PtE) + _inner(PtP, ZH @ Z.mT))
             if not after > before / 16:
                 after = after_direct(Hm)
         else:
