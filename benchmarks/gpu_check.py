@@ -37,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _common import ROOT, machine  # noqa: E402
+from gpu_llama8b import TINY  # noqa: E402
 
 # The order of the steps in the result file; gpu_check.sh runs them in this order.
 STEPS = ["preflight", "tests", "engine", "train_init", "train", "adapter_load", "eval"]
@@ -48,11 +49,7 @@ LLAMA_1B = dict(
     num_key_value_heads=8, vocab_size=32000, rope_theta=500000.0, max_position_embeddings=4096,
     rms_norm_eps=1e-5,
 )  # fmt: skip
-TINY_1B = dict(
-    hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, vocab_size=512, rope_theta=500000.0, max_position_embeddings=512,
-    rms_norm_eps=1e-5,
-)  # fmt: skip
+TINY_1B = TINY  # the CPU stand-in: the same tiny Llama as gpu_llama8b --tiny
 
 # (GPU, tiny) settings of the training steps.
 TRAIN = {

@@ -26,6 +26,7 @@ SUMMARY_LABELS: dict[str, str] = {
     "mean_heldout_improvement": "Mean share of held-out error removed",
     "total_seconds": "Total time",
     "seconds": "Time in the solver (sum over layers)",
+    "seconds_to_solve": "Time to the last layer solved",
     "wall_seconds": "Wall-clock time of the run",
     "verify": "Self-check",
     "verified_layers": "Layers recomputed by the self-check",
