@@ -108,20 +108,3 @@ def test_a_bin_checkpoint_still_works_and_says_it_needs_the_memory(demo_model, t
     run_init(_config(folder, out), on_event=lambda e: notes.append(e.message) if isinstance(e, Log) else None)
     assert read_metadata(out)["verification"]["passed"]
     assert any("no safetensors files" in note for note in notes), notes
-
-
-@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's memory maps (Linux)")
-def test_the_4bit_base_does_not_keep_its_checkpoint_mapped(demo_model, demo_adapter, tmp_path):
-    """Training, eval and the self-check load the base in 4 bits; every page of the
-    full-precision checkpoint read while quantizing stayed resident while the unquantized
-    tensors were views into its memory map (RSS several times the 4-bit model)."""
-    from quailora_core.adapter.record import AdapterRecord
-    from quailora_core.model.base import load_quantized_base
-
-    folder = _save(_llama(tied=True), tmp_path / "tied", demo_model, torch.float32)
-    base = load_quantized_base(str(folder), AdapterRecord.load(demo_adapter))
-    mapped = [line for line in Path("/proc/self/maps").read_text().splitlines() if str(folder) in line]
-    assert mapped == []
-    assert base.lm_head.weight is base.model.embed_tokens.weight  # the tie survives the copy
-    reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    assert torch.equal(base.model.embed_tokens.weight, reference.model.embed_tokens.weight)

@@ -46,29 +46,4 @@ def load_quantized_base(model_path: str, record: AdapterRecord, device=None, tru
         **kwargs,
     )
     disable_cpu_packing(model)
-    own_host_tensors(model)
     return model
-
-
-def own_host_tensors(model) -> None:
-    """Give the loaded model's CPU tensors that bitsandbytes did not quantize their own memory.
-
-    transformers reads safetensors through a memory map, and a tensor whose dtype already
-    matches (the embeddings, norms and head) stays a view into that map. The view keeps the
-    whole map alive, and with it every page of the checkpoint the load read while quantizing
-    the blocks: a 4.1 GB float32 checkpoint loaded in 4 bits on the CPU showed 4.7 GB of RSS
-    of which 3.9 GB were those pages. Copying the few unquantized tensors (a vocabulary-sized
-    embedding and head, the norms) lets the map close.
-    """
-    import bitsandbytes as bnb
-
-    quantized = (bnb.nn.Params4bit, bnb.nn.Int8Params)
-    seen: set[int] = set()
-    for module in model.modules():
-        for table in (module._parameters, module._buffers):
-            for tensor in table.values():
-                if tensor is None or id(tensor) in seen or isinstance(tensor, quantized):
-                    continue
-                seen.add(id(tensor))  # a tied tensor is copied once and stays tied
-                if tensor.device.type == "cpu":
-                    tensor.data = tensor.data.clone()
