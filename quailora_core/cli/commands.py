@@ -1,4 +1,4 @@
-"""The four commands: their parsers and what each runs (through `reporting.run_reporting`)."""
+"""The five commands: their parsers and what each runs (through `reporting.run_reporting`)."""
 
 from __future__ import annotations
 
@@ -176,6 +176,47 @@ def cmd_export_run(args: argparse.Namespace) -> int:
     return code
 
 
+def _add_export_gguf(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export-gguf",
+        help="write a full-precision (merged) model folder as one GGUF file for llama.cpp",
+        description="Convert a full-precision transformers model folder (Llama, Mistral, Qwen2, Qwen3; "
+        "e.g. the output of `quailora merge`) to a GGUF file for llama.cpp. The file is read back and "
+        "checked against the source before it is renamed into place.",
+    )
+    p.add_argument("--model", required=True, help="the transformers model folder (safetensors) to convert")
+    p.add_argument("--output", required=True, help="the GGUF file to write (FILE.gguf; must not exist)")
+    p.add_argument("--type", dest="gguf_type", default="f16", help="f16, bf16 or q8_0 (default f16)")
+    p.add_argument("--json", action="store_true", help="events and the result as JSON lines on stdout")
+    p.set_defaults(func=cmd_export_gguf)
+
+
+def cmd_export_gguf(args: argparse.Namespace) -> int:
+    from quailora_core.events import Finished
+
+    def work(on_event, cancel):
+        from quailora_core.serving.gguf_export import export_gguf
+
+        result = export_gguf(args.model, args.output, args.gguf_type, on_event, cancel)
+        on_event(Finished(str(result.output), result.to_dict()))
+        return result
+
+    def progress(event: Any) -> None:
+        from quailora_core.events import Log, Stage
+
+        if isinstance(event, Log):
+            print(f"[{event.level}] {event.message}", file=sys.stderr)
+        elif isinstance(event, Stage) and event.name == "verify":
+            print("self-check: reading the file back and comparing it with the source ...", file=sys.stderr)
+
+    code, result = run_reporting(args, work, None if args.json else progress)
+    if code == 0 and not args.json:
+        kept = f"; kept in f16 (rows not a multiple of 32): {', '.join(result.kept_f16)}" if result.kept_f16 else ""
+        print(f"GGUF {result.gguf_architecture} {result.type} written to {result.output} ({result.tensors} tensors, "
+              f"{result.bytes / 2**20:.1f} MiB; {result.values_checked} compared with the source{kept})")  # fmt: skip
+    return code
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quailora", description="QuAILoRA Studio command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -183,4 +224,5 @@ def make_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_export_run(sub)
+    _add_export_gguf(sub)
     return parser
