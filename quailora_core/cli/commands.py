@@ -49,11 +49,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     code, result = run_reporting(args, work, None if args.json else TerminalProgress())
     if code == 0 and not args.json:
         from quailora_core.init.metrics import format_table
-        from quailora_core.serving.folder import adapter_verdicts
 
         print(format_table(result.layers))
         print(f"\nadapter written to {result.output_dir}")
-        for verdict in adapter_verdicts(result.output_dir):  # the README's Serving section has the commands
+        for verdict in result.serving:  # the README's Serving section has the commands
             if not verdict.reproduces:
                 print(f"serving: {verdict.line()}")
     return code
