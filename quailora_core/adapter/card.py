@@ -1,15 +1,20 @@
-"""The adapter's README (its model card): what it was computed for and the code that loads
-it as training must, written from its `AdapterRecord`."""
+"""The adapter's README (its model card): what it was computed for, the code that loads
+it as training must, and which serving stacks reproduce it (`serving.stacks`), written from
+its `AdapterRecord` and the adapter_config.json peft wrote."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from quailora_core.adapter.record import AdapterRecord
+from quailora_core.serving.stacks import ServingSettings, verdicts
+
+ADAPTER_PLACEHOLDER = "path/to/this/adapter"  # the card travels with the folder: no absolute path of it
 
 
-def loading_code(adapter_dir: str, record: AdapterRecord) -> str:
-    """Python that loads the base exactly as the adapter expects, then the adapter."""
+def loading_code(adapter_dir: str, record: AdapterRecord, trainable: bool = True) -> str:
+    """Python that loads the base exactly as the adapter expects, then the adapter (trainable
+    for fine-tuning, or not for inference)."""
     q = record.quantization
     auto = record.base_model.auto_class
     if q.bits == 8:
@@ -31,11 +36,12 @@ def loading_code(adapter_dir: str, record: AdapterRecord) -> str:
         f"bnb = {bnb}\n"
         f"base = {auto}.from_pretrained({record.base_model.path!r}, quantization_config=bnb, "
         f"dtype=torch.{q.load_dtype})\n"
-        f"model = PeftModel.from_pretrained(base, {str(adapter_dir)!r}, is_trainable=True)\n"
+        f"model = PeftModel.from_pretrained(base, {str(adapter_dir)!r}, is_trainable={trainable})\n"
     )
 
 
-def model_card(record: AdapterRecord) -> str:
+def model_card(record: AdapterRecord, peft_config: dict[str, Any] | None = None) -> str:
+    """The README; with the adapter's peft config (adapter_config.json) it has a Serving section."""
     s = record.summary
     card = f"""---
 library_name: peft
@@ -60,12 +66,28 @@ or the initialization is wasted.
 ## Load it for fine-tuning
 
 ```python
-{loading_code("path/to/this/adapter", record)}```
+{loading_code(ADAPTER_PLACEHOLDER, record)}```
 
 Per-layer metrics, the calibration summary and package versions are in `quailora.json`.
 Made with QuAILoRA Studio (Lawton et al., 2024, arXiv 2410.14713).
 """
+    card += serving_card(record, peft_config) if peft_config is not None else ""
     return card + (training_card(record.training) if record.training else "")
+
+
+def serving_card(record: AdapterRecord, peft_config: dict[str, Any]) -> str:
+    """## Serving: per stack, whether it reproduces the quantized base this adapter was
+    computed for, why not, and the command that serves it."""
+    settings = ServingSettings.of_adapter(record, peft_config, ADAPTER_PLACEHOLDER)
+    parts = ["\n## Serving\n\nThe initialization holds only on the quantized base it was computed for "
+             f"({settings.quantization_label()}). Per serving stack:\n"]  # fmt: skip
+    for v in verdicts(settings, loading_code(ADAPTER_PLACEHOLDER, record, trainable=False)):
+        verdict = "reproduces it" if v.reproduces else ("does not reproduce it" if v.loads else "does not load it")
+        parts.append(f"\n### {v.name}: {verdict}\n\n")
+        parts.append("\n\n".join(v.reasons + v.notes) + "\n" if v.reasons or v.notes else "")
+        for command in v.commands:
+            parts.append(f"\n```{v.language}\n{command.rstrip()}\n```\n")
+    return "".join(parts)
 
 
 def training_card(tr: dict[str, Any]) -> str:

@@ -5,7 +5,7 @@ skeleton does: no weight of the base is read) with `get_peft_model`, put our A a
 its LoRA modules and call `save_pretrained`, so the files are exactly what peft writes and
 reads. Next to them go `quailora.json`
 (the quantizer the adapter was computed for, calibration summary, per-layer metrics,
-versions) and a README model card with the loading code.
+versions) and a README model card with the loading code and the serving verdicts.
 
 Atomicity: everything is written into a hidden sibling folder and renamed into place
 at the very end, so a cancelled or crashed run never leaves a folder that looks
@@ -14,6 +14,7 @@ complete under the requested name.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -86,7 +87,8 @@ def write_adapter(
             if verification is not None:
                 record.verification = verification
                 record.save(tmp)
-        (tmp / "README.md").write_text(model_card(record), encoding="utf-8")
+        peft_config = json.loads((tmp / "adapter_config.json").read_text(encoding="utf-8"))
+        (tmp / "README.md").write_text(model_card(record, peft_config), encoding="utf-8")
     return Path(output).expanduser().resolve()
 
 

@@ -52,6 +52,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
         print(format_table(result.layers))
         print(f"\nadapter written to {result.output_dir}")
+        for verdict in result.serving:  # the README's Serving section has the commands
+            if not verdict.reproduces:
+                print(f"serving: {verdict.line()}")
     return code
 
 

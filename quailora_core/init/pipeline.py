@@ -42,6 +42,8 @@ from quailora_core.memory import release_freed_memory, return_large_allocations
 from quailora_core.model.fingerprint import weight_fingerprint
 from quailora_core.model.streamed import load_streamed
 from quailora_core.quant.record import QuantRecord
+from quailora_core.serving.folder import adapter_verdicts
+from quailora_core.serving.stacks import StackVerdict
 
 __all__ = ["InitResult", "plan_for", "preflight", "run_init"]
 
@@ -51,6 +53,7 @@ class InitResult:
     output_dir: str
     layers: list[LayerResult] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    serving: list[StackVerdict] = field(default_factory=list)  # per serving stack (serving/stacks.py)
 
 
 def run_init(
@@ -153,7 +156,7 @@ class _Run:
         )
         summary["wall_seconds"] = time.perf_counter() - started
         self.emit(Finished(str(output), summary))
-        return InitResult(str(output), self.solver.layers, summary)
+        return InitResult(str(output), self.solver.layers, summary, adapter_verdicts(output))
 
     def offload_folder(self) -> Path:
         """A fresh, empty folder for weights that cannot be read from the checkpoint in place

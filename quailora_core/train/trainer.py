@@ -320,7 +320,8 @@ class _Training:
         with atomic_dir(plan.output / FINAL_ADAPTER, overwrite=True) as tmp:
             model.save_pretrained(str(tmp))
             record.save(tmp)
-            (tmp / "README.md").write_text(model_card(record), encoding="utf-8")
+            peft_config = json.loads((tmp / "adapter_config.json").read_text(encoding="utf-8"))
+            (tmp / "README.md").write_text(model_card(record, peft_config), encoding="utf-8")
         _write_json(plan.output / METRICS_FILE, metrics)
 
 

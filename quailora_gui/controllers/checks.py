@@ -2,7 +2,8 @@
 
 `ConfigChecker.check(config)` reads the model's config (`summarize_model`), previews the
 calibration data (`preview`), asks the engine which layers the run would initialize
-(`plan_for`), checks the output folder and the device, runs `RunConfig.validate()` and, when
+(`plan_for`), checks the output folder and the device, runs `RunConfig.validate()`, asks
+which serving stacks could not serve the settings (`serving.stacks.run_warnings`) and, when
 the model is readable, `estimate_run`. Every refusal is an `InputError` from the core that
 names the setting it is about (`InputError.field`, a run-file path such as "lora.rank"); the
 form's field table (`form_fields.error_key`) says which red label shows it, whatever its
@@ -51,6 +52,7 @@ class CheckReport:
     estimate: Any | None = None  # quailora_core.init.estimate.RunEstimate
     plan: Any | None = None  # quailora_core.model.TargetPlan: the layers the run would initialize
     estimate_error: str = ""
+    serving: list[str] = field(default_factory=list)  # warnings: a serving stack will not reproduce these settings
     columns: list[str] = field(default_factory=list)  # columns of a tabular calibration source
     generation: int = 0
 
@@ -219,6 +221,14 @@ class ConfigChecker:
             config.validate()
         except InputError as exc:
             report.refuse(exc)
+
+        # Serving stacks that cannot serve these settings as computed: warnings, Run stays possible.
+        try:
+            from quailora_core.serving.stacks import run_warnings
+
+            report.serving = run_warnings(config)
+        except Exception as exc:  # a courtesy like the estimate: never block Run on it
+            report.serving = [f"Could not check the serving stacks: {error_text(exc)}"]
 
         # Memory and time, when the model is known.
         if report.summary is not None and MODEL not in errors:

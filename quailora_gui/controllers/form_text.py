@@ -1,6 +1,7 @@
 """What the form shows about the check's findings, as text: the model summary, the data
-preview and its figures, the estimate and the token count. Plain functions of the core's
-records (ModelSummary, DataPreview, RunEstimate); the form only sets these texts."""
+preview and its figures, the estimate, the token count and the serving warnings (and the
+finished adapter's serving verdicts, for the results view). Plain functions of the core's
+records (ModelSummary, DataPreview, RunEstimate, StackVerdict); the views only set these texts."""
 
 from __future__ import annotations
 
@@ -98,3 +99,17 @@ def token_count_html(n: int, length: int, held: int, tokens: int | None = None, 
     for warning in warnings:
         text += f"<br><span style='color:{AMBER}'>{escape(warning[:1].upper() + warning[1:])}.</span>"
     return text
+
+
+def serving_warnings_html(warnings: list[str] | tuple[str, ...]) -> str:
+    """The settings' serving warnings (serving.stacks.run_warnings), amber; empty when none."""
+    return "<br>".join(f"<span style='color:{AMBER}'>{escape(w)}</span>" for w in warnings)
+
+
+def serving_verdicts_html(verdicts: list[Any] | tuple[Any, ...]) -> str:
+    """One line per serving stack of a finished adapter: reproduces it, or why not."""
+    lines = []
+    for v in verdicts:
+        text = escape(v.line())
+        lines.append(text if v.reproduces else f"<span style='color:{AMBER}'>{text}</span>")
+    return "<br>".join(lines)

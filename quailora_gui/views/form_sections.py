@@ -219,6 +219,12 @@ def build_lora(form: Any) -> None:
     form.rsloraCheck = named(QCheckBox("rsLoRA scaling (alpha / √r)"), "rsloraCheck")
     layout.addRow("", form.rsloraCheck)
     error_row(form, layout, ff.LORA)
+    # which serving stacks could not serve these quantization + LoRA settings (a warning, not an error)
+    form.servingWarningLabel = role_label("", "hint", "servingWarningLabel")
+    form.servingWarningLabel.setTextFormat(Qt.TextFormat.RichText)
+    form.servingWarningLabel.setToolTip("Serving stacks that will not reproduce an adapter computed with these settings.")
+    form.servingWarningLabel.hide()
+    layout.addRow(form.servingWarningLabel)
 
 
 def build_method(form: Any) -> None:

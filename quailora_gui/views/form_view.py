@@ -4,7 +4,8 @@ It shows a RunConfig and turns edits back into one (`to_config`), both through t
 field table `controllers.form_fields.FIELDS` (widget name, run-file path, kind). Settings
 the form does not show (training settings, ...) are carried over from the config last set,
 so a run file opened and saved again keeps every field. It computes nothing: the model
-summary, the data preview, the estimate and the per-field errors come in a `CheckReport`.
+summary, the data preview, the estimate, the serving warnings and the per-field errors come
+in a `CheckReport`.
 """
 
 from __future__ import annotations
@@ -216,6 +217,8 @@ class RunForm(QWidget):
         self._show_columns(report.columns)
         self.estimateLabel.setText(form_text.estimate_html(report.estimate, report.estimate_error))
         self._update_token_count(report.estimate)
+        self.servingWarningLabel.setText(form_text.serving_warnings_html(report.serving))
+        self.servingWarningLabel.setVisible(bool(report.serving))
 
     def _show_columns(self, columns: list[str]) -> None:
         """Offer the source's columns; the chooser is enabled for tables with several."""

@@ -1,5 +1,6 @@
 """The centre of the window: the chart toolbar, the tabs (layer errors, heat map, table,
-compare, training) and the one-line summary under them.
+compare, training), the one-line summary under them and the finished adapter's serving
+verdicts.
 
 It holds what it shows: the layers of the current or last run (`results`), the finished run
 they belong to (`displayed`) and this session's finished runs (`session`, for Compare). The
@@ -23,6 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..controllers.form_text import serving_verdicts_html
 from ..controllers.formatting import fmt_err, fmt_pct
 from ..controllers.results import RunResults
 from ..controllers.session import FinishedRun, Session
@@ -58,6 +60,9 @@ class ResultsArea(QWidget):
         self.summaryLabel = role_label("", "hint", "summaryLabel")
         self.summaryLabel.setWordWrap(False)
         shrinkable(self.summaryLabel)
+        self.servingLabel = role_label("", "hint", "servingLabel")  # the finished adapter's serving verdicts
+        self.servingLabel.setToolTip("Which serving stacks reproduce the finished adapter (its README has the commands).")
+        self.servingLabel.hide()
         tools = QHBoxLayout()
         tools.setContentsMargins(6, 2, 6, 2)
         tools.addWidget(QLabel("Compare with"))
@@ -88,6 +93,7 @@ class ResultsArea(QWidget):
         layout.addLayout(tools)
         layout.addWidget(self.tabs, 1)
         layout.addWidget(self.summaryLabel)
+        layout.addWidget(self.servingLabel)
 
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setSingleShot(True)
@@ -103,6 +109,8 @@ class ResultsArea(QWidget):
         self.layerErrorChart.set_results(self.results)
         self.heatMap.set_results(self.results)
         self.summaryLabel.setText("")
+        self.servingLabel.setText("")
+        self.servingLabel.hide()
 
     def add_layer(self, layer: Any) -> None:
         self.results.add(layer)
@@ -117,6 +125,8 @@ class ResultsArea(QWidget):
         """A run finished: keep it in the session, show it, offer it for comparison."""
         run = self.session.add(config, result.layers, result.summary, result.output_dir)
         self.displayed = run
+        self.servingLabel.setText(serving_verdicts_html(result.serving))
+        self.servingLabel.setVisible(bool(result.serving))
         self.compareCombo.addItem(run.name, run.number)
         self.on_compare_changed()
         return run
