@@ -193,7 +193,7 @@ def llama_cpp_verdict(s: ServingSettings) -> StackVerdict:
     if s.adapter:
         merged = f"{s.adapter.rstrip('/')}-merged"
         commands = [f"quailora merge --adapter {_q(s.adapter)} --output {_q(merged)}",
-                    f"quailora export-gguf --model {_q(merged)}"]  # fmt: skip
+                    f"quailora export-gguf --model {_q(merged)} --output {_q(merged + '.gguf')} --type bf16"]  # fmt: skip
     return StackVerdict(LLAMA_CPP, STACK_NAMES[LLAMA_CPP], loads=True, reproduces=False, reasons=[reason],
                         commands=commands)  # fmt: skip
 
