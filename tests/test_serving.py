@@ -49,7 +49,7 @@ def test_each_stack_verdict_for_each_setting(bits, quant_type, dq, rank, loads, 
     assert v[TRANSFORMERS].reproduces and v[TRANSFORMERS].loads
     assert not v[LLAMA_CPP].reproduces and "merge" in v[LLAMA_CPP].reasons[0]
     assert v[LLAMA_CPP].commands == ["quailora merge --adapter /adapters/ada --output /adapters/ada-merged",
-                                     "quailora export-gguf --model /adapters/ada-merged"]  # fmt: skip
+                                     "quailora export-gguf --model /adapters/ada-merged --output /adapters/ada-merged.gguf --type bf16"]  # fmt: skip
     vllm = v[VLLM]
     assert (vllm.loads, vllm.reproduces) == (loads, exact)
     assert vllm_max_lora_rank(rank) == max_rank
