@@ -10,6 +10,15 @@ query and key rows permuted for llama.cpp's rotary layout, Qwen2 (biases) and Qw
 own architectures unpermuted; 1-D tensors (norms, biases) stay float32; a tied head writes no
 `output.weight`.
 
+Two things Llama 2 / Mistral v0.1-v0.3 and Llama 3.1-3.3 folders carry, also as the converter writes
+them. A SentencePiece-style BPE tokenizer.json (byte fallback, ▁ for spaces) becomes a "llama"
+vocabulary of tokens, scores and types (`gguf.vocab.LlamaHfVocab`, with scores that carry the merge
+order, see `_add_llama_vocab`); a `tokenizer.model` alone is refused, since the sentencepiece package
+its reader needs is not a dependency. Rope scaling: "llama3" becomes a `rope_freqs.weight` tensor of
+divisors computed from transformers' own llama3 and unscaled inverse frequencies (`_rope`), "linear"
+the rope.scaling keys; yarn and the rest are refused before any weight is read, because llama.cpp's
+handling of their attention factors is not something this export can check.
+
 Tensors stream: the header lists every tensor from the checkpoint's safetensors metadata, then each
 tensor is read, converted and written in turn, so one tensor is in memory at a time. The file is
 written next to the target under a temporary name and renamed into place only after it has been
@@ -17,7 +26,7 @@ read back and checked (`_check`): every tensor's name, shape and type, the value
 non-block tensors and of the first and last block against the source (through transformers' own
 GGUF inverse transforms, q8_0 dequantized by `gguf.quants` within its rounding bound), and a
 sample text tokenized by the tokenizer transformers rebuilds from the file against the source
-tokenizer. Anything that disagrees fails the export and leaves nothing.
+tokenizer, and the rope scaling (`_check_rope`). Anything that disagrees fails the export and leaves nothing.
 """
 
 from __future__ import annotations
@@ -100,8 +109,53 @@ class _Tensor:
     name: str  # GGUF name
     shape: tuple[int, ...]  # torch order
     qtype: Any  # gguf.GGMLQuantizationType
-    shard: Path
+    shard: Path | None
     block: int | None
+    values: Any = None  # a tensor made here, not read from the checkpoint (llama3's rope_freqs)
+
+
+@dataclass(frozen=True)
+class _Rope:
+    """How the file carries the config's rotary scaling, after llama.cpp's converter (LlamaModel):
+    "default" nothing; "linear" the keys rope.scaling.type/factor, which llama.cpp turns into
+    freq_scale = 1/factor; "llama3" a float32 `rope_freqs.weight` of head_dim/2 divisors, llama.cpp
+    rotating pair i by pos * theta^(-2i/d) / rope_freqs[i]."""
+
+    type: str = "default"
+    factor: float = 1.0  # linear
+    freqs: Any = None  # llama3: numpy float32 (head_dim/2,), transformers' unscaled / llama3 inverse frequencies
+    inv_freq: Any = None  # llama3: transformers' llama3 inverse frequencies, for the read-back check
+
+
+def _rope(config: Any, family: Family, model: str) -> _Rope:
+    """The rope scaling, with the inverse frequencies asked of transformers (ROPE_INIT_FUNCTIONS),
+    or a one-line refusal for a type llama.cpp's converter does not write simply."""
+    rope = getattr(config, "rope_parameters", None) or {}
+    if rope and not isinstance(rope.get("rope_type", "default"), str):  # per-layer-type dicts (not these families)
+        raise _refuse(f"Per-layer rope parameters in {model!r} are not written by this export.", "Supported: one rope_parameters.", "model")
+    kind = rope.get("rope_type", "default")
+    if float(rope.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise _refuse(f"partial_rotary_factor {rope['partial_rotary_factor']} in {model!r} is not written by this export.",
+                      "Supported: rotary embeddings over the whole head.", "model")  # fmt: skip
+    if kind == "default":
+        return _Rope()
+    if kind == "linear":
+        return _Rope("linear", float(rope["factor"]))
+    if kind == "llama3" and family.gguf_arch == "LLAMA":
+        import torch
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+        inv_freq, attention = ROPE_INIT_FUNCTIONS["llama3"](config, torch.device("cpu"))
+        base, _ = LlamaRotaryEmbedding.compute_default_rope_parameters(config)
+        if attention != 1.0 or inv_freq.shape != base.shape:
+            raise _refuse(f"llama3 rope in {model!r} scales attention by {attention}, which rope_freqs cannot carry.",
+                          "Supported: llama3 rope as Llama 3.1-3.3 configure it.", "model")  # fmt: skip
+        freqs = (base.to(torch.float64) / inv_freq.to(torch.float64)).to(torch.float32).numpy()
+        return _Rope("llama3", float(rope.get("factor", 1.0)), freqs, inv_freq.to(torch.float32).numpy())
+    where = "" if kind != "llama3" else f" for {family.gguf_arch.lower()} files (llama.cpp reads rope_freqs for llama only)"
+    raise _refuse(f"Rope scaling {kind!r} is not written by this export{where}.",
+                  "Supported: rope_type default, linear, and llama3 (Llama / Mistral).", "model")  # fmt: skip
 
 
 @dataclass
@@ -112,7 +166,9 @@ class _Plan:
     architecture: str
     family: Family
     config: Any
+    tokenizer_model: str  # tokenizer.ggml.model: "gpt2" (byte-level BPE) or "llama" (SentencePiece-style)
     tokenizer_pre: str
+    rope: _Rope
     tensors: list[_Tensor] = field(default_factory=list)
 
 
@@ -166,6 +222,34 @@ def _shards(model: Path) -> dict[str, Path]:
                   "Save the model with save_pretrained(..., safe_serialization=True).", "model")  # fmt: skip
 
 
+def _tokenizer(model: Path) -> tuple[str, str]:
+    """(tokenizer.ggml.model, tokenizer.ggml.pre): "gpt2" for a byte-level BPE, "llama" (pre
+    "default", as llama.cpp's converter writes it) for a SentencePiece-style BPE with byte fallback
+    that `gguf.vocab.LlamaHfVocab` accepts (Llama 2, Mistral v0.1-v0.3 tokenizer.json)."""
+    import gguf.vocab
+
+    if (model / "tokenizer.json").is_file():
+        try:
+            gguf.vocab.LlamaHfVocab(model)  # raises unless a BPE with byte fallback and a Sequence decoder
+        except (FileNotFoundError, TypeError, KeyError):
+            pass
+        else:
+            tok = json.loads((model / "tokenizer.json").read_text(encoding="utf-8"))
+            pre, norm = tok.get("pre_tokenizer") or {}, tok.get("normalizer") or {}
+            norms = norm.get("normalizers", []) if norm.get("type") == "Sequence" else [norm]
+            metaspace = pre.get("type") == "Metaspace" and pre.get("prepend_scheme", "always") in ("first", "always")
+            legacy = not pre and any(n.get("type") == "Prepend" and n.get("prepend") == "\u2581" for n in norms)
+            if not (metaspace or legacy):  # llama.cpp's SentencePiece tokenizer always prefixes one "\u2581"
+                raise _refuse(f"The SentencePiece-style tokenizer in {str(model)!r} does not prefix \u2581 as llama.cpp's does.",
+                              "Supported: a Metaspace pre-tokenizer (prepend_scheme first) or Llama 2's Prepend normalizer.", "model")  # fmt: skip
+            return "llama", "default"
+    elif (model / "tokenizer.model").is_file():
+        raise _refuse(f"{str(model)!r} has a SentencePiece tokenizer.model but no tokenizer.json.",
+                      "Save the fast tokenizer (tokenizer.save_pretrained writes tokenizer.json); this export does not read "
+                      "tokenizer.model (the sentencepiece package is not installed).", "model")  # fmt: skip
+    return "gpt2", _tokenizer_pre(model)
+
+
 def _tokenizer_pre(model: Path) -> str:
     """llama.cpp's `tokenizer.ggml.pre` for a byte-level BPE tokenizer, read off its pre-tokenizer.
 
@@ -176,7 +260,8 @@ def _tokenizer_pre(model: Path) -> str:
     import gguf.vocab
     from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
 
-    hint = "This export writes byte-level BPE tokenizers (Llama 3, Qwen2/3, Mistral Nemo style) only."
+    hint = ("This export writes byte-level BPE tokenizers (Llama 3, Qwen2/3, Mistral Nemo style) and "
+            "SentencePiece-style BPE tokenizer.json with byte fallback (Llama 2, Mistral v0.1-v0.3).")
     try:
         gguf.vocab.BpeVocab(model)  # raises unless tokenizer.json is a byte-level BPE (GPT-2 style)
     except (FileNotFoundError, ValueError) as exc:
@@ -217,12 +302,9 @@ def plan_export(model: str, output: str, type_: str) -> _Plan:
     if getattr(config, "quantization_config", None):
         raise _refuse(f"{model!r} holds a quantized checkpoint.",
                       "Export a full-precision folder: merge the adapter into the full-precision base first.", "model")  # fmt: skip
-    rope = getattr(config, "rope_parameters", None) or {}
-    if rope.get("rope_type", "default") != "default":
-        raise _refuse(f"Rope scaling {rope.get('rope_type')!r} is not written by this export yet.",
-                      "Supported: unscaled rotary embeddings (rope_type 'default').", "model")  # fmt: skip
     family = FAMILIES[arch]
-    plan = _Plan(folder, out, type_, arch, family, config, _tokenizer_pre(folder))
+    rope = _rope(config, family, model)
+    plan = _Plan(folder, out, type_, arch, family, config, *_tokenizer(folder), rope)
 
     n_blocks = config.num_hidden_layers
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[family.gguf_arch], n_blocks)
@@ -250,6 +332,10 @@ def plan_export(model: str, output: str, type_: str) -> _Plan:
     finally:
         for f in open_files.values():
             f.__exit__(None, None, None)
+    if rope.freqs is not None:  # what LlamaModel.generate_extra_tensors writes first
+        name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
+        plan.tensors.insert(0, _Tensor("rope_parameters", name, rope.freqs.shape, gguf.GGMLQuantizationType.F32,
+                                       None, None, rope.freqs))  # fmt: skip
     if unnamed:
         raise _refuse(f"{len(unnamed)} checkpoint tensors have no {family.gguf_arch.lower()} GGUF name "
                       f"(first: {unnamed[0]}).", "Export a plain causal-LM checkpoint of a supported family.", "model")  # fmt: skip
@@ -300,6 +386,9 @@ def _add_metadata(writer: Any, plan: _Plan, file_type: Any) -> None:
     rope = getattr(c, "rope_parameters", None) or {}
     if "rope_theta" in rope:
         writer.add_rope_freq_base(float(rope["rope_theta"]))
+    if plan.rope.type == "linear":  # LlamaModel.set_gguf_parameters; llama.cpp reads these for every architecture
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(plan.rope.factor)
     writer.add_layer_norm_rms_eps(float(c.rms_norm_eps))
     if getattr(c, "head_dim", None) is not None:
         writer.add_key_length(head_dim)
@@ -317,6 +406,10 @@ def _add_vocab(writer: Any, plan: _Plan) -> None:
     special tokens from gguf.vocab.SpecialVocab."""
     import gguf
     from transformers import AutoTokenizer
+
+    if plan.tokenizer_model == "llama":
+        _add_llama_vocab(writer, plan)
+        return
 
     tokenizer = AutoTokenizer.from_pretrained(plan.model)
     n_vocab = plan.config.vocab_size
@@ -342,6 +435,54 @@ def _add_vocab(writer: Any, plan: _Plan) -> None:
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     gguf.vocab.SpecialVocab(plan.model, load_merges=True, n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
+
+
+def _merge_scores(bpe: dict[str, Any]) -> tuple[dict[int, float], float]:
+    """token id -> -rank of the first merge that makes it, and the score for every other token."""
+    vocab, merges = bpe["vocab"], bpe.get("merges") or []
+    made: dict[int, float] = {}
+    for rank, merge in enumerate(merges):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        if left + right in vocab:
+            made.setdefault(vocab[left + right], -float(rank))
+    return made, -float(len(merges) + 1)
+
+
+def _add_llama_vocab(writer: Any, plan: _Plan) -> None:
+    """A SentencePiece-style BPE as llama.cpp's converter writes it (_set_vocab_llama_hf): tokens and
+    types from gguf.vocab.LlamaHfVocab, tokenizer.ggml.model "llama", special tokens from SpecialVocab,
+    no merges. llama.cpp's SentencePiece tokenizer merges the adjacent pair whose joined token scores
+    highest, so the scores must carry the merge order; LlamaHfVocab leaves get_token_score a
+    placeholder (-1000 for all, which merges left to right instead), so here a token made by merge r
+    scores -r, as SentencePiece's own BPE scores its pieces, and every other token scores below all
+    merges. transformers' reader rebuilds the merges from these same scores, so `_check_tokenizer`
+    tests what llama.cpp will use."""
+    import gguf
+
+    made, floor = _merge_scores(json.loads((plan.model / "tokenizer.json").read_text(encoding="utf-8"))["model"])
+
+    class MergeOrderVocab(gguf.vocab.LlamaHfVocab):
+        def get_token_score(self, token_id: int) -> float:
+            return made.get(token_id, floor)
+
+    source = MergeOrderVocab(plan.model)
+    n_vocab = plan.config.vocab_size
+    entries = list(source.all_tokens())
+    if len(entries) > n_vocab:
+        raise InputError(f"The tokenizer has {len(entries)} tokens, beyond the model's vocab_size {n_vocab}.",
+                         "Resize the model's embeddings to the tokenizer before exporting.", field="model")  # fmt: skip
+    ids = source.tokenizer.get_vocab()
+    for i, (text, _, _) in enumerate(entries):  # LlamaHfVocab lists base then added tokens; they must be in id order
+        if ids.get(text.decode("utf-8")) != i:
+            raise EngineError(f"Token {i} of the vocabulary lists as {text!r}, which the tokenizer numbers {ids.get(text.decode())}.",
+                              "The tokenizer's added tokens are not numbered after its base vocabulary; nothing was written.")  # fmt: skip
+    entries += [(f"[PAD{i}]".encode(), floor, gguf.TokenType.UNUSED) for i in range(len(entries), n_vocab)]
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre(plan.tokenizer_pre)
+    writer.add_token_list([text for text, _, _ in entries])
+    writer.add_token_scores([score for _, score, _ in entries])
+    writer.add_token_types([kind for _, _, kind in entries])
+    gguf.vocab.SpecialVocab(plan.model, load_merges=False, n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
 
 
 def export_gguf(model: str, output: str, type_: str = "f16",
@@ -378,6 +519,9 @@ def export_gguf(model: str, output: str, type_: str = "f16",
             for t in plan.tensors:
                 if cancel is not None and cancel.cancelled:
                     raise Cancelled()
+                if t.values is not None:
+                    writer.write_tensor_data(gguf.quants.quantize(t.values, t.qtype))
+                    continue
                 f = open_files.get(t.shard) or open_files.setdefault(t.shard, safe_open(t.shard, framework="pt").__enter__())
                 writer.write_tensor_data(gguf.quants.quantize(_converted(plan, t, f), t.qtype))
         finally:
@@ -425,8 +569,9 @@ def _check(plan: _Plan, path: Path) -> tuple[int, float]:
         config={"num_attention_heads": n_head, "num_key_value_heads": n_kv})  # transformers' inverse of the layout
     last = plan.config.num_hidden_layers - 1
     checked, max_err = 0, 0.0
+    _check_rope(plan, reader, found)
     for t in plan.tensors:
-        if t.block not in (None, 0, last):
+        if t.block not in (None, 0, last) or t.values is not None:
             continue
         with safe_open(t.shard, framework="pt") as f:
             source = f.get_tensor(t.source).to(torch.float32).numpy()
@@ -449,6 +594,30 @@ def _check(plan: _Plan, path: Path) -> tuple[int, float]:
         max_err = max(max_err, float(err.max()))
     _check_tokenizer(plan, path)
     return checked, max_err
+
+
+def _check_rope(plan: _Plan, reader: Any, found: dict[str, Any]) -> None:
+    """The rope scaling reads back: linear's keys, llama3's rope_freqs as divisors of the unscaled
+    inverse frequencies that give transformers' llama3 ones (so not inverted, not reordered)."""
+    import gguf
+    import numpy as np
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    arch = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[plan.family.gguf_arch]]
+    fields = reader.fields
+    kind = fields.get(gguf.Keys.Rope.SCALING_TYPE.format(arch=arch))
+    factor = fields.get(gguf.Keys.Rope.SCALING_FACTOR.format(arch=arch))
+    got = (kind.contents() if kind else "default", float(factor.contents()) if factor else None)
+    want = ("linear", float(np.float32(plan.rope.factor))) if plan.rope.type == "linear" else ("default", None)
+    name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
+    ok = got == want
+    if plan.rope.type == "llama3":
+        freqs = np.asarray(found[name].data, dtype=np.float32).reshape(-1)
+        base, _ = LlamaRotaryEmbedding.compute_default_rope_parameters(plan.config)
+        ok = ok and np.allclose(base.numpy() / freqs, plan.rope.inv_freq, rtol=1e-6, atol=0)
+    if not ok:
+        raise EngineError(f"The GGUF rope scaling reads back as {got} (rope_freqs: {name in found}), not {plan.rope.type}.",
+                          "This is a bug in the export; nothing was written.")  # fmt: skip
 
 
 def _check_tokenizer(plan: _Plan, path: Path) -> None:
