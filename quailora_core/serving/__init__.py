@@ -1,0 +1,1 @@
+"""Serving: what turns an adapter into something a serving stack loads."""
