@@ -126,7 +126,10 @@ def plan_merge(adapter: str, output: str, dtype: str = "bf16", model: str | None
     out_dtype = parse_dtype(dtype)
     if not output:
         raise InputError("No output folder given.", "Use --output PATH.", field="output")
-    check_output_dir(output, overwrite=False)
+    try:
+        check_output_dir(output, overwrite=False)
+    except InputError as exc:  # merge never replaces a folder: say so, not --overwrite
+        raise InputError(exc.message, "Choose another --output (an empty or new folder).", field="output") from None
     record = AdapterRecord.load(adapter)
     if not (Path(adapter) / "adapter_model.safetensors").is_file():
         raise InputError(f"{adapter!r} has no adapter_model.safetensors.", _ADAPTER_HINT, field="adapter")
