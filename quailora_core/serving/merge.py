@@ -85,6 +85,7 @@ class MergeResult:
     tensors: int
     shards: int
     checked: list[str] = field(default_factory=list)  # the layers the self-check recomputed
+    auto_class: str = "AutoModelForCausalLM"  # what loads it (vision-language: AutoModelForImageTextToText)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -217,7 +218,8 @@ def merge_adapter(
         on_event(Log("info", f"self-check: {len(checked)} merged layers equal dequant(Q) from bitsandbytes' own "
                              "module + peft's delta, to the bit"))  # fmt: skip
     result = MergeResult(str(plan.output.resolve()), plan.base, str(plan.dtype).removeprefix("torch."),
-                         len(keys.targets), len(plan.checkpoint), shards, checked)  # fmt: skip
+                         len(keys.targets), len(plan.checkpoint), shards, checked,
+                         plan.record.base_model.auto_class)  # fmt: skip
     on_event(Finished(result.output_dir, result.to_dict()))
     return result
 
@@ -492,3 +494,12 @@ def _has_module(model: torch.nn.Module, name: str) -> bool:
     except AttributeError:
         return False
     return True
+
+
+def loading_code(folder: str, auto_class: str = "AutoModelForCausalLM") -> str:
+    """Python that loads a merged folder for inference: plain transformers, nothing else."""
+    return (
+        f"from transformers import {auto_class}, AutoTokenizer\n\n"
+        f"model = {auto_class}.from_pretrained({folder!r})\n"
+        f"tokenizer = AutoTokenizer.from_pretrained({folder!r})\n"
+    )
