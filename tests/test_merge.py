@@ -30,7 +30,7 @@ from quailora_core.serving import merge
 from quailora_core.serving.merge import merge_adapter, written_tensors
 
 VOCAB = 4000  # covers the demo model's tokenizer, which these models borrow
-BOUND = 1e-5  # relative logits difference: merged vs 4-bit base + adapter (found: ~4e-7)
+BOUND = 1e-5  # relative logits difference: merged vs 4-bit base + adapter (found: 3e-7; merging into W instead: 0.14)
 
 
 def _llama(folder: Path, demo_model: Path, tied: bool, seed: int = 0, **save) -> Path:
