@@ -311,8 +311,8 @@ def _key_plan(plan: MergePlan, streamed: Any, deltas: dict[str, Any]) -> KeyPlan
         parts = name.removeprefix(prefix + ".").split(".", 1)
         source = entry.get("weight_name", name)
         in_checkpoint = str(Path(entry.get("safetensors_file") or "").resolve()) in files and source in plan.checkpoint
-        if name.startswith(prefix + ".") and parts[0].isdigit() and in_checkpoint:
-            blocks[int(parts[0])].append(source)
+        if name.startswith(prefix + ".") and parts[0].isdigit() and in_checkpoint and source not in blocks[int(parts[0])]:
+            blocks[int(parts[0])].append(source)  # once, though tied names may share a source
     targets: dict[str, str] = {}
     for target in deltas:
         entry = index.get(f"{target}.weight")
