@@ -60,6 +60,15 @@ class EvalResult:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """`done` of `total` steps of the current stage (a merge's blocks), with what was done."""
+
+    done: int
+    total: int
+    what: str = ""
+
+
+@dataclass(frozen=True)
 class Log:
     level: str  # "info" | "warning" | "error"
     message: str
@@ -78,10 +87,10 @@ class Failed:
     details: str = ""
 
 
-Event = Stage | LayerResult | TrainStep | EvalResult | Log | Finished | Failed
+Event = Stage | LayerResult | TrainStep | EvalResult | Progress | Log | Finished | Failed
 EventCallback = Callable[[Event], None]
 EVENT_TYPES: dict[str, type] = {
-    cls.__name__: cls for cls in (Stage, LayerResult, TrainStep, EvalResult, Log, Finished, Failed)
+    cls.__name__: cls for cls in (Stage, LayerResult, TrainStep, EvalResult, Progress, Log, Finished, Failed)
 }
 
 

@@ -1,4 +1,5 @@
-"""The five commands: their parsers and what each runs (through `reporting.run_reporting`)."""
+"""The commands (init, train, eval, export-run, merge, export-gguf): their parsers and what each
+runs (through `reporting.run_reporting`)."""
 
 from __future__ import annotations
 
@@ -179,6 +180,51 @@ def cmd_export_run(args: argparse.Namespace) -> int:
     return code
 
 
+def _add_merge(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "merge",
+        help="merge an adapter into a plain model for serving: dequant(Q) + s*B*A, not W + s*B*A",
+        description="Write a complete transformers model folder whose targeted weights are the quantized base "
+        "weight the adapter was computed for (dequantized, exactly as bitsandbytes builds it) plus the adapter, "
+        "and every other weight as in the base. Merging into the original 16-bit weights instead would apply "
+        "the quantization correction twice.",
+    )
+    p.add_argument("--adapter", required=True, help="adapter folder written by `quailora init` or `quailora train`")
+    p.add_argument("--output", required=True, help="the model folder to write (must not exist or be empty)")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"],
+                   help="dtype of the merged weights (default bf16)")  # fmt: skip
+    p.add_argument("--model", default=None, help="base model folder (default: the one recorded in the adapter)")
+    p.add_argument("--json", action="store_true", help="events and the result as JSON lines on stdout")
+    p.set_defaults(func=cmd_merge)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    def work(on_event, cancel):
+        from quailora_core.serving.merge import merge_adapter
+
+        return merge_adapter(args.adapter, args.output, args.dtype, args.model, on_event, cancel)
+
+    def progress(event: Any) -> None:
+        from quailora_core.cli.progress import status
+        from quailora_core.events import Log, Progress, Stage
+
+        if isinstance(event, Log):
+            print(f"[{event.level}] {event.message}", file=sys.stderr)
+        elif isinstance(event, Progress):
+            status(f"merging: {event.what} ...")
+        elif isinstance(event, Stage) and event.name in ("load", "copy", "verify"):
+            status({"load": "checking inputs and loading ...", "copy": "copying the other weights ...",
+                    "verify": "self-check ..."}[event.name])  # fmt: skip
+
+    code, result = run_reporting(args, work, None if args.json else progress)
+    if code == 0 and not args.json:
+        from quailora_core.cli.progress import clear_status
+
+        print(f"{clear_status()}merged {result.merged_layers} layers as dequant(Q) + s*B*A into {result.output_dir} "
+              f"({result.dtype}, {result.shards} shard(s); self-check: {len(result.checked)} layers exact)")  # fmt: skip
+    return code
+
+
 def _add_export_gguf(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export-gguf",
@@ -227,5 +273,6 @@ def make_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_export_run(sub)
+    _add_merge(sub)
     _add_export_gguf(sub)
     return parser

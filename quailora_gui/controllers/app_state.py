@@ -41,6 +41,7 @@ class Export(Enum):
     ADAPTER = "adapter"  # Export adapter: a copy of the shown run's adapter
     RUN = "run"  # Export run: a self-contained run folder
     LAUNCH = "launch"  # the run folder Launch then trains in
+    MERGED = "merged model"  # Export merged model: the base with the adapter merged in, for serving
 
 
 class Checks(Enum):
@@ -53,6 +54,7 @@ class Action(Enum):
     RUN = "run"
     CANCEL = "cancel"
     EXPORT_ADAPTER = "export adapter"
+    EXPORT_MERGED = "export merged model"
     EXPORT_CHARTS = "export charts"
     EXPORT_CSV = "export csv"
     EXPORT_RUN = "export run"
@@ -86,6 +88,7 @@ EXPORT_ACTIONS: dict[Export, Action] = {
     Export.ADAPTER: Action.EXPORT_ADAPTER,
     Export.RUN: Action.EXPORT_RUN,
     Export.LAUNCH: Action.LAUNCH,
+    Export.MERGED: Action.EXPORT_MERGED,
 }
 
 
@@ -225,6 +228,7 @@ class AppState:
             Action.RUN: idle and self.checks is Checks.PASSED,
             Action.CANCEL: phase is Phase.RUNNING,
             Action.EXPORT_ADAPTER: self.has_run and not self.running and self.exporting is None,
+            Action.EXPORT_MERGED: self.has_run and not self.running and self.exporting is None,
             Action.EXPORT_CHARTS: self.has_results and not self.running,
             Action.EXPORT_CSV: self.has_results and not self.running,
             Action.EXPORT_RUN: self.has_run and free,

@@ -81,3 +81,17 @@ class ProgressTracker:
         if eta is None:
             return f"elapsed {elapsed}"
         return f"elapsed {elapsed} · about {fmt_duration(eta)} left"
+
+
+def merge_event_text(event: object) -> str:
+    """The log line for an event of a merge (each merged block, the engine's log lines); ''
+    for events the log does not show."""
+    from quailora_core.events import Log, Progress, Stage
+
+    if isinstance(event, Progress):
+        return f"Merging: {event.what}"
+    if isinstance(event, Log):
+        return event.message
+    if isinstance(event, Stage) and event.name == "verify":
+        return "Merging: checking the merged weights against bitsandbytes…"
+    return ""

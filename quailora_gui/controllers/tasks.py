@@ -145,6 +145,18 @@ def check_task(checker: Any, config: Any, generation: int, **callbacks: Any) -> 
                 **callbacks)  # fmt: skip
 
 
+def merge_task(adapter: str, output: str, dtype: str = "bf16", **callbacks: Any) -> Task:
+    """`quailora merge` of an adapter into `output` in the files lane: the engine's events
+    (its Progress per block) reach `on_event`; the result is the core's MergeResult."""
+
+    def job(context: TaskContext) -> Any:
+        from quailora_core.serving import merge
+
+        return merge.merge_adapter(adapter, output, dtype, None, context.emit, context.token)
+
+    return Task("export merged model", job, FILES, **callbacks)
+
+
 def file_task(name: str, job: Callable[[], Any], **callbacks: Any) -> Task:
     """A Qt-free file job (copy an adapter, write a run folder) in the files lane."""
     return Task(name, lambda _context: job(), FILES, **callbacks)

@@ -1,6 +1,7 @@
-"""The export actions: the shown run's adapter, the charts as PNG, the per-layer CSV, and the
-run folder (for Export run and for Launch). Folder copies run in the files lane of the task
-runner (a rank-64 adapter of a 70B model is ~1 GB); the state machine keeps one at a time."""
+"""The export actions: the shown run's adapter, the merged model (base + adapter, for serving),
+the charts as PNG, the per-layer CSV, and the run folder (for Export run and for Launch).
+Folder copies and the merge run in the files lane of the task runner (a rank-64 adapter of a
+70B model is ~1 GB); the state machine keeps one at a time."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from PySide6.QtWidgets import QFileDialog
 from ..controllers import checks
 from ..controllers.app_state import EXPORT_ACTIONS, Export
 from ..controllers.paths import is_free_output, next_free_output
-from ..controllers.tasks import file_task
+from ..controllers.progress import merge_event_text
+from ..controllers.tasks import file_task, merge_task
 from .dialogs import ExportDialog, show_input_error
 
 
@@ -64,6 +66,48 @@ class ExportActions(QObject):
         target, code = result
         self.w.log(f"Adapter exported to {target}")
         self._show([("Adapter", str(target))], code, str(target))
+
+    # ------------------------------------------------------------------ the merged model
+    def export_merged(self, dest: str | None = None) -> str | None:
+        """Merge the shown run's adapter into its base (`quailora merge`: dequant(Q) + s·B·A)
+        in `dest` (asked for when None), off the GUI thread, each merged block in the log; then
+        show where it went and how to load it (`exported`). Returns the folder being written."""
+        run = self.w.results_area.displayed
+        allowed = run is not None and self.w.state.enabled(EXPORT_ACTIONS[Export.MERGED])
+        dest = self._chosen_folder(dest, "Export the merged model to") if allowed else None
+        if dest is None:
+            return None
+        target = dest if is_free_output(dest) else next_free_output(str(Path(dest) / (Path(run.output_dir).name + "-merged")))
+        w = self.w
+        w.state.begin_export(Export.MERGED)
+        w.log(f"Merging the adapter into its base in {target} …")
+
+        def on_event(event: Any) -> None:
+            text = merge_event_text(event)
+            if text:
+                w.log(text)
+                w.statusBar().showMessage(text)
+
+        def done(result: Any) -> None:
+            from quailora_core.serving.merge import loading_code
+
+            w.state.end_export()
+            w.log(f"Merged model written to {result.output_dir}")
+            self._show([("Merged model", result.output_dir)], loading_code(result.output_dir, result.auto_class), result.output_dir,
+                       "Load it for inference (no bitsandbytes, no peft) with:",
+                       "Python that loads the merged model.")  # fmt: skip
+
+        def failed(exc: BaseException, _details: str) -> None:
+            from quailora_core.errors import QuailoraError
+
+            w.state.end_export()
+            if not isinstance(exc, (QuailoraError, OSError)):
+                exc = QuailoraError(f"The merge failed: {checks.error_text(exc)}")
+            w.keep_dialog(show_input_error(w, exc, "Merge failed"))
+
+        w.tasks.start(merge_task(run.output_dir, target, on_event=on_event, on_done=done, on_error=failed,
+                                 on_cancelled=lambda: w.state.end_export()))  # fmt: skip
+        return target
 
     # ------------------------------------------------------------------ charts, CSV
     def export_charts(self, folder: str | None = None) -> list[str]:

@@ -49,6 +49,7 @@ ENABLES: tuple[tuple[Action, tuple[str, ...]], ...] = (
     (Action.RUN, ("runButton", "runAction")),
     (Action.CANCEL, ("cancelButton", "cancelAction")),
     (Action.EXPORT_ADAPTER, ("exportAdapterButton", "exportAdapterAction")),
+    (Action.EXPORT_MERGED, ("exportMergedAction",)),
     (Action.EXPORT_CHARTS, ("exportChartsButton", "exportChartsAction")),
     (Action.EXPORT_CSV, ("exportCsvButton", "exportCsvAction")),
     (Action.EXPORT_RUN, ("exportRunButton",)),
@@ -209,6 +210,9 @@ class MainWindow(QMainWindow):
 
     def export_adapter(self, dest: str | None = None) -> str | None:
         return self.exports.export_adapter(dest)
+
+    def export_merged(self, dest: str | None = None) -> str | None:
+        return self.exports.export_merged(dest)
 
     def export_charts(self, folder: str | None = None) -> list[str]:
         return self.exports.export_charts(folder)

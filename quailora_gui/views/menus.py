@@ -27,6 +27,8 @@ def build_menus(w: Any) -> None:
     file_menu.addSeparator()
     w.exportAdapterAction = _action(w, file_menu, "Export &adapter…", "exportAdapterAction", None,
                                     lambda: w.export_adapter())  # fmt: skip
+    w.exportMergedAction = _action(w, file_menu, "Export &merged model…", "exportMergedAction", None,
+                                   lambda: w.export_merged())  # fmt: skip
     w.exportChartsAction = _action(w, file_menu, "Export &charts as PNG…", "exportChartsAction", None,
                                    lambda: w.export_charts())  # fmt: skip
     w.exportCsvAction = _action(w, file_menu, "Export results as C&SV…", "exportCsvAction", None,
