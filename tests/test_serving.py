@@ -132,3 +132,15 @@ def test_settings_a_stack_cannot_serve_warn_before_the_run(tmp_path, changes, ex
         assert warnings == []
     else:
         assert len(warnings) == 1 and expect in warnings[0], warnings
+
+
+def test_the_quailora_commands_a_verdict_gives_are_ones_the_cli_accepts(demo_adapter):
+    """The llama.cpp route is two of our own commands; a user pastes them as printed."""
+    import shlex
+
+    from quailora_core.cli.commands import make_parser
+
+    commands = [c for v in adapter_verdicts(demo_adapter) for c in v.commands if c.startswith("quailora ")]
+    assert [shlex.split(c)[1] for c in commands] == ["merge", "export-gguf"]
+    for command in commands:
+        make_parser().parse_args(shlex.split(command)[1:])  # argparse exits on a flag it does not know
