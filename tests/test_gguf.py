@@ -31,7 +31,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from quailora_core.cli import main
 from quailora_core.demo import resources_dir
 from quailora_core.serving import gguf_export
-from quailora_core.serving.gguf_export import GGUF_NOTE, export_gguf
+from quailora_core.serving.gguf_export import export_gguf
 
 SENTENCE = "Serving a merged QuAILoRA fine-tune: 2048 tokens, naïve café, 'quoted' text\nand a new line."
 # q8_0 logits against the float32 source: largest difference over the largest |logit|. Measured on
@@ -251,10 +251,6 @@ def test_the_command_writes_the_file(models_dir, tmp_path, capsys):
     assert main(["export-gguf", "--model", str(models_dir["qwen3"]), "--output", str(out), "--type", "bf16"]) == 0
     assert "GGUF qwen3 bf16 written to" in capsys.readouterr().out
     assert gguf.GGUFReader(out).fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_BF16
-
-
-def test_the_note_says_why_a_gguf_lora_loses_the_correction():
-    assert "merge" in GGUF_NOTE and "re-quantizes" in GGUF_NOTE and "Q4_K" in GGUF_NOTE
 
 
 def test_a_sentencepiece_style_tokenizer_is_written_as_llama_cpps_llama_vocabulary(models_dir, tokenizers, tmp_path):

@@ -97,6 +97,7 @@ def test_a_written_adapter_has_verdicts_with_its_real_paths_and_a_serving_sectio
     assert "### vLLM (bitsandbytes in flight): reproduces it" in serving
     assert "--lora-modules adapter=path/to/this/adapter --max-lora-rank 8" in serving
     assert "### llama.cpp (GGUF): does not reproduce it" in serving and "quailora merge --adapter" in serving
+    assert "converted to a GGUF LoRA" in " ".join(serving.split())  # why the correction is lost there
     assert "## Serving" not in model_card(record)  # without the peft config there is nothing to judge it by
 
 

@@ -41,17 +41,6 @@ from typing import Any
 
 from quailora_core.errors import EngineError, InputError
 
-# For an adapter card: why a GGUF LoRA on a re-quantized base does not carry the correction.
-GGUF_NOTE = (
-    "GGUF / llama.cpp: a QuAILoRA adapter is computed for the NF4/FP4 weight Q that bitsandbytes "
-    "builds, so that Q + s*B*A reproduces the full-precision layer. llama.cpp re-quantizes the "
-    "full-precision weight with its own schemes (Q4_K and friends), which give a different Q, so "
-    "the adapter converted to a GGUF LoRA and applied to such a base no longer carries the "
-    "correction. To serve with llama.cpp, merge the trained adapter into the full-precision base "
-    "first (`quailora merge`), then export the merged model (`quailora export-gguf --type "
-    "f16|bf16|q8_0`) and quantize that file further with llama.cpp if you must."
-)
-
 SAMPLE_TEXT = "QuAILoRA exports 1234 tokens: héllo wörld, naïve café!\n\tTabs, CAPS and 'quotes' don't break."
 
 

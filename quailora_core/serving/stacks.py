@@ -186,9 +186,11 @@ def vllm_verdict(s: ServingSettings) -> StackVerdict:
 
 
 def llama_cpp_verdict(s: ServingSettings) -> StackVerdict:
-    reason = ("llama.cpp re-quantizes the base into its own GGUF formats (Q4_K and friends), not bitsandbytes' "
-              f"{s.quantization_label()}, so the correction this adapter makes does not carry over; merge it into "
-              "the base it was computed for, then convert the merged model.")  # fmt: skip
+    reason = ("llama.cpp re-quantizes the full-precision base into its own GGUF formats (Q4_K and friends), not "
+              f"bitsandbytes' {s.quantization_label()}: its Q differs, so this adapter, converted to a GGUF LoRA and "
+              "applied to such a base, no longer carries the correction it was computed for. Merge it into the base "
+              "it was computed for, then export the merged model (quantize that file further with llama.cpp only "
+              "if you must).")  # fmt: skip
     commands = []
     if s.adapter:
         merged = f"{s.adapter.rstrip('/')}-merged"
