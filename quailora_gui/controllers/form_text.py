@@ -107,9 +107,19 @@ def serving_warnings_html(warnings: list[str] | tuple[str, ...]) -> str:
 
 
 def serving_verdicts_html(verdicts: list[Any] | tuple[Any, ...]) -> str:
-    """One line per serving stack of a finished adapter: reproduces it, or why not."""
-    lines = []
+    """One line for all serving stacks of a finished adapter: which reproduce it (plain) and
+    which do not (amber, with the short reason); the full reasons go in the tooltip, so the
+    charts above keep their room."""
+    parts = []
     for v in verdicts:
-        text = escape(v.line())
-        lines.append(text if v.reproduces else f"<span style='color:{AMBER}'>{text}</span>")
-    return "<br>".join(lines)
+        if v.reproduces:
+            parts.append(f"{escape(v.name)}: reproduces it")
+        else:
+            short = "will not load it" if not v.loads else "will not reproduce it"
+            parts.append(f"<span style='color:{AMBER}'>{escape(v.name)}: {short}</span>")
+    return ("Serving: " + " · ".join(parts) + " (hover for why; the adapter's README has the commands)") if parts else ""
+
+
+def serving_verdicts_tooltip(verdicts: list[Any] | tuple[Any, ...]) -> str:
+    """Every stack's full verdict, one per line: reproduces it, or why not."""
+    return "\n\n".join(v.line() for v in verdicts)

@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..controllers.form_text import serving_verdicts_html
+from ..controllers.form_text import serving_verdicts_html, serving_verdicts_tooltip
 from ..controllers.formatting import fmt_err, fmt_pct
 from ..controllers.results import RunResults
 from ..controllers.session import FinishedRun, Session
@@ -126,6 +126,7 @@ class ResultsArea(QWidget):
         run = self.session.add(config, result.layers, result.summary, result.output_dir)
         self.displayed = run
         self.servingLabel.setText(serving_verdicts_html(result.serving))
+        self.servingLabel.setToolTip(serving_verdicts_tooltip(result.serving))
         self.servingLabel.setVisible(bool(result.serving))
         self.compareCombo.addItem(run.name, run.number)
         self.on_compare_changed()

@@ -42,7 +42,8 @@ def test_the_results_view_shows_the_finished_adapters_serving_verdicts(qtbot, wi
     assert blocker.args[0] == "finished", window.logView.toPlainText()
     label = window.findChild(QLabel, "servingLabel")
     assert label.isVisibleTo(window)
-    text = label.text()
+    assert "vLLM (bitsandbytes in flight): will not reproduce it" in label.text()
+    text = label.toolTip()  # the full verdicts
     assert "transformers + bitsandbytes reproduces this adapter." in text
     assert "vLLM (bitsandbytes in flight) will not reproduce this adapter" in text and "FP4" in text
     assert "llama.cpp (GGUF) will not reproduce this adapter" in text
