@@ -241,9 +241,11 @@ def cmd_merge(args: argparse.Namespace) -> int:
               f"({merged.dtype}, {merged.shards} shard(s); self-check: {len(merged.checked)} layers exact)")  # fmt: skip
         if args.gguf_type:
             g = result.gguf
+            from quailora_core.serving.merge_gguf import llama_cpp_commands
+
             print(f"GGUF {g.gguf_architecture} {g.type} written to {g.output} ({g.tensors} tensors, "
                   f"{g.bytes / 2**20:.1f} MiB; {g.values_checked} compared with the merged folder)\n"
-                  f"run it with llama.cpp: llama-cli -m {g.output}   (or llama-server -m {g.output})")  # fmt: skip
+                  f"run it with llama.cpp:\n{llama_cpp_commands(g.output)}", end="")  # fmt: skip
     return code
 
 

@@ -41,6 +41,14 @@ class MergedGguf:
         return {"merge": self.merge.to_dict(), "gguf": self.gguf.to_dict()}
 
 
+def llama_cpp_commands(gguf_file: str | Path) -> str:
+    """How to run a GGUF file with llama.cpp: its chat CLI and its OpenAI-compatible server."""
+    import shlex
+
+    path = shlex.quote(str(gguf_file))
+    return f"llama-cli -m {path}\nllama-server -m {path}\n"
+
+
 def default_gguf_output(output: str) -> str:
     """`<output>.gguf`, next to the merged folder `output`."""
     folder = Path(output).expanduser()
