@@ -5,7 +5,9 @@ and no peft, and computes what the 4-bit base plus the adapter computes (as trai
 them), for a fresh and for a fine-tuned adapter, untied and tied heads; merging into the
 full-precision weights instead, as the usual tutorials do, would not. Bad input is refused
 in one line before anything loads, a failed self-check leaves nothing, and only one block's
-weights are in memory at a time.
+weights are in memory at a time. `merge --gguf` also writes the merged model as a GGUF file that
+transformers' GGUF reader loads to the merged model's logits, refuses before the merge what the
+GGUF export would refuse, and keeps the merged folder when the GGUF step fails.
 """
 
 from __future__ import annotations
@@ -248,3 +250,60 @@ def test_the_merge_holds_one_blocks_weights_at_a_time(demo_model, tmp_path, monk
     merge_adapter(str(adapter), str(tmp_path / "merged"), "fp32", on_event=on_event, max_shard_bytes=100_000)
     assert with_weights == [1, 1, 1]
     assert parts[0] >= 1 and parts == sorted(parts) and parts[-1] > parts[0]  # shards written as it goes
+
+
+# ---------------------------------------------------------------------------- merge --gguf
+@pytest.mark.parametrize("gguf_type", ["f16", "q8_0"])
+def test_merge_with_gguf_writes_a_file_that_computes_the_merged_model(demo_adapter, tmp_path, capsys, gguf_type):
+    from test_gguf import Q8_0_LOGIT_BOUND
+
+    out = tmp_path / "merged"
+    assert main(["merge", "--adapter", str(demo_adapter), "--output", str(out), "--gguf", gguf_type]) == 0
+    printed = capsys.readouterr().out
+    gguf_file = tmp_path / "merged.gguf"  # next to the folder
+    assert f"llama-cli -m {gguf_file}" in printed and f"GGUF llama {gguf_type} written to {gguf_file}" in printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged", "merged.gguf"]  # nothing temporary left
+    # f16: the folder is merged in fp16, the dtype the file stores, so each weight is rounded once
+    assert json.loads((out / "config.json").read_text())["dtype"] == ("float16" if gguf_type == "f16" else "bfloat16")
+    ids = _ids()
+    merged = _logits(out)
+    with torch.no_grad():
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=gguf_file.name, dtype=torch.float32).eval()
+        got = loaded(input_ids=ids).logits
+    if gguf_type == "f16":  # the bound test_gguf uses for a file against its source rounded as stored
+        torch.testing.assert_close(got, merged, rtol=1e-5, atol=1e-5)
+    else:
+        assert float((got - merged).abs().max() / merged.abs().max()) < Q8_0_LOGIT_BOUND
+
+
+def test_merge_with_gguf_refuses_before_merging_what_the_export_refuses(demo_model, demo_adapter, tmp_path, capsys):
+    out = tmp_path / "out" / "merged"
+    out.parent.mkdir()
+    _refused(["--adapter", str(demo_adapter), "--gguf", "q4_k"], capsys, "f16 | bf16 | q8_0", out)
+    existing = tmp_path / "out" / "merged.gguf"
+    existing.write_bytes(b"keep")
+    _refused(["--adapter", str(demo_adapter), "--gguf", "f16"], capsys, "already exists. choose another --gguf-output", out)
+    assert existing.read_bytes() == b"keep"
+    yarn = Path(shutil.copytree(demo_model, tmp_path / "yarn-base"))  # the same weights: merge alone accepts it
+    config = json.loads((yarn / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                 "original_max_position_embeddings": 128}  # fmt: skip
+    (yarn / "config.json").write_text(json.dumps(config))
+    _refused(["--adapter", str(demo_adapter), "--model", str(yarn), "--gguf", "f16", "--gguf-output",
+              str(tmp_path / "out" / "other.gguf")], capsys, "rope scaling 'yarn'", out)  # fmt: skip
+    _refused(["--adapter", str(demo_adapter), "--gguf", "f16", "--gguf-output", str(out / "inside.gguf")], capsys,
+             "inside the merged folder", out)  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["merged.gguf"]
+
+
+def test_a_failed_gguf_step_keeps_the_merged_folder_and_writes_no_file(demo_adapter, tmp_path, monkeypatch):
+    from quailora_core.serving import gguf_export
+    from quailora_core.serving.merge_gguf import merge_to_gguf
+
+    monkeypatch.setattr(gguf_export, "_permute", lambda w, n_head: w)  # the read-back then disagrees
+    out = tmp_path / "merged"
+    with pytest.raises(EngineError, match="GGUF export failed and the merged folder .* was kept") as failure:
+        merge_to_gguf(str(demo_adapter), str(out), "f16")
+    assert str(out) in failure.value.message and "quailora export-gguf --model" in failure.value.hint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]  # no .gguf, whole or partial
+    assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.float16

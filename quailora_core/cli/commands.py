@@ -191,18 +191,31 @@ def _add_merge(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--adapter", required=True, help="adapter folder written by `quailora init` or `quailora train`")
     p.add_argument("--output", required=True, help="the model folder to write (must not exist or be empty)")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"],
-                   help="dtype of the merged weights (default bf16)")  # fmt: skip
+    p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"],
+                   help="dtype of the merged weights (default bf16; with --gguf f16: fp16)")  # fmt: skip
     p.add_argument("--model", default=None, help="base model folder (default: the one recorded in the adapter)")
+    p.add_argument("--gguf", dest="gguf_type", default=None, metavar="f16|bf16|q8_0",
+                   help="also write the merged model as a GGUF file for llama.cpp (checked like export-gguf)")  # fmt: skip
+    p.add_argument("--gguf-output", default=None, metavar="FILE.gguf",
+                   help="the GGUF file to write with --gguf (default: <output>.gguf; must not exist)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="events and the result as JSON lines on stdout")
     p.set_defaults(func=cmd_merge)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    if args.gguf_output and not args.gguf_type:
+        print("error: --gguf-output needs --gguf TYPE (f16, bf16 or q8_0).", file=sys.stderr)
+        return 2
+
     def work(on_event, cancel):
+        if args.gguf_type:
+            from quailora_core.serving.merge_gguf import merge_to_gguf
+
+            return merge_to_gguf(args.adapter, args.output, args.gguf_type, args.gguf_output, args.dtype, args.model,
+                                 on_event, cancel)  # fmt: skip
         from quailora_core.serving.merge import merge_adapter
 
-        return merge_adapter(args.adapter, args.output, args.dtype, args.model, on_event, cancel)
+        return merge_adapter(args.adapter, args.output, args.dtype or "bf16", args.model, on_event, cancel)
 
     def progress(event: Any) -> None:
         from quailora_core.cli.progress import status
@@ -212,16 +225,27 @@ def cmd_merge(args: argparse.Namespace) -> int:
             print(f"[{event.level}] {event.message}", file=sys.stderr)
         elif isinstance(event, Progress):
             status(f"merging: {event.what} ...")
+        elif isinstance(event, Stage) and event.name == "export":
+            gguf_phase.append(True)
         elif isinstance(event, Stage) and event.name in ("load", "copy", "verify"):
             status({"load": "checking inputs and loading ...", "copy": "copying the other weights ...",
-                    "verify": "self-check ..."}[event.name])  # fmt: skip
+                    "verify": "GGUF self-check: reading the file back ..." if gguf_phase else "self-check ..."}[event.name])  # fmt: skip
 
+    gguf_phase: list[bool] = []  # the GGUF step has begun (its verify stage is the file's read-back)
     code, result = run_reporting(args, work, None if args.json else progress)
     if code == 0 and not args.json:
         from quailora_core.cli.progress import clear_status
 
-        print(f"{clear_status()}merged {result.merged_layers} layers as dequant(Q) + s*B*A into {result.output_dir} "
-              f"({result.dtype}, {result.shards} shard(s); self-check: {len(result.checked)} layers exact)")  # fmt: skip
+        merged = result.merge if args.gguf_type else result
+        print(f"{clear_status()}merged {merged.merged_layers} layers as dequant(Q) + s*B*A into {merged.output_dir} "
+              f"({merged.dtype}, {merged.shards} shard(s); self-check: {len(merged.checked)} layers exact)")  # fmt: skip
+        if args.gguf_type:
+            g = result.gguf
+            from quailora_core.serving.merge_gguf import llama_cpp_commands
+
+            print(f"GGUF {g.gguf_architecture} {g.type} written to {g.output} ({g.tensors} tensors, "
+                  f"{g.bytes / 2**20:.1f} MiB; {g.values_checked} compared with the merged folder)\n"
+                  f"run it with llama.cpp:\n{llama_cpp_commands(g.output)}", end="")  # fmt: skip
     return code
 
 

@@ -182,7 +182,7 @@ def _check_type(type_: str) -> tuple[Any, Any]:
     return qtype, gguf.LlamaFileType[fname]
 
 
-def _check_output(output: str) -> Path:
+def _check_output(output: str, parent_made: bool = False) -> Path:
     if not output:
         raise _refuse("No output file given.", "Use --output FILE.gguf.", "output")
     path = Path(output).expanduser()
@@ -190,7 +190,7 @@ def _check_output(output: str) -> Path:
         raise _refuse(f"Output {output!r} does not end in .gguf.", "Name the file FILE.gguf.", "output")
     if path.exists():
         raise _refuse(f"Output {output!r} already exists.", "Choose another --output or remove the file.", "output")
-    if not path.parent.is_dir():
+    if not parent_made and not path.parent.is_dir():
         raise _refuse(f"The folder of output {output!r} does not exist.", "Create it first or choose another --output.", "output")
     return path.resolve()
 
@@ -270,21 +270,30 @@ def _tokenizer_pre(model: Path) -> str:
                   "model")  # fmt: skip
 
 
-def plan_export(model: str, output: str, type_: str) -> _Plan:
+def check_export(model: str, output: str, type_: str, config: Any = None, parent_made: bool = False) -> None:
+    """The refusals `export_gguf(model, output, type_)` gives before it reads a weight, for a folder
+    that is not written yet (`merge_gguf` asks this of the base before merging): `model` is a
+    folder with the same tensors and tokenizer, `config` the config the folder will hold, and
+    `parent_made` says that output's folder will exist by then. Raises InputError; returns nothing."""
+    plan_export(model, output, type_, config, parent_made)
+
+
+def plan_export(model: str, output: str, type_: str, config: Any = None, parent_made: bool = False) -> _Plan:
     """Every check that needs no weights: the type, the output, the folder, the architecture, the
-    rope settings, the tokenizer, and a GGUF name for every checkpoint tensor."""
+    rope settings, the tokenizer, and a GGUF name for every checkpoint tensor (see check_export for
+    `config` and `parent_made`)."""
     import gguf
     from safetensors import safe_open
     from transformers import AutoConfig
 
     qtype, _ = _check_type(type_)
-    out = _check_output(output)
+    out = _check_output(output, parent_made)
     folder = Path(model).expanduser()
     if not folder.is_dir():
         raise _refuse(f"Model folder {model!r} does not exist.", "Give --model a transformers model folder.", "model")
     if not (folder / "config.json").is_file():
         raise _refuse(f"{model!r} has no config.json.", "Give --model a folder written by save_pretrained.", "model")
-    config = AutoConfig.from_pretrained(folder)
+    config = config if config is not None else AutoConfig.from_pretrained(folder)
     arch = (getattr(config, "architectures", None) or ["?"])[0]
     if arch not in FAMILIES:
         raise _refuse(f"Architecture {arch} has no GGUF export here.", f"Supported: {', '.join(FAMILIES)}.", "model")

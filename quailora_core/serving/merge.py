@@ -184,9 +184,9 @@ def merge_adapter(
     cancel = cancel or CancelToken()
     on_event(Stage("load"))
     deltas = lora_layers(plan)
-    with (
-        tempfile.TemporaryDirectory(prefix=".quailora-merge-offload-", dir=plan.output.parent) as offload,
+    with (  # atomic_dir first: it makes the output's parent, where the offload folder goes
         atomic_dir(plan.output, overwrite=False) as tmp,
+        tempfile.TemporaryDirectory(prefix=".quailora-merge-offload-", dir=plan.output.parent) as offload,
     ):
         streamed = load_streamed(plan.base, _auto_class(plan.record), plan.record.quantization.dtype(),
                                  torch.device("cpu"), offload, offload_embeddings=True)  # fmt: skip
@@ -397,18 +397,23 @@ def written_tensors(folder: Path) -> dict[str, str]:
     return checkpoint_keys(folder)
 
 
+def merged_config(base: str, dtype: torch.dtype) -> Any:
+    """The config a merged folder holds: the base's, without quantization_config, in `dtype`."""
+    from quailora_core.model.info import load_model_config
+
+    config = load_model_config(base)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = dtype
+    return config
+
+
 def _write_configs(plan: MergePlan, tmp: Path, on_event: EventCallback) -> None:
     """The base's config without quantization_config and with the chosen dtype, its
     generation config and its tokenizer, each saved by transformers itself."""
     from transformers import AutoTokenizer, GenerationConfig
 
-    from quailora_core.model.info import load_model_config
-
-    config = load_model_config(plan.base)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.dtype = plan.dtype
-    config.save_pretrained(tmp)
+    merged_config(plan.base, plan.dtype).save_pretrained(tmp)
     if (Path(plan.base) / "generation_config.json").is_file():
         GenerationConfig.from_pretrained(plan.base).save_pretrained(tmp)
     try:

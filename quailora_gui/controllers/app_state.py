@@ -42,6 +42,7 @@ class Export(Enum):
     RUN = "run"  # Export run: a self-contained run folder
     LAUNCH = "launch"  # the run folder Launch then trains in
     MERGED = "merged model"  # Export merged model: the base with the adapter merged in, for serving
+    GGUF = "GGUF file"  # Export GGUF: the merged model, then its GGUF file for llama.cpp
 
 
 class Checks(Enum):
@@ -55,6 +56,7 @@ class Action(Enum):
     CANCEL = "cancel"
     EXPORT_ADAPTER = "export adapter"
     EXPORT_MERGED = "export merged model"
+    EXPORT_GGUF = "export gguf"
     EXPORT_CHARTS = "export charts"
     EXPORT_CSV = "export csv"
     EXPORT_RUN = "export run"
@@ -89,6 +91,7 @@ EXPORT_ACTIONS: dict[Export, Action] = {
     Export.RUN: Action.EXPORT_RUN,
     Export.LAUNCH: Action.LAUNCH,
     Export.MERGED: Action.EXPORT_MERGED,
+    Export.GGUF: Action.EXPORT_GGUF,
 }
 
 
@@ -229,6 +232,7 @@ class AppState:
             Action.CANCEL: phase is Phase.RUNNING,
             Action.EXPORT_ADAPTER: self.has_run and not self.running and self.exporting is None,
             Action.EXPORT_MERGED: self.has_run and not self.running and self.exporting is None,
+            Action.EXPORT_GGUF: self.has_run and not self.running and self.exporting is None,
             Action.EXPORT_CHARTS: self.has_results and not self.running,
             Action.EXPORT_CSV: self.has_results and not self.running,
             Action.EXPORT_RUN: self.has_run and free,

@@ -92,3 +92,16 @@ class RecentList:
 
     def clear(self) -> None:
         self.items.clear()
+
+
+def gguf_file_for(path: str) -> str:
+    """The GGUF file the user named, with .gguf added when they left it off."""
+    p = Path(path).expanduser()
+    return str(p if p.suffix == ".gguf" else p.with_name(p.name + ".gguf"))
+
+
+def merged_folder_for(gguf_file: str) -> str:
+    """Where the merged folder of an Export GGUF goes: beside the file, named after it (FILE.gguf ->
+    FILE-merged, or -2, -3 ... when that is taken)."""
+    p = Path(gguf_file)
+    return next_free_output(str(p.with_name(p.stem + "-merged")))

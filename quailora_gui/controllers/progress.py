@@ -95,3 +95,22 @@ def merge_event_text(event: object) -> str:
     if isinstance(event, Stage) and event.name == "verify":
         return "Merging: checking the merged weights against bitsandbytes…"
     return ""
+
+
+class MergeGgufText:
+    """The log lines of a merge then GGUF export (`merge_to_gguf`): the merge's as
+    `merge_event_text` words them, then the GGUF step's (its Stage "export" starts it, and its
+    "verify" is the file's read-back, not the merge's self-check)."""
+
+    def __init__(self) -> None:
+        self.gguf = False
+
+    def __call__(self, event: object) -> str:
+        from quailora_core.events import Stage
+
+        if isinstance(event, Stage) and event.name == "export":
+            self.gguf = True
+            return "GGUF: writing the merged model's tensors…"
+        if self.gguf and isinstance(event, Stage) and event.name == "verify":
+            return "GGUF: reading the file back and checking it against the merged folder…"
+        return merge_event_text(event)

@@ -157,6 +157,18 @@ def merge_task(adapter: str, output: str, dtype: str = "bf16", **callbacks: Any)
     return Task("export merged model", job, FILES, **callbacks)
 
 
+def gguf_task(adapter: str, output: str, gguf_type: str, gguf_output: str, **callbacks: Any) -> Task:
+    """`quailora merge --gguf` in the files lane: the merged folder `output`, then the GGUF file
+    `gguf_output`; the engine's events reach `on_event`, the result is the core's MergedGguf."""
+
+    def job(context: TaskContext) -> Any:
+        from quailora_core.serving.merge_gguf import merge_to_gguf
+
+        return merge_to_gguf(adapter, output, gguf_type, gguf_output, None, None, context.emit, context.token)
+
+    return Task("export gguf", job, FILES, **callbacks)
+
+
 def file_task(name: str, job: Callable[[], Any], **callbacks: Any) -> Task:
     """A Qt-free file job (copy an adapter, write a run folder) in the files lane."""
     return Task(name, lambda _context: job(), FILES, **callbacks)

@@ -1,4 +1,5 @@
-"""Dialogs: an engine failure, and 'exported: here is where it went and how to load it'."""
+"""Dialogs: an engine failure, the GGUF type to export, and 'exported: here is where it went and
+how to load it'."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 from PySide6.QtCore import QUrl
 from PySide6.QtGui import QDesktopServices, QGuiApplication
 from PySide6.QtWidgets import (
+    QComboBox,
     QDialog,
     QDialogButtonBox,
     QHBoxLayout,
@@ -49,6 +51,33 @@ def show_input_error(parent: QWidget, exc: Any, title: str) -> QMessageBox:
         box.setInformativeText(hint)
     box.open()
     return box
+
+
+class GgufTypeDialog(QDialog):
+    """Asks which GGUF type to write (`types`: the core's, with what each one is for)."""
+
+    def __init__(self, parent: QWidget, gguf_file: str, types: list[tuple[str, str]]) -> None:
+        super().__init__(parent)
+        self.setObjectName("ggufTypeDialog")
+        self.setWindowTitle("Export GGUF")
+        self.ggufTypeCombo = named(QComboBox(), "ggufTypeCombo", "The tensor type of the GGUF file's weights.")
+        for name, what in types:
+            self.ggufTypeCombo.addItem(f"{name}: {what}", name)
+        label = QLabel(f"Merge the adapter into its base, then write <code>{gguf_file}</code> as:")
+        label.setWordWrap(True)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(label)
+        layout.addWidget(self.ggufTypeCombo)
+        layout.addWidget(buttons)
+
+    def gguf_type(self) -> str:
+        return self.ggufTypeCombo.currentData()
+
+    def choose(self, gguf_type: str) -> None:
+        self.ggufTypeCombo.setCurrentIndex(self.ggufTypeCombo.findData(gguf_type))
 
 
 class ExportDialog(QDialog):

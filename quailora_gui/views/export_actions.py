@@ -1,7 +1,8 @@
 """The export actions: the shown run's adapter, the merged model (base + adapter, for serving),
-the charts as PNG, the per-layer CSV, and the run folder (for Export run and for Launch).
-Folder copies and the merge run in the files lane of the task runner (a rank-64 adapter of a
-70B model is ~1 GB); the state machine keeps one at a time."""
+its GGUF file (for llama.cpp), the charts as PNG, the per-layer CSV, and the run folder (for
+Export run and for Launch). Folder copies, the merge and the GGUF export run in the files lane
+of the task runner (a rank-64 adapter of a 70B model is ~1 GB, its merge ~140 GB); the state
+machine keeps one at a time."""
 
 from __future__ import annotations
 
@@ -14,10 +15,14 @@ from PySide6.QtWidgets import QFileDialog
 
 from ..controllers import checks
 from ..controllers.app_state import EXPORT_ACTIONS, Export
-from ..controllers.paths import is_free_output, next_free_output
-from ..controllers.progress import merge_event_text
-from ..controllers.tasks import file_task, merge_task
-from .dialogs import ExportDialog, show_input_error
+from ..controllers.paths import gguf_file_for, is_free_output, merged_folder_for, next_free_output
+from ..controllers.progress import MergeGgufText, merge_event_text
+from ..controllers.tasks import file_task, gguf_task, merge_task
+from .dialogs import ExportDialog, GgufTypeDialog, show_input_error
+
+# the GGUF types offered, as the core's export names them, and what each is for
+GGUF_TYPES = [("f16", "16-bit, what the merge computed (largest file)"), ("bf16", "16-bit brain float"),
+              ("q8_0", "8-bit blocks, about half the size (llama.cpp's q8_0)")]  # fmt: skip
 
 
 class ExportActions(QObject):
@@ -98,16 +103,72 @@ class ExportActions(QObject):
                        "Python that loads the merged model.")  # fmt: skip
 
         def failed(exc: BaseException, _details: str) -> None:
-            from quailora_core.errors import QuailoraError
-
-            w.state.end_export()
-            if not isinstance(exc, (QuailoraError, OSError)):
-                exc = QuailoraError(f"The merge failed: {checks.error_text(exc)}")
-            w.keep_dialog(show_input_error(w, exc, "Merge failed"))
+            self._failed(exc, "The merge failed", "Merge failed")
 
         w.tasks.start(merge_task(run.output_dir, target, on_event=on_event, on_done=done, on_error=failed,
                                  on_cancelled=lambda: w.state.end_export()))  # fmt: skip
         return target
+
+    # ------------------------------------------------------------------ the GGUF file
+    def export_gguf(self, dest: str | None = None, gguf_type: str | None = None) -> str | None:
+        """Merge the shown run's adapter into its base and write the merged model as the GGUF
+        file `dest` (asked for when None) of `gguf_type` (asked for when None, ggufTypeDialog), off
+        the GUI thread in the files lane (`quailora merge --gguf`; the merged folder is kept beside
+        the file); then show the file and the llama.cpp commands that run it (`exported`).
+        Returns the file to be written, or None."""
+        run = self.w.results_area.displayed
+        allowed = run is not None and self.w.state.enabled(EXPORT_ACTIONS[Export.GGUF])
+        if not allowed:
+            return None
+        if dest is None:
+            start = str(Path(self.w.prefs.last_dir()) / (Path(run.output_dir).name + ".gguf"))
+            dest, _ = QFileDialog.getSaveFileName(self.w, "Export the merged model as GGUF", start, "GGUF (*.gguf)")
+            if not dest:
+                return None
+        target = gguf_file_for(dest)
+        self.w.prefs.remember_dir(str(Path(target).parent))
+        if gguf_type is not None:
+            self._start_gguf(run.output_dir, target, gguf_type)
+            return target
+        dialog = GgufTypeDialog(self.w, target, GGUF_TYPES)
+        dialog.accepted.connect(lambda: self._start_gguf(run.output_dir, target, dialog.gguf_type()))
+        dialog.open()
+        self.w.keep_dialog(dialog)
+        return target
+
+    def _start_gguf(self, adapter: str, target: str, gguf_type: str) -> None:
+        w = self.w
+        if not w.state.enabled(EXPORT_ACTIONS[Export.GGUF]):  # something else began while the type was asked
+            w.log("Export GGUF not started: another export or a run is under way.")
+            return
+        folder = merged_folder_for(target)
+        w.state.begin_export(Export.GGUF)
+        w.log(f"Merging the adapter into its base in {folder}, then writing {gguf_type} GGUF {target} …")
+        text_of = MergeGgufText()
+
+        def on_event(event: Any) -> None:
+            text = text_of(event)
+            if text:
+                w.log(text)
+                w.statusBar().showMessage(text)
+
+        def done(result: Any) -> None:
+            from quailora_core.serving.merge_gguf import llama_cpp_commands
+
+            w.state.end_export()
+            gguf_file = str(result.gguf.output)
+            w.log(f"GGUF file written to {gguf_file} (merged folder kept in {result.merge.output_dir})")
+            w.statusBar().showMessage(f"GGUF file written to {gguf_file}")
+            self._show([("GGUF file", gguf_file), ("Merged model", result.merge.output_dir)],
+                       llama_cpp_commands(gguf_file), str(Path(gguf_file).parent),
+                       "Run it with llama.cpp (chat in the terminal, or an OpenAI-compatible server):",
+                       "The llama.cpp commands that run the GGUF file.")  # fmt: skip
+
+        def failed(exc: BaseException, _details: str) -> None:
+            self._failed(exc, "The GGUF export failed", "GGUF export failed")
+
+        w.tasks.start(gguf_task(adapter, folder, gguf_type, target, on_event=on_event, on_done=done, on_error=failed,
+                                on_cancelled=lambda: w.state.end_export()))  # fmt: skip
 
     # ------------------------------------------------------------------ charts, CSV
     def export_charts(self, folder: str | None = None) -> list[str]:
@@ -198,11 +259,20 @@ class ExportActions(QObject):
             on_done(result)
 
         def failed(exc: BaseException, _details: str) -> None:
-            from quailora_core.errors import QuailoraError
-
-            w.state.end_export()
-            if not isinstance(exc, (QuailoraError, OSError)):
-                exc = QuailoraError(f"The export failed: {checks.error_text(exc)}")
-            w.keep_dialog(show_input_error(w, exc, failure_title))
+            self._failed(exc, "The export failed", failure_title)
 
         w.tasks.start(file_task(f"export {kind.value}", job, on_done=done, on_error=failed))
+
+    def _failed(self, exc: BaseException, what: str, title: str) -> None:
+        """An export ended with `exc`: the export actions enabled again, its one line in the log
+        and in a dialog titled `title` (an unexpected exception worded "<what>: <error>"), then
+        `exportFailed`."""
+        from quailora_core.errors import QuailoraError
+
+        w = self.w
+        w.state.end_export()
+        if not isinstance(exc, (QuailoraError, OSError)):
+            exc = QuailoraError(f"{what}: {checks.error_text(exc)}")
+        w.log(f"{title}: {getattr(exc, 'message', None) or exc}")
+        w.keep_dialog(show_input_error(w, exc, title))
+        w.exportFailed.emit(exc)

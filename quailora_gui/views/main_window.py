@@ -50,6 +50,7 @@ ENABLES: tuple[tuple[Action, tuple[str, ...]], ...] = (
     (Action.CANCEL, ("cancelButton", "cancelAction")),
     (Action.EXPORT_ADAPTER, ("exportAdapterButton", "exportAdapterAction")),
     (Action.EXPORT_MERGED, ("exportMergedAction",)),
+    (Action.EXPORT_GGUF, ("exportGgufAction",)),
     (Action.EXPORT_CHARTS, ("exportChartsButton", "exportChartsAction")),
     (Action.EXPORT_CSV, ("exportCsvButton", "exportCsvAction")),
     (Action.EXPORT_RUN, ("exportRunButton",)),
@@ -83,6 +84,7 @@ class MainWindow(QMainWindow):
     checksFinished = Signal(object)  # CheckReport of the current form
     engineReady = Signal()
     exported = Signal(object)  # list of (what, path) written
+    exportFailed = Signal(object)  # the error an export ended with, after its dialog opened
     trainingStarted = Signal(str)  # the run folder the child process trains in
     trainingStep = Signal(object)  # each TrainStep, after the charts were updated
     trainingFinished = Signal(object)  # controllers.training.Outcome
@@ -213,6 +215,9 @@ class MainWindow(QMainWindow):
 
     def export_merged(self, dest: str | None = None) -> str | None:
         return self.exports.export_merged(dest)
+
+    def export_gguf(self, dest: str | None = None, gguf_type: str | None = None) -> str | None:
+        return self.exports.export_gguf(dest, gguf_type)
 
     def export_charts(self, folder: str | None = None) -> list[str]:
         return self.exports.export_charts(folder)

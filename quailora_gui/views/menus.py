@@ -29,6 +29,7 @@ def build_menus(w: Any) -> None:
                                     lambda: w.export_adapter())  # fmt: skip
     w.exportMergedAction = _action(w, file_menu, "Export &merged model…", "exportMergedAction", None,
                                    lambda: w.export_merged())  # fmt: skip
+    w.exportGgufAction = _action(w, file_menu, "Export &GGUF…", "exportGgufAction", None, lambda: w.export_gguf())
     w.exportChartsAction = _action(w, file_menu, "Export &charts as PNG…", "exportChartsAction", None,
                                    lambda: w.export_charts())  # fmt: skip
     w.exportCsvAction = _action(w, file_menu, "Export results as C&SV…", "exportCsvAction", None,
