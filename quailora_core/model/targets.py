@@ -120,6 +120,23 @@ def _expert_count(hf_config: PretrainedConfig) -> int | None:
     return None
 
 
+def quantized_linears(skeleton: nn.Module, quant: QuantConfig, load_dtype: torch.dtype) -> set[str]:
+    """The names of the modules bitsandbytes quantizes when transformers loads the model with
+    `quant`, asked of transformers' own quantizer on `skeleton` (a meta-device model, changed
+    in place: those modules become bitsandbytes layers)."""
+    import bitsandbytes as bnb
+    from transformers.quantizers import AutoHfQuantizer
+
+    from quailora_core.quant.quantizer import bnb_config
+
+    quantizer = AutoHfQuantizer.from_config(bnb_config(quant, load_dtype), pre_quantized=False)
+    with _quiet_transformers():
+        quantizer.preprocess_model(
+            model=skeleton, dtype=load_dtype, device_map={"": "cpu"}, checkpoint_files=None, use_kernels=False
+        )
+    return {n for n, m in skeleton.named_modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))}
+
+
 def plan_targets(
     skeleton: nn.Module,
     hf_config: PretrainedConfig,
@@ -135,12 +152,9 @@ def plan_targets(
     cannot hold the rank, or when transformers would quantize none of the targets (there
     is then no quantization error to initialize for).
     """
-    import bitsandbytes as bnb
     from peft import LoraConfig, get_peft_model
     from peft.tuners.lora import LoraLayer
-    from transformers.quantizers import AutoHfQuantizer
 
-    from quailora_core.quant.quantizer import bnb_config
 
     blocks = find_decoder_blocks(skeleton)
     kinds = linear_leaves(skeleton)
@@ -149,12 +163,7 @@ def plan_targets(
     n_experts = _expert_count(hf_config)
     experts = _fused_expert_parameters(blocks, n_experts)
 
-    quantizer = AutoHfQuantizer.from_config(bnb_config(quant, load_dtype), pre_quantized=False)
-    with _quiet_transformers():
-        quantizer.preprocess_model(
-            model=skeleton, dtype=load_dtype, device_map={"": "cpu"}, checkpoint_files=None, use_kernels=False
-        )
-    quantized = {n for n, m in skeleton.named_modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))}
+    quantized = quantized_linears(skeleton, quant, load_dtype)
 
     requested = [t.strip() for t in lora.targets if t.strip()]
     all_linear = requested == [ALL_LINEAR]

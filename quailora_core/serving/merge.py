@@ -5,8 +5,9 @@ builds from W for the quantizer the adapter records; fine-tuning moves B·A on f
 The usual merge (peft's `merge_and_unload` on the 16-bit base) adds the adapter to W, which
 already holds the correction: the quantization error would be corrected twice. So the
 merged model's targeted weights are dequant(Q) + s·B·A with Q exactly as bitsandbytes
-builds it (`quant.quantizer`), and every other tensor is the base checkpoint's, under the
-checkpoint's own key names.
+builds it (`quant.quantizer`), the other weights bitsandbytes quantizes are dequant(Q) (the
+model that was trained computed with them), and every other tensor is the base
+checkpoint's, under the checkpoint's own key names.
 
 What is asked of the libraries, not re-derived: which checkpoint key a loaded weight comes
 from (transformers' offload index of the streamed model: it renames keys while loading),
@@ -184,6 +185,7 @@ def merge_adapter(
     cancel = cancel or CancelToken()
     on_event(Stage("load"))
     deltas = lora_layers(plan)
+    untargeted = quantized_untargeted(plan)
     with (  # atomic_dir first: it makes the output's parent, where the offload folder goes
         atomic_dir(plan.output, overwrite=False) as tmp,
         tempfile.TemporaryDirectory(prefix=".quailora-merge-offload-", dir=plan.output.parent) as offload,
@@ -191,7 +193,12 @@ def merge_adapter(
         streamed = load_streamed(plan.base, _auto_class(plan.record), plan.record.quantization.dtype(),
                                  torch.device("cpu"), offload, offload_embeddings=True)  # fmt: skip
         streamed.detach_blocks()
-        keys = _key_plan(plan, streamed, deltas)
+        keys = _key_plan(plan, streamed, deltas, untargeted)
+        if keys.kept:
+            on_event(Log("warning", f"{len(keys.kept)} layers bitsandbytes quantizes carry no LoRA and lie outside the "
+                                    f"decoder blocks ({', '.join(keys.kept[:3])}{', ...' if len(keys.kept) > 3 else ''})"
+                                    ": they are written as the base's full-precision weights, so the merged model "
+                                    "differs from the 4-bit model there."))  # fmt: skip
         writer = ShardWriter(tmp, max_shard_bytes)
         reader = CheckpointReader(Path(plan.base), plan.checkpoint)
         n = len(streamed.blocks.blocks)
@@ -202,7 +209,10 @@ def merge_adapter(
             with streamed.block_weights(b, torch.device("cpu")):
                 for key in keys.blocks[b]:
                     target = keys.targets.get(key)
-                    if target is None:
+                    if key in keys.quantized:  # no LoRA, but 4-bit in the model that was trained
+                        weight = streamed.model.get_parameter(f"{keys.quantized[key]}.weight")
+                        writer.add(key, dequantized_weight(weight, plan))
+                    elif target is None:
                         writer.add(key, _cast(reader.get(key), plan.dtype))
                     else:
                         weight = streamed.model.get_parameter(f"{target}.weight")
@@ -232,6 +242,26 @@ def _auto_class(record: AdapterRecord) -> type:
 
 def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return tensor.to(dtype) if tensor.is_floating_point() else tensor
+
+
+def quantized_untargeted(plan: MergePlan) -> set[str]:
+    """The modules bitsandbytes quantizes for the adapter's settings (asked of transformers'
+    quantizer on a meta-device skeleton) that carry no LoRA: the model that was trained and
+    evaluated computed with dequant(Q) there, so the merge writes dequant(Q) too."""
+    from quailora_core.model.info import load_model_config, meta_model
+    from quailora_core.model.targets import quantized_linears
+
+    q = plan.record.quantization
+    skeleton = meta_model(load_model_config(plan.base))
+    return quantized_linears(skeleton, q.config(), q.dtype()) - set(plan.record.targets)
+
+
+def dequantized_weight(weight: torch.Tensor, plan: MergePlan) -> torch.Tensor:
+    """dequant(Q) of an untargeted weight, exactly as bitsandbytes builds Q, in the output dtype."""
+    from quailora_core.quant.quantizer import quantize_dequantize
+
+    q = plan.record.quantization
+    return quantize_dequantize(weight.detach().to(q.dtype()), q.config()).to(plan.dtype)
 
 
 def merged_weight(weight: torch.Tensor, target: str, plan: MergePlan, layer: Any) -> torch.Tensor:
@@ -296,11 +326,14 @@ class KeyPlan:
     blocks: list[list[str]]  # per decoder block, its checkpoint keys
     rest: list[str]  # every other checkpoint key (embeddings, norms, head, vision tower)
     targets: dict[str, str]  # checkpoint key of a targeted weight -> the target's module name
+    quantized: dict[str, str] = field(default_factory=dict)  # key of an untargeted weight bnb quantizes -> module
+    kept: list[str] = field(default_factory=list)  # untargeted quantized modules written as W (outside the blocks)
 
 
-def _key_plan(plan: MergePlan, streamed: Any, deltas: dict[str, Any]) -> KeyPlan:
+def _key_plan(plan: MergePlan, streamed: Any, deltas: dict[str, Any], untargeted: set[str]) -> KeyPlan:
     """Map the loaded model's tensor names to the checkpoint's keys with transformers' own
-    answer: the offload index it built while loading (loaded name -> file and source key)."""
+    answer: the offload index it built while loading (loaded name -> file and source key).
+    `untargeted`: the modules bitsandbytes quantizes that carry no LoRA."""
     folder = Path(plan.base).resolve()
     files = {str((folder / f).resolve()) for f in set(plan.checkpoint.values())}
     index = offloaded_weights(streamed.model).index
@@ -326,11 +359,20 @@ def _key_plan(plan: MergePlan, streamed: Any, deltas: dict[str, Any]) -> KeyPlan
                 field="adapter",
             )
         targets[source] = target
+    quantized: dict[str, str] = {}
+    kept: list[str] = []
+    for module in sorted(untargeted):
+        source = (index.get(f"{module}.weight") or {}).get("weight_name")
+        block = module.removeprefix(prefix + ".").split(".", 1)[0] if module.startswith(prefix + ".") else ""
+        if source is not None and block.isdigit() and source in blocks[int(block)]:
+            quantized[source] = module
+        else:
+            kept.append(module)
     seen = {k for keys in blocks for k in keys}
     for keys in blocks:
         keys.sort(key=order.__getitem__)
     rest = [k for k in plan.checkpoint if k not in seen]
-    return KeyPlan(blocks, rest, targets)
+    return KeyPlan(blocks, rest, targets, quantized, kept)
 
 
 # ---------------------------------------------------------------------------- files
@@ -480,6 +522,17 @@ def self_check(plan: MergePlan, folder: Path, keys: KeyPlan, deltas: dict[str, A
                 "Report this with the adapter's quailora.json and the package versions.",
             )
         checked.append(target)
+    for key in _sample(sorted(keys.quantized), 1):  # and one layer without a LoRA that bitsandbytes quantizes
+        expected = module_dequantized(reader.get(key), plan).to(plan.dtype)
+        with safe_open(str(folder / written[key]), framework="pt") as f:
+            found = f.get_tensor(key)
+        if found.dtype != plan.dtype or not torch.equal(found, expected):
+            raise EngineError(
+                f"Self-check failed: the merged {keys.quantized[key]} (no LoRA) differs from dequant(Q) recomputed "
+                "through bitsandbytes' own module; nothing was written.",
+                "Report this with the adapter's quailora.json and the package versions.",
+            )
+        checked.append(keys.quantized[key])
     return checked
 
 
