@@ -29,6 +29,14 @@ def loading_code(adapter_dir: str, record: AdapterRecord, trainable: bool = True
             f"    bnb_4bit_quant_storage=torch.{q.quant_storage},\n"
             ")"
         )
+    # bitsandbytes repacks 4-bit weights on AVX512-BF16 CPUs for a faster kernel that rounds
+    # absmax to bfloat16: the layer no longer computes with the Q the adapter was made for
+    cpu_exact = (
+        "# on a CPU: keep bitsandbytes on the exact dequantize path (no AVX512-BF16 repacking)\n"
+        "for module in base.modules():\n"
+        "    if hasattr(module, 'support_avx512bf16_for_cpu'):\n"
+        "        module.support_avx512bf16_for_cpu = False\n"
+    ) if q.bits == 4 else ""  # fmt: skip
     return (
         "import torch\n"
         "from peft import PeftModel\n"
@@ -36,7 +44,8 @@ def loading_code(adapter_dir: str, record: AdapterRecord, trainable: bool = True
         f"bnb = {bnb}\n"
         f"base = {auto}.from_pretrained({record.base_model.path!r}, quantization_config=bnb, "
         f"dtype=torch.{q.load_dtype})\n"
-        f"model = PeftModel.from_pretrained(base, {str(adapter_dir)!r}, is_trainable={trainable})\n"
+        + cpu_exact
+        + f"model = PeftModel.from_pretrained(base, {str(adapter_dir)!r}, is_trainable={trainable})\n"
     )
 
 
