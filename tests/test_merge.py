@@ -179,6 +179,12 @@ def test_bad_input_is_refused_in_one_line_before_anything_loads(demo_model, demo
     (busy / "keep.txt").write_text("mine")
     _refused(["--adapter", str(demo_adapter)], capsys, "exists and is not empty", busy)
     assert (busy / "keep.txt").read_text() == "mine"
+    # never into its own inputs (an outside tester's merge landed inside the adapter folder)
+    _refused(["--adapter", str(demo_adapter)], capsys, "lies inside the adapter folder", demo_adapter / "merged")
+    _refused(["--adapter", str(demo_adapter)], capsys, "lies inside the base model folder", demo_model / "merged")
+    _refused(["--adapter", str(demo_adapter), "--gguf", "f16", "--gguf-output", str(demo_adapter / "m.gguf")],
+             capsys, "lies inside the adapter folder", out)  # fmt: skip
+    assert not (demo_adapter / "m.gguf").exists()
 
 
 def test_another_base_with_the_same_architecture_is_refused(demo_model, demo_adapter, tmp_path, capsys):

@@ -163,8 +163,20 @@ def plan_merge(adapter: str, output: str, dtype: str = "bf16", model: str | None
     if warnings:  # a base that cannot be checked would be merged silently wrong
         raise InputError(f"Cannot check base {base!r} against the adapter: {warnings[0]}.",
                          "Pass --model with the base folder the adapter was initialized on.", field="model")  # fmt: skip
+    refuse_inside(output, {"adapter": adapter, "base model": base}, "--output")
     return MergePlan(Path(adapter), Path(output).expanduser(), base, out_dtype, record, config,
                      checkpoint_keys(Path(base)))  # fmt: skip
+
+
+def refuse_inside(path: str, folders: dict[str, str], flag: str) -> None:
+    """InputError when `path` is one of `folders` (label -> folder) or lies inside one: a merge
+    writes beside its inputs, never into them."""
+    where = Path(path).expanduser().resolve()
+    for label, folder in folders.items():
+        inside = Path(folder).expanduser().resolve()
+        if where == inside or inside in where.parents:
+            raise InputError(f"{path!r} lies inside the {label} folder {str(inside)!r}.",
+                             f"Choose a {flag} outside it.", field="output")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- the merge

@@ -24,7 +24,14 @@ from typing import Any
 from quailora_core.errors import Cancelled, EngineError, InputError, QuailoraError
 from quailora_core.events import CancelToken, EventCallback, Finished, Log, ignore_events
 from quailora_core.serving.gguf_export import GgufExport, check_export, export_gguf
-from quailora_core.serving.merge import MergeResult, merge_adapter, merged_config, parse_dtype, plan_merge
+from quailora_core.serving.merge import (
+    MergeResult,
+    merge_adapter,
+    merged_config,
+    parse_dtype,
+    plan_merge,
+    refuse_inside,
+)
 
 # GGUF type -> the merged folder's dtype when none is asked for
 MERGE_DTYPE = {"f16": "fp16", "bf16": "bf16", "q8_0": "bf16"}
@@ -67,6 +74,7 @@ def plan_merge_gguf(adapter: str, output: str, gguf_type: str, gguf_output: str 
     dtype = merge_dtype(gguf_type, dtype)
     plan = plan_merge(adapter, output, dtype, model)
     target = gguf_output or default_gguf_output(output)
+    refuse_inside(target, {"adapter": adapter, "base model": plan.base}, "--gguf-output")
     folder = plan.output.resolve()
     path = Path(target).expanduser().resolve()
     if folder == path or folder in path.parents:
