@@ -63,6 +63,35 @@ def test_each_stack_verdict_for_each_setting(bits, quant_type, dq, rank, loads, 
     assert (vllm.reasons == []) == exact
 
 
+def test_an_moe_base_is_not_reproduced_by_vllm_and_an_unsupported_family_gets_llama_cpps_converter():
+    dense = ServingSettings(4, "nf4", True, 16, base="/b", adapter="/a", architecture="LlamaForCausalLM")
+    moe = ServingSettings(4, "nf4", True, 16, base="/b", adapter="/a", architecture="Qwen2MoeForCausalLM", experts=8)
+    assert by_stack(dense)[VLLM].reproduces
+    v = by_stack(moe)
+    assert not v[VLLM].reproduces and v[VLLM].loads and "8 experts" in v[VLLM].reasons[0]
+    assert [c.split()[:2] for c in v[LLAMA_CPP].commands] == [["quailora", "merge"], ["python", "convert_hf_to_gguf.py"]]
+    assert "Qwen2MoeForCausalLM" in v[LLAMA_CPP].notes[0]
+
+
+def test_an_moe_adapter_records_its_experts_and_its_card_says_vllm_will_not_reproduce_it(demo_model, tmp_path):
+    import torch
+    from transformers import AutoTokenizer, Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    from quailora_core.init.pipeline import run_init
+
+    torch.manual_seed(0)
+    config = Qwen2MoeConfig(hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+                            shared_expert_intermediate_size=64, num_experts=4, num_experts_per_tok=2,
+                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=4000)  # fmt: skip
+    Qwen2MoeForCausalLM(config).save_pretrained(tmp_path / "moe")
+    AutoTokenizer.from_pretrained(demo_model).save_pretrained(tmp_path / "moe")
+    run_init(make_config(tmp_path / "moe", tmp_path / "adapter", calibration__samples=4, calibration__seq_len=32,
+                         calibration__heldout_samples=2))  # fmt: skip
+    assert AdapterRecord.load(tmp_path / "adapter").base_model.experts == 4
+    v = {x.stack: x for x in adapter_verdicts(tmp_path / "adapter")}
+    assert not v[VLLM].reproduces and "experts" in v[VLLM].reasons[0]
+
+
 def test_the_command_quotes_paths_with_spaces():
     s = ServingSettings(4, "nf4", True, 8, base="/m/my base", adapter="/a/my ada")
     (command,) = by_stack(s)[VLLM].commands

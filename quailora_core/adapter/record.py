@@ -34,6 +34,7 @@ class BaseModelRecord:
     auto_class: str = "AutoModelForCausalLM"  # or AutoModelForImageTextToText
     fingerprint: str = ""  # sha256 of the first targeted weight: another base is refused
     fingerprint_layer: str = ""
+    experts: int = 0  # routed experts per MoE block (0: a dense model); serving stacks differ on them
 
 
 @dataclass

@@ -235,8 +235,12 @@ class _Run:
         for pkg in ("quailora", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets"):
             with contextlib.suppress(importlib.metadata.PackageNotFoundError):
                 versions[pkg] = importlib.metadata.version(pkg)
+        from quailora_core.model.info import load_model_config
+        from quailora_core.model.targets import expert_count
+
+        experts = expert_count(load_model_config(self.pre.model_path, cfg.model.trust_remote_code)) or 0
         base = BaseModelRecord(self.pre.model_path, cfg.model.path, architecture, self.pre.auto_class,
-                               fingerprint, plan.targets[0].name)  # fmt: skip
+                               fingerprint, plan.targets[0].name, experts)  # fmt: skip
         return AdapterRecord(
             base_model=base,
             quantization=QuantRecord.of(cfg.quantization, self.dtype),

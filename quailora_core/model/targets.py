@@ -111,7 +111,8 @@ def linear_leaves(model: nn.Module) -> dict[str, tuple[str, int, int]]:
     return out
 
 
-def _expert_count(hf_config: PretrainedConfig) -> int | None:
+def expert_count(hf_config: PretrainedConfig) -> int | None:
+    """Routed experts per MoE block from the model's config, or None for a dense model."""
     text = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
     for key in ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"):
         value = getattr(text, key, None)
@@ -160,7 +161,7 @@ def plan_targets(
     kinds = linear_leaves(skeleton)
     block_of = {id(m): b for b, block in enumerate(blocks.blocks) for m in block.modules()}
     block_names = {name: block_of[id(m)] for name, m in skeleton.named_modules() if id(m) in block_of}
-    n_experts = _expert_count(hf_config)
+    n_experts = expert_count(hf_config)
     experts = _fused_expert_parameters(blocks, n_experts)
 
     quantized = quantized_linears(skeleton, quant, load_dtype)

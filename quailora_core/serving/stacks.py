@@ -76,6 +76,8 @@ class ServingSettings:
     modules_to_save: tuple[str, ...] = ()
     use_dora: bool = False
     bias: str = "none"
+    architecture: str = ""  # the base's transformers class (config.architectures[0]), when known
+    experts: int = 0  # routed experts per MoE block; 0 for a dense model
 
     @classmethod
     def of_adapter(cls, record: AdapterRecord, peft_config: dict[str, Any], adapter: str = "") -> ServingSettings:
@@ -92,6 +94,8 @@ class ServingSettings:
             modules_to_save=tuple(peft_config.get("modules_to_save") or ()),
             use_dora=bool(peft_config.get("use_dora")),
             bias=str(peft_config.get("bias") or "none"),
+            architecture=record.base_model.architecture,
+            experts=record.base_model.experts,
         )
 
     @classmethod
@@ -173,7 +177,15 @@ def vllm_verdict(s: ServingSettings) -> StackVerdict:
                        f"{s.quantization_label()}, so vLLM would serve it on another quantized base and lose the "
                        "initialization (serve it with transformers + bitsandbytes, or compute it for NF4 with "
                        "double quantization).")  # fmt: skip
-    elif s.load_dtype:
+    if exact and s.experts:
+        # vLLM's bitsandbytes loader maps expert weights (expert_params_mapping) and has a
+        # bitsandbytes MoE method that quantizes them; transformers 5 keeps fused 3-D expert
+        # parameters unquantized (bitsandbytes only replaces nn.Linear)
+        exact = False
+        reasons.append(f"vLLM quantizes the {s.experts} experts of each MoE block in flight too; transformers keeps "
+                       "them in full precision, so vLLM would serve the adapter on another base (serve it with "
+                       "transformers + bitsandbytes).")  # fmt: skip
+    elif exact and s.load_dtype:
         notes.append(f"vLLM quantizes the checkpoint's weights as stored: the quantized base matches exactly when "
                      f"the checkpoint stores them in {s.load_dtype}, the dtype this adapter was computed from.")  # fmt: skip
     commands = []
@@ -185,19 +197,34 @@ def vllm_verdict(s: ServingSettings) -> StackVerdict:
                         reasons=refusals + reasons, notes=notes, commands=commands)  # fmt: skip
 
 
+def gguf_exportable(architecture: str) -> bool:
+    """Whether `quailora export-gguf` writes this transformers architecture (unknown: assumed so)."""
+    from quailora_core.serving.gguf_export import FAMILIES
+
+    return not architecture or architecture in FAMILIES
+
+
 def llama_cpp_verdict(s: ServingSettings) -> StackVerdict:
     reason = ("llama.cpp re-quantizes the full-precision base into its own GGUF formats (Q4_K and friends), not "
               f"bitsandbytes' {s.quantization_label()}: its Q differs, so this adapter, converted to a GGUF LoRA and "
               "applied to such a base, no longer carries the correction it was computed for. Merge it into the base "
               "it was computed for, then export the merged model (quantize that file further with llama.cpp only "
               "if you must).")  # fmt: skip
-    commands = []
+    commands, notes = [], []
+    if not gguf_exportable(s.architecture):
+        from quailora_core.serving.gguf_export import FAMILIES
+
+        notes.append(f"`quailora export-gguf` writes {', '.join(sorted(FAMILIES))}, not {s.architecture}: convert the "
+                     "merged folder with llama.cpp's own convert_hf_to_gguf.py.")  # fmt: skip
     if s.adapter:
         merged = f"{s.adapter.rstrip('/')}-merged"
-        commands = [f"quailora merge --adapter {_q(s.adapter)} --output {_q(merged)}",
-                    f"quailora export-gguf --model {_q(merged)} --output {_q(merged + '.gguf')} --type bf16"]  # fmt: skip
+        commands = [f"quailora merge --adapter {_q(s.adapter)} --output {_q(merged)}"]
+        if gguf_exportable(s.architecture):
+            commands.append(f"quailora export-gguf --model {_q(merged)} --output {_q(merged + '.gguf')} --type bf16")
+        else:  # llama.cpp's own converter may know the family; ours does not
+            commands.append(f"python convert_hf_to_gguf.py {_q(merged)} --outtype bf16   # llama.cpp's converter")
     return StackVerdict(LLAMA_CPP, STACK_NAMES[LLAMA_CPP], loads=True, reproduces=False, reasons=[reason],
-                        commands=commands)  # fmt: skip
+                        notes=notes, commands=commands)  # fmt: skip
 
 
 def verdicts(s: ServingSettings, loading_code: str = "") -> list[StackVerdict]:
