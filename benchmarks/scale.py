@@ -29,6 +29,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -87,19 +88,46 @@ def build(folder: Path, shape: dict) -> dict:
     return stats
 
 
+class AnonSampler(threading.Thread):
+    """The largest anonymous resident memory (RssAnon) of a process, sampled every 0.2 s.
+
+    ru_maxrss also counts file pages mapped from the checkpoint, which the kernel can drop at
+    any time; RssAnon is the memory that cannot be reclaimed without swap. Sampled, so a peak
+    shorter than the interval can be missed: it is reported beside ru_maxrss, not instead.
+    """
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.path, self.peak, self.done = Path(f"/proc/{pid}/status"), 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.2):
+            try:
+                for line in self.path.read_text().splitlines():
+                    if line.startswith("RssAnon:"):
+                        self.peak = max(self.peak, int(line.split()[1]) * 1024)
+            except OSError:
+                return
+
+
 def measured(cmd: list[str], cgroup: Path | None = None) -> dict:
-    """Run `cmd`; its wall time, exit status, peak RSS (wait4's ru_maxrss) and output tail."""
+    """Run `cmd`; its wall time, exit status, peak RSS (wait4's ru_maxrss), sampled peak
+    anonymous RSS and output tail."""
     start = time.perf_counter()
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         if cgroup is not None:
             (cgroup / "cgroup.procs").write_text(str(proc.pid))
+        sampler = AnonSampler(proc.pid)
+        sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
+        sampler.done.set()
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         tail = out.read().decode(errors="replace")[-3000:]
     return {"returncode": proc.returncode, "wall_seconds": time.perf_counter() - start,
-            "peak_rss_bytes": usage.ru_maxrss * 1024, "output_tail": tail}  # fmt: skip
+            "peak_rss_bytes": usage.ru_maxrss * 1024, "peak_anon_bytes": sampler.peak or None,
+            "output_tail": tail}  # fmt: skip
 
 
 def init_command(model: Path, text: Path, output: Path) -> list[str]:
@@ -145,19 +173,20 @@ def run_size(size: str, root: Path, text: Path, cap: bool) -> dict:
     stats = build(folder, shape)
     print(f"[{size}] {stats['parameters'] / 1e6:.0f} M parameters, {stats['disk_bytes'] / 2**30:.2f} GiB "
           f"on disk (built in {time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
-    row: dict = {"size": size, **stats}
+    row: dict = {"size": size, **stats, "measured": time.strftime("%Y-%m-%d %H:%M")}
     with tempfile.TemporaryDirectory(prefix="quailora-scale-") as work:
         out = Path(work) / "adapter"
         run = measured(init_command(folder, text, out))
         if run["returncode"] != 0:
             raise SystemExit(f"[{size}] quailora init failed:\n{run['output_tail']}")
         summary = json.loads((out / "quailora.json").read_text())["summary"]
-        row["init"] = {k: run[k] for k in ("wall_seconds", "peak_rss_bytes")}
+        row["init"] = {k: run[k] for k in ("wall_seconds", "peak_rss_bytes", "peak_anon_bytes")}
         row["init"]["solve_seconds"] = sum(layer["seconds"] for layer in
                                            json.loads((out / "quailora.json").read_text())["layers"])  # fmt: skip
         row["init"]["mean_cal_improvement"] = summary.get("mean_cal_improvement")
         print(
-            f"[{size}] init {run['wall_seconds']:.0f} s, peak RSS {run['peak_rss_bytes'] / 2**30:.2f} GiB",
+            f"[{size}] init {run['wall_seconds']:.0f} s, peak RSS {run['peak_rss_bytes'] / 2**30:.2f} GiB "
+            f"(anonymous, sampled: {(run['peak_anon_bytes'] or 0) / 2**30:.2f} GiB)",
             flush=True,
         )
         fwd = measured([sys.executable, "-c", _FORWARD, str(folder), str(text), str(SAMPLES), str(SEQ_LEN)])
@@ -172,24 +201,46 @@ def run_size(size: str, root: Path, text: Path, cap: bool) -> dict:
               f"(whole model in memory: {row['whole_model_rss_over_size']:.2f}); init / forward "
               f"{row['wall_over_forward']:.1f}", flush=True)  # fmt: skip
         if cap:
-            limit = int(CAP_SHARE * stats["disk_bytes"])
-            group, how = make_cgroup(limit)
-            row["capped"] = {"limit_bytes": limit, "how": how}
-            if group is not None:
-                capped_out = Path(work) / "adapter-capped"
-                try:
-                    capped = measured(init_command(folder, text, capped_out), cgroup=group)
-                    row["capped"].update(
-                        completed=capped["returncode"] == 0 and (capped_out / "quailora.json").is_file(),
-                        returncode=capped["returncode"], wall_seconds=capped["wall_seconds"],
-                        peak_rss_bytes=capped["peak_rss_bytes"], cgroup_peak_bytes=group_peak(group),
-                    )  # fmt: skip
-                    if not row["capped"]["completed"]:
-                        row["capped"]["output_tail"] = capped["output_tail"]
-                finally:
-                    group.rmdir()
-            print(f"[{size}] capped at {limit / 2**30:.2f} GiB ({how}): {row['capped']}", flush=True)
+            row["capped"] = [capped_run(folder, text, stats["disk_bytes"], CAP_SHARE, Path(work))]
     return row
+
+
+def drop_page_cache() -> bool:
+    """Empty the kernel's page cache (root only), so that the checkpoint's pages the capped run
+    reads are charged to its cgroup: a page already cached by an earlier run stays charged to
+    the cgroup that first read it, and the limit would then not cover it."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+        return True
+    except OSError:
+        return False
+
+
+def capped_run(folder: Path, text: Path, disk_bytes: int, share: float, work: Path) -> dict:
+    """`quailora init` on `folder` inside a memory cgroup whose hard limit is `share` x the
+    model's size on disk: did it complete, and with what peaks."""
+    limit = int(share * disk_bytes)
+    group, how = make_cgroup(limit)
+    result: dict = {"share": share, "limit_bytes": limit, "how": how, "page_cache_dropped": drop_page_cache(),
+                    "measured": time.strftime("%Y-%m-%d %H:%M")}  # fmt: skip
+    if group is not None:
+        out = work / f"adapter-capped-{share}"
+        try:
+            run = measured(init_command(folder, text, out), cgroup=group)
+            result.update(
+                completed=run["returncode"] == 0 and (out / "quailora.json").is_file(),
+                returncode=run["returncode"], wall_seconds=run["wall_seconds"],
+                peak_rss_bytes=run["peak_rss_bytes"], peak_anon_bytes=run["peak_anon_bytes"],
+                cgroup_peak_bytes=group_peak(group),
+            )  # fmt: skip
+            if not result["completed"]:
+                result["output_tail"] = run["output_tail"]
+        finally:
+            group.rmdir()
+    print(f"[{folder.name}] capped at {limit / 2**30:.2f} GiB ({how}): "
+          f"{ {k: v for k, v in result.items() if k != 'output_tail'} }", flush=True)  # fmt: skip
+    return result
 
 
 def plot(report: dict) -> None:
@@ -209,27 +260,28 @@ def plot(report: dict) -> None:
 
 def markdown(report: dict) -> str:
     lines = [
-        "| size | parameters | on disk | init peak RSS | / size | whole model loaded / size | init wall | "
-        "solve share | forward pass | init / forward |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| size | parameters | on disk | init peak RSS | / size | anonymous peak / size | whole model loaded / size "
+        "| init wall | solve share | forward pass | init / forward |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         gib = 2**30
         lines.append(
             f"| {r['size']} | {r['parameters'] / 1e6:.0f} M | {r['disk_bytes'] / gib:.2f} GiB | "
             f"{r['init']['peak_rss_bytes'] / gib:.2f} GiB | **{r['rss_over_size']:.2f}** | "
+            f"{(r['init'].get('peak_anon_bytes') or 0) / r['disk_bytes']:.2f} | "
             f"{r['whole_model_rss_over_size']:.2f} | {r['init']['wall_seconds']:.0f} s | "
             f"{r['init']['solve_seconds'] / r['init']['wall_seconds']:.0%} | {r['forward']['seconds']:.1f} s | "
             f"{r['wall_over_forward']:.1f} |"
         )
     for r in report["rows"]:
-        if "capped" in r:
-            c = r["capped"]
+        for c in r.get("capped", []):
             state = ("completed" if c.get("completed") else f"did not complete (exit {c.get('returncode')})"
                      ) if "completed" in c else f"not run: {c['how']}"  # fmt: skip
             lines.append(f"\nCapped run ({r['size']}): hard limit {c['limit_bytes'] / 2**30:.2f} GiB "
-                         f"({CAP_SHARE:.0%} of the model's size, {c['how']}): {state}"
-                         + (f", peak RSS {c['peak_rss_bytes'] / 2**30:.2f} GiB, {c['wall_seconds']:.0f} s"
+                         f"({c['share']:.0%} of the model's size, {c['how']}): {state}"
+                         + (f", peak RSS {c['peak_rss_bytes'] / 2**30:.2f} GiB (anonymous, sampled: "
+                            f"{(c.get('peak_anon_bytes') or 0) / 2**30:.2f} GiB), {c['wall_seconds']:.0f} s"
                             if c.get("completed") else "") + ".")  # fmt: skip
     return "\n".join(lines) + "\n"
 
@@ -241,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cap", action="store_true", help="skip the run under a memory limit")
     parser.add_argument("--workdir", default=None, help="where the models are kept (default: a cache folder)")
     parser.add_argument("--replot", action="store_true")
+    parser.add_argument("--cap-only", type=float, default=None, metavar="SHARE",
+                        help="only a capped run of the largest size at SHARE x its size, added to results/scale.json")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     if args.replot:
@@ -254,7 +308,23 @@ def main(argv: list[str] | None = None) -> int:
     text = random_text(
         root / "calibration.txt", SIZES["s"]["vocab_size"], (SAMPLES + HELDOUT + 4) * SEQ_LEN * 2
     )
+    if args.cap_only is not None:
+        report = json.loads((RESULTS / "scale.json").read_text())
+        row = report["rows"][-1]
+        if isinstance(row.get("capped"), dict):  # written by the script before it kept a list
+            row["capped"] = [{"share": CAP_SHARE, **row["capped"]}]
+        with tempfile.TemporaryDirectory(prefix="quailora-scale-") as work:
+            result = capped_run(root / f"llama-{row['size']}", text, row["disk_bytes"], args.cap_only, Path(work))
+        row.setdefault("capped", []).append(result)
+        write_results("scale", report, markdown(report))
+        print(markdown(report))
+        return 0
     rows = [run_size(s, root, text, cap=not (args.quick or args.no_cap) and s == sizes[-1]) for s in sizes]
+    if args.sizes != list(SIZES) and not args.quick and (RESULTS / "scale.json").is_file():
+        # a subset: the other sizes' rows are kept from the last run (each row says when it was measured)
+        done = {r["size"] for r in rows}
+        kept = [r for r in json.loads((RESULTS / "scale.json").read_text())["rows"] if r["size"] not in done]
+        rows = sorted(kept + rows, key=lambda r: list(SIZES).index(r["size"]))
     report = {"setting": {"samples": SAMPLES, "seq_len": SEQ_LEN, "heldout": HELDOUT, "rank": RANK,
                           "method": METHOD, "device": "cpu", "on_disk": "float32 safetensors, 1 GB shards",
                           "cap_share": CAP_SHARE, "goal_rss_over_size": GOAL},
