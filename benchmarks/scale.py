@@ -248,7 +248,9 @@ def plot(report: dict) -> None:
     params = [r["parameters"] / 1e6 for r in rows]
     line_plot(DOC_PLOT, [
         {"title": "peak host memory / model size on disk", "x_label": "parameters (M)", "y_label": "ratio",
-         "log_x": True, "series": [("quailora init (streamed)", params, [r["rss_over_size"] for r in rows]),
+         "log_x": True, "series": [("quailora init (streamed), ru_maxrss", params, [r["rss_over_size"] for r in rows]),
+                                   ("quailora init, anonymous (sampled)", params,
+                                    [(r["init"].get("peak_anon_bytes") or 0) / r["disk_bytes"] for r in rows]),
                                    ("whole model loaded (one forward pass)", params,
                                     [r["whole_model_rss_over_size"] for r in rows]),
                                    (f"goal {GOAL}", params, [GOAL] * len(rows))]},
@@ -297,8 +299,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="only a capped run of the largest size at SHARE x its size, added to results/scale.json")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
-    if args.replot:
-        plot(json.loads((RESULTS / "scale.json").read_text()))
+    if args.replot:  # the plot and the table again, from the saved figures
+        report = json.loads((RESULTS / "scale.json").read_text())
+        plot(report)
+        (RESULTS / "scale.md").write_text(markdown(report), encoding="utf-8")
         return 0
     sizes = ["s"] if args.quick else args.sizes
     from quailora_core.files import cache_root
@@ -323,7 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.sizes != list(SIZES) and not args.quick and (RESULTS / "scale.json").is_file():
         # a subset: the other sizes' rows are kept from the last run (each row says when it was measured)
         done = {r["size"] for r in rows}
-        kept = [r for r in json.loads((RESULTS / "scale.json").read_text())["rows"] if r["size"] not in done]
+        old = json.loads((RESULTS / "scale.json").read_text())["rows"]
+        kept = [r for r in old if r["size"] not in done]
+        for r in rows:  # a rerun without a capped run keeps the earlier capped runs of its size
+            r.setdefault("capped", next((o.get("capped", []) for o in old if o["size"] == r["size"]), []))
         rows = sorted(kept + rows, key=lambda r: list(SIZES).index(r["size"]))
     report = {"setting": {"samples": SAMPLES, "seq_len": SEQ_LEN, "heldout": HELDOUT, "rank": RANK,
                           "method": METHOD, "device": "cpu", "on_disk": "float32 safetensors, 1 GB shards",
