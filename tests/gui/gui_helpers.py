@@ -28,3 +28,21 @@ def configure(
     f.batchSizeSpin.setValue(4)
     f.deviceCombo.setCurrentIndex(f.deviceCombo.findData("cpu"))
     f.dtypeCombo.setCurrentIndex(f.dtypeCombo.findData("float32"))
+
+
+def finish_a_run(qtbot, window, model, calibration, output, action_name: str):
+    """Run a small initialization in the real window, checking that the QAction named
+    `action_name` (an export that needs a finished adapter) is disabled before and enabled
+    after; returns that action."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QAction
+
+    action = window.findChild(QAction, action_name)
+    assert not action.isEnabled()  # no finished adapter shown yet
+    configure(window, model, calibration, output, rank=4, bits=4)
+    assert settle(qtbot, window).ok
+    with qtbot.waitSignal(window.runEnded, timeout=180_000) as blocker:
+        qtbot.mouseClick(window.runButton, Qt.MouseButton.LeftButton)
+    assert blocker.args == ["finished"], window.logView.toPlainText()
+    assert action.isEnabled()
+    return action

@@ -8,9 +8,7 @@ from __future__ import annotations
 import threading
 
 import gguf
-from gui_helpers import configure, settle
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QAction
+from gui_helpers import finish_a_run
 from PySide6.QtWidgets import QDialog, QFileDialog, QMessageBox, QPlainTextEdit
 
 from quailora_core.serving import merge_gguf
@@ -19,14 +17,7 @@ from quailora_core.serving.gguf_export import TYPES
 
 def test_export_gguf_merges_and_writes_the_file_off_the_gui_thread(qtbot, window, tiny_model_dir, text_file,
                                                                    tmp_path, monkeypatch):  # fmt: skip
-    action = window.findChild(QAction, "exportGgufAction")
-    assert not action.isEnabled()  # no finished adapter shown yet
-    configure(window, tiny_model_dir, text_file, tmp_path / "adapter", rank=4, bits=4)
-    assert settle(qtbot, window).ok
-    with qtbot.waitSignal(window.runEnded, timeout=180_000) as blocker:
-        qtbot.mouseClick(window.runButton, Qt.MouseButton.LeftButton)
-    assert blocker.args == ["finished"], window.logView.toPlainText()
-    assert action.isEnabled()
+    action = finish_a_run(qtbot, window, tiny_model_dir, text_file, tmp_path / "adapter", "exportGgufAction")
 
     # a file that exists: the engine's one-line refusal, before any merge, and nothing written
     out = tmp_path / "gguf"

@@ -6,9 +6,7 @@ from __future__ import annotations
 import threading
 
 import torch
-from gui_helpers import configure, settle
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QAction
+from gui_helpers import finish_a_run
 from PySide6.QtWidgets import QDialog, QFileDialog, QPlainTextEdit
 from transformers import AutoModelForCausalLM
 
@@ -17,14 +15,7 @@ from quailora_core.serving import merge
 
 def test_export_merged_model_merges_off_the_gui_thread_with_progress(qtbot, window, tiny_model_dir, text_file,
                                                                      tmp_path, monkeypatch):  # fmt: skip
-    action = window.findChild(QAction, "exportMergedAction")
-    assert not action.isEnabled()  # no finished adapter shown yet
-    configure(window, tiny_model_dir, text_file, tmp_path / "adapter", rank=4, bits=4)
-    assert settle(qtbot, window).ok
-    with qtbot.waitSignal(window.runEnded, timeout=180_000) as blocker:
-        qtbot.mouseClick(window.runButton, Qt.MouseButton.LeftButton)
-    assert blocker.args == ["finished"], window.logView.toPlainText()
-    assert action.isEnabled()
+    action = finish_a_run(qtbot, window, tiny_model_dir, text_file, tmp_path / "adapter", "exportMergedAction")
 
     dest = tmp_path / "merged"
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(dest))
