@@ -49,7 +49,11 @@ def atomic_dir(output: str | Path, overwrite: bool) -> Iterator[Path]:
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     try:
+        # mkdtemp makes the folder 0700 whatever the umask; the output gets the mode a plain
+        # mkdir would give it (0755 under umask 022), so another user (a serving container)
+        # can read it. Private while it is partial, opened up only once complete.
         yield tmp
+        _apply_umask_modes(tmp)
         check_output_dir(str(output), overwrite)
         if output.exists():
             old = output.with_name(f".{output.name}.old-{os.getpid()}")
@@ -61,6 +65,38 @@ def atomic_dir(output: str | Path, overwrite: bool) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux says it (/proc)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _apply_umask_modes(root: Path) -> None:
+    """Give `root` and the folders and files under it the modes the umask gives new ones.
+
+    Folders get 0777 & ~umask; files 0666 & ~umask, plus the execute bits the umask allows
+    for a file already executable by its owner (the run folder's launcher). Links are left alone.
+    """
+    mask = current_umask()
+    dir_mode, file_mode = 0o777 & ~mask, 0o666 & ~mask
+    for folder, dirs, files in os.walk(root):
+        os.chmod(folder, dir_mode)
+        for name in files:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                continue
+            mode = file_mode
+            if os.stat(path).st_mode & 0o100:
+                mode |= 0o111 & ~mask
+            os.chmod(path, mode)
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(folder, d))]
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

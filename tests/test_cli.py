@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -153,3 +155,25 @@ def test_installed_command_exits_2_on_bad_input(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: Model folder")
+
+
+@pytest.mark.parametrize("umask, dir_mode, file_mode", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)])
+def test_output_folder_and_files_get_the_umask_modes(capsys, tmp_path, demo_model, text, umask, dir_mode, file_mode):
+    # issue 14: the adapter folder came out 0700 and its weights 0600 under umask 022, so a
+    # serving container running as another user could not read them
+    out = tmp_path / "out"
+    args = ["--model", str(demo_model), "--calibration", str(text), "--samples", "4", "--seq-len", "32",
+            "--heldout", "1", "--rank", "4", "--device", "cpu", "--output", str(out)]
+    old = os.umask(umask)
+    try:
+        code, _, err = run_cli(args, capsys)
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert stat.S_IMODE(out.stat().st_mode) == dir_mode
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files)
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert set(modes.values()) == {oct(file_mode)}, modes
+    for folder in [p for p in out.rglob("*") if p.is_dir()]:
+        assert stat.S_IMODE(folder.stat().st_mode) == dir_mode, folder
