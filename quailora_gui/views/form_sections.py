@@ -207,7 +207,8 @@ def build_quantization(form: Any) -> None:
     layout.addRow("Bits / type", row((form.bitsCombo, 1), (form.quantTypeCombo, 1)))
     form.doubleQuantCheck = named(QCheckBox("Double quantization"), "doubleQuantCheck")
     form.computeDtypeCombo = choices("computeDtypeCombo", DTYPES)
-    layout.addRow("", row(form.doubleQuantCheck, None, "compute", form.computeDtypeCombo))
+    form.computeDtypeLabel = named(QLabel("compute"), "computeDtypeLabel")
+    layout.addRow("", row(form.doubleQuantCheck, None, form.computeDtypeLabel, form.computeDtypeCombo))
     error_row(form, layout, ff.QUANTIZATION)
 
 

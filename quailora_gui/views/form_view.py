@@ -178,7 +178,7 @@ class RunForm(QWidget):
 
     def _sync_enabled(self, *_: Any) -> None:
         four_bit = self.bitsCombo.currentData() == 4
-        for w in (self.quantTypeCombo, self.doubleQuantCheck, self.computeDtypeCombo):
+        for w in (self.quantTypeCombo, self.doubleQuantCheck, self.computeDtypeLabel, self.computeDtypeCombo):
             w.setEnabled(four_bit)
         calibrated = self.methodCombo.currentData() in CALIBRATED_METHODS
         self.inputsCombo.setEnabled(calibrated)

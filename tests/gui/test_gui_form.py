@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from gui_helpers import configure, settle
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QWidget
+from PySide6.QtWidgets import QCheckBox, QComboBox, QLabel, QWidget
 
 NAMED = [
     "modelPathEdit", "calibrationPathEdit", "rankSpin", "bitsCombo", "methodCombo", "runButton", "cancelButton",
@@ -132,6 +132,33 @@ def test_8_bit_disables_the_4_bit_options_and_plain_methods_the_solver_options(w
     assert not form.dampingSpin.isEnabled() and not form.inputsCombo.isEnabled()
     form.methodCombo.setCurrentIndex(form.methodCombo.findData("quailora"))
     assert form.dampingSpin.isEnabled() and form.alsItersSpin.isEnabled()
+
+
+def _darkest(widget) -> int:
+    """The lightness (0-255) of the darkest pixel the widget paints: its text, for a check box or label."""
+    image = widget.grab().toImage()
+    return min(image.pixelColor(x, y).lightness() for y in range(image.height()) for x in range(image.width()))
+
+
+def test_8_bit_greys_out_the_4_bit_options_as_the_user_sees_them(qtbot, window):
+    # issue 14: under 8-bit the double-quantization box was disabled but the style sheet's
+    # text colour painted it (and the "compute" label) exactly as an enabled one
+    window.show()
+    qtbot.waitExposed(window)
+    bits = window.findChild(QComboBox, "bitsCombo")
+    names = {QCheckBox: "doubleQuantCheck", QLabel: "computeDtypeLabel", QComboBox: "quantTypeCombo"}
+    four_bit_only = [window.findChild(kind, name) for kind, name in names.items()]
+    four_bit_only.append(window.findChild(QComboBox, "computeDtypeCombo"))
+    bits.setCurrentIndex(bits.findData(4))
+    assert all(w.isEnabled() for w in four_bit_only)
+    enabled = [_darkest(w) for w in four_bit_only]
+    bits.setCurrentIndex(bits.findData(8))
+    assert not any(w.isEnabled() for w in four_bit_only)
+    disabled = [_darkest(w) for w in four_bit_only]
+    for widget, on, off in zip(four_bit_only, enabled, disabled, strict=True):
+        assert off > on + 60, (widget.objectName(), on, off)  # visibly greyed, as the other disabled fields
+    bits.setCurrentIndex(bits.findData(4))
+    assert all(w.isEnabled() for w in four_bit_only) and [_darkest(w) for w in four_bit_only] == enabled
 
 
 def test_demo_model_and_sample_text_are_in_the_pickers(qtbot, window, tmp_path):
