@@ -16,6 +16,7 @@ from quailora_core.config import RunConfig
 from quailora_core.device import resolve_device, resolve_dtype
 from quailora_core.init.overfitting import token_shortfall
 from quailora_core.model.info import ModelSummary, dtype_size
+from quailora_core.units import size_text
 
 # nominal sustained throughput (FLOP/s) for this kind of work
 _THROUGHPUT = {"cpu": 2.0e10, "cuda": 5.0e13}
@@ -68,6 +69,6 @@ def estimate_run(config: RunConfig, summary: ModelSummary) -> RunEstimate:
         host_memory_gb=host_bytes / gb,
         seconds=seconds,
         tokens=tokens,
-        note=f"rough estimate for {device}: model {model_bytes / gb:.2f} GiB in {str(dtype).removeprefix('torch.')}",
+        note=f"rough estimate for {device}: model {size_text(model_bytes)} in {str(dtype).removeprefix('torch.')}",
         warnings=[w for w in [token_shortfall(tokens, [i for _, i in shapes], cal.seq_len)] if w],
     )

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from quailora_core.model.blocks import DecoderBlocks, find_decoder_blocks
+from quailora_core.units import size_text
 
 DISK = "disk"
 
@@ -176,7 +177,7 @@ def load_streamed(
     copied = sum(f.stat().st_size for f in Path(offload_folder).rglob("*") if f.is_file())
     if copied:
         notes.append(
-            f"{copied / 2**30:.2f} GiB of weights were copied to a temporary folder to be read block by block "
+            f"{size_text(copied)} of weights were copied to a temporary folder to be read block by block "
             "(a .bin checkpoint, or weights transformers converts while loading); a safetensors checkpoint "
             "is read in place"
         )

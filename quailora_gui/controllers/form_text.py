@@ -8,7 +8,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from .formatting import fmt_count, fmt_duration, fmt_gb, fmt_int
+from .formatting import fmt_count, fmt_duration, fmt_gib, fmt_int
 
 GREY = "#64748b"
 AMBER = "#92400e"  # warnings: the run can go ahead, but the user should know
@@ -76,7 +76,7 @@ def source_tokens(p: Any | None) -> int | None:
 def estimate_html(estimate: Any | None, error: str = "") -> str:
     if estimate is None:
         return muted(error or "Appears once the model can be read.")
-    html = f"≈ <b>{fmt_gb(estimate.peak_memory_gb)}</b> peak memory · ≈ <b>{fmt_duration(estimate.seconds)}</b>"
+    html = f"≈ <b>{fmt_gib(estimate.peak_memory_gb)}</b> peak memory · ≈ <b>{fmt_duration(estimate.seconds)}</b>"
     if getattr(estimate, "note", ""):
         html += f"<br>{muted(estimate.note)}"
     return html

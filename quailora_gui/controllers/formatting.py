@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from quailora_core.units import GIB, size_text
+
 
 def fmt_err(value: float | None) -> str:
     """A relative error with 4 significant digits: 0.01234, 1.234e-05; '–' when unknown."""
@@ -52,10 +54,8 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{s // 3600} h {(s % 3600) // 60:02d} min"
 
 
-def fmt_gb(gb: float | None) -> str:
-    """A memory size given in GB: 0.34 -> '340 MB', 12.3 -> '12.3 GB'."""
-    if gb is None:
+def fmt_gib(gib: float | None) -> str:
+    """A memory size given in GiB (the engine's unit): 0.34 -> '348 MiB', 0.0001 -> '< 1 MiB', 12.3 -> '12.3 GiB'."""
+    if gib is None:
         return "–"
-    if gb < 1:
-        return f"{gb * 1000:.0f} MB"
-    return f"{gb:.1f} GB"
+    return size_text(gib * GIB)

@@ -23,7 +23,7 @@ from typing import Any
 from quailora_core.events import EvalResult, Failed, Finished, TrainStep
 from quailora_core.train.layout import OUTPUT_DIR, RUN_FILE, checkpoints
 
-from .formatting import fmt_duration, fmt_gb
+from .formatting import fmt_duration, fmt_gib
 
 TRAIN_OUTPUT = OUTPUT_DIR  # where the trained adapter and checkpoints of a run folder go
 STDERR_TAIL = 20  # stderr lines kept to explain a crash
@@ -223,7 +223,7 @@ class TrainingState:
             ("Time left", fmt_duration(self.eta_seconds()) if self.eta_seconds() is not None else "–"),
         ]
         if self.gpu_memory_gb is not None:
-            rows.append(("GPU memory", fmt_gb(self.gpu_memory_gb)))
+            rows.append(("GPU memory", fmt_gib(self.gpu_memory_gb)))
         return rows
 
     # ------------------------------------------------------------------ the end

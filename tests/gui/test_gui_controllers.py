@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from quailora_gui.controllers import checks
-from quailora_gui.controllers.formatting import fmt_count, fmt_duration, fmt_err, fmt_gb, fmt_pct
+from quailora_gui.controllers.formatting import fmt_count, fmt_duration, fmt_err, fmt_gib, fmt_pct
 from quailora_gui.controllers.paths import RecentList, classify_path, model_path_for, next_free_output
 from quailora_gui.controllers.progress import ProgressTracker
 from quailora_gui.controllers.results import RunResults, improvement, layer_tooltip
@@ -172,7 +172,17 @@ def test_number_formatting():
         and fmt_duration(185) == "3 min 05 s"
         and fmt_duration(3720) == "1 h 02 min"
     )
-    assert fmt_gb(0.34) == "340 MB" and fmt_gb(12.34) == "12.3 GB"
+    assert fmt_gib(0.34) == "348 MiB" and fmt_gib(12.34) == "12.3 GiB" and fmt_gib(None) == "–"
+
+
+def test_small_memory_sizes_read_in_mib_never_as_zero_gib():
+    # issue 14: the form's estimate said "0.00 GiB" for the demo model
+    from quailora_core.units import size_text
+
+    assert fmt_gib(12 / 1024) == "12 MiB" and fmt_gib(0.0001) == "< 1 MiB" and fmt_gib(0) == "0 MiB"
+    assert size_text(12.4 * 2**20) == "12 MiB" and size_text(300_000) == "< 1 MiB" and size_text(0) == "0 MiB"
+    assert size_text(999 * 2**20) == "999 MiB" and size_text(999.7 * 2**20) == "1.0 GiB"
+    assert size_text(1.5 * 2**30) == "1.5 GiB" and size_text(13.24 * 2**30) == "13.2 GiB"
 
 
 def test_errors_of_validate_go_to_the_label_of_the_setting_they_name(tmp_path):

@@ -3,6 +3,8 @@ disabled with the reason next to the field while the input cannot work."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from gui_helpers import configure, settle
 from PySide6.QtCore import Qt
@@ -178,6 +180,16 @@ def test_demo_model_and_sample_text_are_in_the_pickers(qtbot, window, tmp_path):
     assert report.ok, report.errors
     assert report.summary.is_demo and "Blocks" in form.modelSummaryLabel.text()
     assert "Most mornings" in form.calibrationPreview.toPlainText() or form.calibrationPreview.toPlainText()
+
+
+def test_the_demo_models_estimate_reads_in_mib_not_zero_gib(qtbot, window, tmp_path):
+    # issue 14: the estimate of the demo model said "model 0.00 GiB"
+    window.use_demo()
+    window.form.outputPathEdit.setText(str(tmp_path / "out"))
+    assert settle(qtbot, window).ok
+    label = window.findChild(QLabel, "estimateLabel").text()
+    assert "peak memory" in label and "MiB" in label, label
+    assert not re.search(r"\b0(\.\d+)? GiB| 0 MB", label), label  # no "0.00 GiB", "0.01 GiB"
 
 
 def test_the_settings_widgets_show_the_cores_help_and_start_at_its_defaults(make_window):

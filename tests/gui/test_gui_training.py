@@ -225,7 +225,7 @@ def test_lines_events_eta_and_outcomes():
     state.on_event(EvalResult(4, 2.0, 7.389))
     assert state.eta_seconds() == pytest.approx(2.0 * 6)  # 2 s per step, 6 steps left
     stats = dict(state.stats())
-    assert stats["Step"] == "4 / 10" and stats["Tokens/s"] == "500" and stats["GPU memory"] == "1.5 GB"
+    assert stats["Step"] == "4 / 10" and stats["Tokens/s"] == "500" and stats["GPU memory"] == "1.5 GiB"
     assert stats["Validation perplexity"] == "7.389"
     assert state.smoothed_losses()[0] == pytest.approx(2.9) and 2.6 < state.smoothed_losses()[-1] < 2.75
     # a resume that re-logs steps replaces them instead of doubling the curve
