@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import sys
 import time
 from collections import deque
@@ -89,6 +90,31 @@ class LineBuffer:
         rest, self._pending = self._pending, b""
         text = rest.decode("utf-8", "replace").rstrip("\r")
         return [text] if text.strip() else []
+
+
+# a tqdm bar as the libraries underneath draw it (transformers' "Loading weights", datasets' maps):
+# "desc: 40%|████      | 4/10 [00:01<00:02, 3.1it/s]" (ascii bars: "|####      |")
+_TQDM_BAR = re.compile(r"^(?P<desc>.*?)\s*(?P<pct>\d{1,3})%\|[^|]*\|\s*(?P<rest>.*)$")
+_TQDM_COUNT = re.compile(r"^(\d+)/(\d+)\b")
+
+
+def plain_line(line: str) -> str | None:
+    """A line of the child's output as the log shows it, or None to drop it.
+
+    A tqdm progress bar redraws itself with carriage returns (or, on a pipe, as one line per
+    update): only the last redraw counts, a bar is kept only once complete, and then without
+    its block characters: "Loading weights: 100% 39/39 [00:00<00:00, 20583.60it/s]".
+    """
+    text = next((part for part in reversed(line.split("\r")) if part.strip()), "").rstrip()
+    if not text:
+        return None
+    bar = _TQDM_BAR.match(text)
+    if bar is None:
+        return text
+    count = _TQDM_COUNT.match(bar["rest"])
+    if bar["pct"] != "100" and not (count and count[1] == count[2]):
+        return None
+    return f"{bar['desc']} {bar['pct']}% {bar['rest']}".strip()
 
 
 def parse_line(line: str) -> Any | None:
@@ -172,9 +198,12 @@ class TrainingState:
         elif isinstance(event, Failed):
             self.failed = event
 
-    def on_stderr(self, line: str) -> None:
-        if line.strip():
-            self.stderr_tail.append(line)
+    def on_stderr(self, line: str) -> str | None:
+        """Keep a stderr line for a crash's explanation; returns what the log shows (`plain_line`)."""
+        text = plain_line(line)
+        if text is not None:
+            self.stderr_tail.append(text)
+        return text
 
     # ------------------------------------------------------------------ figures
     def smoothed_losses(self, weight: float = SMOOTHING) -> list[float]:

@@ -26,6 +26,7 @@ from ..controllers.training import (
     TrainingState,
     has_checkpoint,
     parse_line,
+    plain_line,
     train_command,
     training_config,
 )
@@ -137,8 +138,9 @@ class TrainingControl(QObject):
     def _on_line(self, line: str) -> None:
         event = parse_line(line)
         if event is None:
-            if line.strip():
-                self.w.log(f"[train] {line}")
+            text = plain_line(line)
+            if text is not None:
+                self.w.log(f"[train] {text}")
             return
         self.training.on_event(event)
         handler = self._handlers.get(type(event))
@@ -168,9 +170,9 @@ class TrainingControl(QObject):
         self.w.log(f"{event.message} {event.hint}".strip(), "error")
 
     def _on_stderr(self, line: str) -> None:
-        self.training.on_stderr(line)
-        if line.strip():
-            self.w.log(f"[train] {line}")
+        text = self.training.on_stderr(line)
+        if text is not None:
+            self.w.log(f"[train] {text}")
 
     def update_progress(self) -> None:
         if self.w.state.phase is not Phase.TRAINING:  # not while stopping

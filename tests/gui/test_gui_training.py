@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -275,3 +276,34 @@ def test_launch_into_a_used_folder_explains_why_and_starts_nothing(
     assert not started and window.train_process.process.state() == QProcess.ProcessState.NotRunning
     assert window.launchTrainingButton.isEnabled() and window.exportRunButton.isEnabled()
     dialog.close()
+
+
+def test_library_progress_bars_reach_the_log_as_plain_text(qtbot, window, tiny_model_dir, tmp_path):
+    # issue 14: a library's tqdm bar in the child's stderr (transformers' "Loading weights":
+    # block characters, one line per redraw) reached the log as it was drawn. The training
+    # child turns transformers' bars off (--json), but any library's bar on its stderr takes
+    # this path: the window's training process, a real transformers load, bars on.
+    script = "import sys; from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained(sys.argv[1])"
+    raw: list[str] = []
+    process = window.train_process
+    process.errorLine.connect(raw.append)
+    with qtbot.waitSignal(process.ended, timeout=CHILD_TIMEOUT) as ended:
+        process.start([sys.executable, "-c", script, str(tiny_model_dir)], str(tmp_path), {"HF_HUB_OFFLINE": "1"})
+    assert ended.args[0] == 0, raw
+    assert any("Loading weights" in line and "%|" in line for line in raw), raw  # the library did draw a bar
+    log = window.findChild(QPlainTextEdit, "logView").toPlainText()
+    shown = [line for line in log.splitlines() if "Loading weights" in line]
+    assert len(shown) == 1 and re.search(r"\[train\] Loading weights: 100% (\d+)/\1 ", shown[0]), shown
+    assert not re.search("[\u2580-\u259f\r]|\\d%\\|", log), log[-3000:]
+
+
+def test_plain_line_keeps_only_a_finished_bar_without_its_blocks():
+    from quailora_gui.controllers.training import plain_line
+
+    assert plain_line("Loading weights:   0%|          | 0/39 [00:00<?, ?it/s]") is None
+    assert plain_line("Map:  40%|####      | 4/10 [00:01<00:02]\rMap: 100%|##########| 10/10 [00:02<00:00]") == \
+        "Map: 100% 10/10 [00:02<00:00]"
+    assert plain_line("Loading weights: 100%|\u2588\u2588\u2588\u2588\u2588\u2588\u2588\u2588\u2588\u2588| 39/39 "
+                      "[00:00<00:00, 20583.60it/s]") == "Loading weights: 100% 39/39 [00:00<00:00, 20583.60it/s]"
+    assert plain_line("  File \"x.py\", line 3") == "  File \"x.py\", line 3" and plain_line(" \r ") is None
+    assert plain_line("a | b | c") == "a | b | c"
