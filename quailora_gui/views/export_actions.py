@@ -87,12 +87,7 @@ class ExportActions(QObject):
         w.state.begin_export(Export.MERGED)
         w.log(f"Merging the adapter into its base in {target} …")
 
-        def on_event(event: Any) -> None:
-            text = merge_event_text(event)
-            if text:
-                w.log(text)
-                w.statusBar().showMessage(text)
-
+        on_event = self._reporter(merge_event_text)
         def done(result: Any) -> None:
             from quailora_core.serving.merge import loading_code
 
@@ -110,6 +105,17 @@ class ExportActions(QObject):
         return target
 
     # ------------------------------------------------------------------ the GGUF file
+    def _reporter(self, text_of: Callable[[Any], str | None]) -> Callable[[Any], None]:
+        """An export's engine events as lines in the log and the status bar (`text_of` words them)."""
+
+        def on_event(event: Any) -> None:
+            text = text_of(event)
+            if text:
+                self.w.log(text)
+                self.w.statusBar().showMessage(text)
+
+        return on_event
+
     def export_gguf(self, dest: str | None = None, gguf_type: str | None = None) -> str | None:
         """Merge the shown run's adapter into its base and write the merged model as the GGUF
         file `dest` (asked for when None) of `gguf_type` (asked for when None, ggufTypeDialog), off
@@ -144,14 +150,7 @@ class ExportActions(QObject):
         folder = merged_folder_for(target)
         w.state.begin_export(Export.GGUF)
         w.log(f"Merging the adapter into its base in {folder}, then writing {gguf_type} GGUF {target} …")
-        text_of = MergeGgufText()
-
-        def on_event(event: Any) -> None:
-            text = text_of(event)
-            if text:
-                w.log(text)
-                w.statusBar().showMessage(text)
-
+        on_event = self._reporter(MergeGgufText())
         def done(result: Any) -> None:
             from quailora_core.serving.merge_gguf import llama_cpp_commands
 
