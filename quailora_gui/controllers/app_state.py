@@ -25,6 +25,8 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
+from .form_fields import ERROR_KEYS
+
 
 class Phase(Enum):
     IDLE = "idle"
@@ -68,6 +70,13 @@ class Action(Enum):
     DROP_INPUT = "drop input"  # a model folder or calibration data dropped on the window
     EDIT_FORM = "edit form"
     EDIT_TRAINING = "edit training settings"
+
+
+# The form's error keys (top to bottom) as the status line names them.
+FIELD_NAMES = {"model": "the model", "targets": "the target modules", "calibration": "the calibration data",
+               "text_column": "the text column", "sizes": "the calibration sizes", "quantization": "the quantization",
+               "lora": "the LoRA settings", "method": "the method", "device": "the device",
+               "output": "the output folder", "general": "the settings"}  # fmt: skip
 
 
 class TransitionError(RuntimeError):
@@ -267,8 +276,19 @@ class AppState:
             return "Checking the settings…"
         if self.report.ok:
             return "Ready to run."
+        key, _reason = self.first_blocker()
+        where = FIELD_NAMES.get(key, "the settings")
         n = len(self.report.errors)
-        return "Fix the problem marked in red above." if n == 1 else f"Fix the {n} problems marked in red above."
+        more = "" if n == 1 else f" (and {n - 1} more problem{'s' if n > 2 else ''})"
+        return f"Fix {where}{more}: click here to show it."
+
+    def first_blocker(self) -> tuple[str, str]:
+        """The field the first problem is about and its reason (("", "") when nothing blocks Run);
+        the order is the form's, top to bottom, so the status line names the first one to fix."""
+        errors = self.report.errors if self.report is not None else {}
+        for key in sorted(errors, key=lambda k: ERROR_KEYS.index(k) if k in ERROR_KEYS else len(ERROR_KEYS)):
+            return key, errors[key]
+        return "", ""
 
     def describe(self) -> str:
         text = self.phase.value

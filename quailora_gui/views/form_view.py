@@ -60,7 +60,7 @@ class RunForm(QWidget):
         self._recent_calibration: list[str] = []
         self._source_tokens: int | None = None
 
-        scroll = QScrollArea(self)
+        scroll = self.scroll = QScrollArea(self)
         scroll.setObjectName("formScroll")
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
@@ -196,6 +196,19 @@ class RunForm(QWidget):
             self.samplesSpin.value(), self.seqLenSpin.value(), self.heldoutSpin.value(),
             getattr(estimate, "tokens", None), self._source_tokens, getattr(estimate, "warnings", ()),
         ))  # fmt: skip
+
+    def show_field(self, key: str) -> None:
+        """Scroll the problem `key` (an error key of controllers.form_fields) into view and put
+        the cursor in its first field: the status line beside Run links here."""
+        label = self.error_labels.get(key)
+        if label is None:
+            return
+        widgets = [self.widget(f) for f in ff.FIELDS if f.error == key]
+        target = next((w for w in widgets if w.isEnabled()), None)
+        self.scroll.ensureWidgetVisible(target or label, 20, 40)
+        self.scroll.ensureWidgetVisible(label, 20, 20)
+        if target is not None:
+            target.setFocus(Qt.FocusReason.OtherFocusReason)
 
     # ================================================================== check report
     def apply_report(self, report: checks.CheckReport) -> None:

@@ -142,6 +142,7 @@ class InitRun(QObject):
             nxt = next_free_output(config.output)
             w.form.outputPathEdit.setText(nxt)
             w.log(f"The next run will write to {nxt}")
+        w.save_settings()  # a window that is killed later still starts from these settings
         w.request_check()
         w.runFinished.emit(result)
         w.runEnded.emit("finished")

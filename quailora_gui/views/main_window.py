@@ -10,7 +10,9 @@ process (`training_control.TrainingControl`). The centre is `results_view.Result
 
 from __future__ import annotations
 
+import copy
 import os
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..controllers.app_state import Action, AppState
+from ..controllers.app_state import Action, AppState, Checks
 from ..controllers.paths import classify_path, is_free_output, model_path_for, next_free_output
 from .checking import FormChecks
 from .common import app_icon, named, role_label, shrinkable
@@ -123,6 +125,10 @@ class MainWindow(QMainWindow):
             self.prefs.restore_window(self)
         if config is None and restore_settings:
             config = self.prefs.last_config()
+            if config is not None and config.output and not is_free_output(config.output):
+                # the last session's run (or one killed before it saved) filled it: never propose a
+                # folder Run would refuse
+                config.output = next_free_output(config.output)
         self.form.set_config(config if config is not None else self.default_config())
         self._apply_state(self.state)
         self.checks.warm_up()
@@ -135,6 +141,8 @@ class MainWindow(QMainWindow):
         self.runButton.clicked.connect(self.start_run)
         self.runStatusLabel = role_label("Checking the settings…", "hint", "runStatusLabel")
         shrinkable(self.runStatusLabel)
+        self.runStatusLabel.setTextFormat(Qt.TextFormat.RichText)
+        self.runStatusLabel.linkActivated.connect(self.form.show_field)
         left = QWidget()
         left.setObjectName("leftPanel")
         left.setMinimumWidth(340)
@@ -189,7 +197,10 @@ class MainWindow(QMainWindow):
             for name in names:
                 getattr(self, name).setEnabled(on)
         self.trainingPanel.set_inputs_enabled(state.enabled(Action.EDIT_TRAINING))
-        self.runStatusLabel.setText(state.run_status())
+        text = state.run_status()
+        key, reason = state.first_blocker() if state.checks is Checks.FAILED else ("", "")
+        self.runStatusLabel.setText(f'<a href="{key}">{escape(text)}</a>' if key else escape(text))
+        self.runStatusLabel.setToolTip(reason)
 
     def _on_task_started(self, handle: Any) -> None:
         if handle.task.name == "init":
@@ -310,7 +321,7 @@ class MainWindow(QMainWindow):
         if not path.endswith(".toml"):
             path += ".toml"
         try:
-            self.form.to_config().save(path)
+            self.config_to_save().save(path)
         except OSError as exc:
             self.keep_dialog(show_input_error(self, exc, "Could not save the run file"))
             return None
@@ -318,6 +329,22 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"QuAILoRA Studio – {Path(path).name}")
         self.log(f"Run saved to {path}")
         return path
+
+    def config_to_save(self) -> Any:
+        """What Save run writes: the form's settings, with the Training tab's; right after a run
+        finished, the form already proposes the *next* free output folder, so while the form
+        still holds the shown run's settings, the run saved is that finished run (its folder,
+        which `quailora train` on the saved file trains), not the next one."""
+        config = self.form.to_config()
+        shown = self.results_area.displayed
+        if shown is not None:
+            as_shown = copy.deepcopy(config)
+            as_shown.output, as_shown.overwrite = shown.config.output, shown.config.overwrite
+            a, b = as_shown.to_dict(), shown.config.to_dict()
+            a.pop("train", None), b.pop("train", None)
+            if a == b:
+                config = as_shown
+        return config
 
     # ================================================================== drag and drop
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802

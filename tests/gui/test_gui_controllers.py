@@ -310,7 +310,11 @@ def test_state_machine_moves_through_its_phases_and_refuses_illegal_moves():
     second = state.new_check()
     assert not state.take_report(_report(first)) and state.checks is Checks.CHECKING  # stale: dropped
     assert state.take_report(_report(second, {checks.LORA: "rank too large"}))
-    assert state.checks is Checks.FAILED and state.run_status() == "Fix the problem marked in red above."
+    assert state.checks is Checks.FAILED and state.run_status() == "Fix the LoRA settings: click here to show it."
+    state.take_report(_report(state.new_check(), {checks.OUTPUT: "not empty", checks.MODEL: "missing"}))
+    assert state.first_blocker() == (checks.MODEL, "missing")  # the form's first, top to bottom
+    assert state.run_status() == "Fix the model (and 1 more problem): click here to show it."
+    state.take_report(_report(state.new_check(), {checks.LORA: "rank too large"}))
     assert state.blockers() == {checks.LORA: "rank too large"} and not state.enabled(Action.RUN)
     assert state.take_report(_report(state.new_check()))
     assert state.checks is Checks.PASSED and state.enabled(Action.RUN) and state.run_status() == "Ready to run."

@@ -84,7 +84,19 @@ def test_bad_input_disables_run_with_the_reason_next_to_the_field(
     assert not report.ok
     assert not window.runButton.isEnabled()
     assert not label.isHidden() and words in label.text()
-    assert "problem marked in red" in window.runStatusLabel.text()
+    # the line beside Run names the problem, and a click on it shows the field in the form
+    named = {"missing model": "the model", "missing calibration file": "the calibration data",
+             "non-empty output folder": "the output folder"}[problem]  # fmt: skip
+    assert f"Fix {named}" in window.runStatusLabel.text() and words in window.runStatusLabel.toolTip()
+    window.resize(1280, 640)  # a form taller than its view
+    window.show()
+    qtbot.waitExposed(window)
+    window.form.scroll.verticalScrollBar().setValue(0 if problem == "non-empty output folder" else 10_000)
+    href = {"missing model": "model", "missing calibration file": "calibration", "non-empty output folder": "output"}
+    window.runStatusLabel.linkActivated.emit(href[problem])
+    viewport = window.form.scroll.viewport()
+    top_left = label.mapTo(viewport, label.rect().topLeft())
+    assert 0 <= top_left.y() and top_left.y() + label.height() <= viewport.height()
     if problem == "non-empty output folder":
         form.overwriteCheck.setChecked(True)  # the fix the message suggests
         assert settle(qtbot, window).ok and window.runButton.isEnabled() and label.isHidden()

@@ -198,3 +198,33 @@ def test_open_run_takes_relative_paths_from_the_run_file_not_the_working_folder(
     assert blocker.args[0] == "finished", window.logView.toPlainText()
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
     assert list(cwd.iterdir()) == []  # nothing written in the working folder
+
+
+def test_a_restart_after_a_kill_proposes_a_free_output_folder(make_window, tmp_path):
+    # the last settings name a folder a run filled, and the window that filled it never closed
+    # (killed): the next start must not propose that folder, which Run would refuse
+    from quailora_gui.views.window_settings import WindowSettings
+
+    filled = tmp_path / "outputs" / "adapter"
+    filled.mkdir(parents=True)
+    (filled / "adapter_model.safetensors").write_bytes(b"x")
+    last = RunConfig(output=str(filled))
+    WindowSettings().save_last_config(last)
+    window = make_window()
+    proposed = window.form.outputPathEdit.text()
+    assert proposed == str(tmp_path / "outputs" / "adapter-2") and not Path(proposed).exists()
+
+
+def test_save_run_after_a_finished_run_stores_that_run_not_the_next_folder(
+    qtbot, make_window, tiny_model_dir, text_file, tmp_path
+):
+    from gui_helpers import finish_a_run
+
+    window = make_window()
+    finish_a_run(qtbot, window, tiny_model_dir, text_file, tmp_path / "adapter", "exportAdapterAction")
+    assert window.form.outputPathEdit.text() == str(tmp_path / "adapter-2")  # the next run's folder
+    saved = window.save_run(str(tmp_path / "finished.toml"))
+    assert RunConfig.load(saved).output == str(tmp_path / "adapter")  # the adapter a training would use
+    window.form.rankSpin.setValue(8)  # a new run's settings: now the form is what is saved
+    again = RunConfig.load(window.save_run(str(tmp_path / "next.toml")))
+    assert again.output == str(tmp_path / "adapter-2") and again.lora.rank == 8
