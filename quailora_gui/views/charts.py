@@ -112,7 +112,7 @@ class LayerErrorChart(QWidget):
         for row, key in enumerate(("cal", "heldout")):
             plot = self.view.addPlot(row=row, col=0, axisItems={"left": ErrorAxis("left")})
             _style_plot(plot)
-            plot.setLabel("left", "relative error")
+            plot.setLabel("left", "rel. output error ‖ΔW·X‖²/‖W·X‖²")  # ΔW = W − Q − BA; the tooltip says it in words
             plot.getAxis("left").enableAutoSIPrefix(False)
             c_before, c_after = palettes[key]
             for which, color in (("before", c_before), ("after", c_after)):
@@ -210,6 +210,8 @@ class LayerErrorChart(QWidget):
         xs = self.results.x_positions()
         layers = self.results.layers
         all_values = [v for key in SERIES.values() for f in key for v in self.results.values(f) if v > 0]
+        if self.compare is not None:  # a compared run's smaller errors must not be drawn pinned at the floor
+            all_values += [v for key in SERIES.values() for v in self.compare.values(key[1]) if v > 0]
         floor = min(all_values) / 2 if all_values else 1e-6
         base = math.floor(math.log10(floor)) if self.log_scale else 0.0
         for key, (f_before, f_after) in SERIES.items():

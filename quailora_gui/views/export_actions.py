@@ -179,9 +179,15 @@ class ExportActions(QObject):
         area.refresh(everything=True)
         Path(folder).mkdir(parents=True, exist_ok=True)
         written = []
+        shown = area.displayed
+        # the run the charts show names the files and heads each image (a live, unfinished run:
+        # the form's output folder)
+        output = shown.output_dir if shown is not None else self.w.form.to_config().output
+        stem = Path(output).name or "run"
+        caption = f"{shown.name if shown else 'Run in progress'} · {output}"
         for widget, name in ((area.layerErrorChart, "layer-errors.png"), (area.heatMap, "heat-map.png")):
-            path = str(Path(folder) / name)
-            if not area.grab_chart(widget).save(path, "PNG"):
+            path = str(Path(folder) / f"{stem}-{name}")
+            if not area.grab_chart(widget, caption).save(path, "PNG"):
                 self.w.keep_dialog(show_input_error(self.w, OSError(f"Could not write {path}."), "Export failed"))
                 return written
             written.append(path)

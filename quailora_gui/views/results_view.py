@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import QRect, Qt, QTimer
+from PySide6.QtGui import QColor, QImage, QPainter
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -184,9 +185,23 @@ class ResultsArea(QWidget):
             other.summary if other else None,
         )
 
-    def grab_chart(self, widget: QWidget) -> Any:
-        """A chart as an image, laid out at the visible tab's size when it is hidden."""
+    def grab_chart(self, widget: QWidget, caption: str = "") -> Any:
+        """A chart as an image, laid out at the visible tab's size when it is hidden; with a
+        caption line on top (the run it shows), so a PNG pasted into a report says what it is."""
         if not widget.isVisible():
             widget.resize(self.tabs.currentWidget().size())
             widget.ensurePolished()
-        return widget.grab()
+        chart = widget.grab()
+        if not caption:
+            return chart.toImage()
+        height = widget.fontMetrics().height() + 12
+        image = QImage(chart.width(), chart.height() + height, QImage.Format.Format_RGB32)
+        image.fill(QColor("white"))
+        painter = QPainter(image)
+        painter.setPen(QColor("#1e293b"))
+        painter.setFont(widget.font())
+        painter.drawText(QRect(10, 0, chart.width() - 20, height), Qt.AlignmentFlag.AlignVCenter, caption)
+        painter.drawPixmap(0, height, chart)
+        painter.end()
+        image.setText("Description", caption)
+        return image

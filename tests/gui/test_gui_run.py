@@ -136,8 +136,12 @@ def test_run_charts_the_engine_numbers_and_exports_an_adapter_peft_loads(
 
     # charts as PNG and the per-layer CSV
     pngs = window.export_charts(str(tmp_path / "charts"))
-    assert [Path(p).name for p in pngs] == ["layer-errors.png", "heat-map.png"]
+    assert [Path(p).name for p in pngs] == ["adapter-layer-errors.png", "adapter-heat-map.png"]
     assert all(Path(p).stat().st_size > 5_000 for p in pngs)
+    from PySide6.QtGui import QImage
+
+    caption = QImage(pngs[0]).text("Description")  # each image is headed by the run it shows
+    assert caption.startswith("#1 QuAILoRA / r4 / 4-bit NF4") and str(tmp_path / "adapter") in caption
     csv_path = window.export_csv(str(tmp_path / "layers.csv"))
     rows = Path(csv_path).read_text().splitlines()
     assert len(rows) == N_LAYERS + 1 and rows[1].split(",")[1] == first.name
@@ -302,6 +306,31 @@ def test_a_second_run_is_compared_with_the_first(qtbot, window, tiny_model_dir, 
     combo.setCurrentIndex(0)
     assert window.layerErrorChart.compare is None
     assert overlay.yData is None or len(overlay.yData) == 0  # the overlay is gone
+
+
+def test_a_compared_run_below_the_shown_runs_range_is_drawn_at_its_value(qtbot):
+    # the compared run removed far more error than the shown one: on the log axis its points
+    # must sit at their own values (the tooltip's), not pinned at the shown run's floor
+    from quailora_core.events import LayerResult
+    from quailora_gui.controllers.results import RunResults
+    from quailora_gui.views.charts import LayerErrorChart
+
+    def layers(after):
+        return [LayerResult(index=i, name=f"model.layers.0.m{i}", block=0, module=f"m{i}", shape=(8, 8),
+                            cal_err_before=2e-3, cal_err_after=after[i], uncal_err_before=0.1, uncal_err_after=0.05,
+                            heldout_err_before=3e-3, heldout_err_after=after[i], seconds=0.1)
+                for i in range(len(after))]  # fmt: skip
+
+    chart = LayerErrorChart()
+    qtbot.addWidget(chart)
+    chart.set_log_scale(True)
+    chart.set_results(RunResults(layers([1e-3, 8e-4])))
+    chart.set_compare(RunResults(layers([8.3e-6, 5e-4])), "#2")
+    for key in ("cal", "heldout"):
+        assert list(chart.compare_items[key].yData) == pytest.approx([8.3e-6, 5e-4])
+        chart.plots[key].vb.updateAutoRange()
+        low, _high = chart.plots[key].vb.viewRange()[1]  # log10 units
+        assert low <= math.log10(8.3e-6)  # the point is inside the view, not under its floor
 
 
 def test_dropping_a_model_folder_and_a_text_file_fills_the_form(qtbot, window, tiny_model_dir, text_file):
