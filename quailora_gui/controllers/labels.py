@@ -69,9 +69,9 @@ TOOLTIPS: dict[str, str] = {
     "smaller (usual: on).",
     "compareCombo": "A finished run of this session to overlay on the charts (usual: the previous run).",
     "resultsFilterEdit": "Show only layers whose name contains this text (usual: empty).",
-    "layerErrorChart": "Relative output error of each layer on calibration text (top) and on held-out "
-    "text (bottom): ‖(W − Q − BA)·X‖² / ‖W·X‖², the share of the full-precision layer's output the "
-    "quantized layer plus LoRA gets wrong (before = plain QLoRA, BA = 0). Hover a bar for exact numbers.",
+    "layerErrorChart": "Relative output error of each layer on calibration text (top) and held-out text "
+    "(bottom), ‖(W − Q − BA)·X‖² / ‖W·X‖²: the share of the full-precision layer's output that the quantized "
+    "layer plus LoRA gets wrong (before = plain QLoRA, BA = 0); hover a bar for exact numbers.",
     "heatMap": "Share of the calibrated error removed, 1 - after/before, per block and module.",
     "resultsTable": "Per-layer results; click a header to sort.",
     "lossChart": "Training loss per step (thin line, with its moving average) and validation loss (points).",

@@ -159,3 +159,21 @@ def layer_tooltip(layer: Any, compare: Any | None = None, compare_name: str = ""
             f"held-out after {fmt_err(compare.heldout_err_after)}"
         )
     return "\n".join(lines)
+
+
+def short_module_names(modules: list[str]) -> list[str]:
+    """The shortest dotted suffix of each module name that still tells them apart
+    ("self_attn.q_proj" -> "q_proj", "mlp.experts.0.up_proj" -> "0.up_proj" beside expert 1's):
+    the heat map's column labels, which must fit a narrow window; its tooltips keep the full name."""
+    parts = [m.split(".") for m in modules]
+    depth = [1] * len(modules)
+    while True:
+        names = [".".join(p[-d:]) for p, d in zip(parts, depth, strict=True)]
+        seen: dict[str, list[int]] = {}
+        for i, name in enumerate(names):
+            seen.setdefault(name, []).append(i)
+        clashes = [i for same in seen.values() if len(same) > 1 for i in same if depth[i] < len(parts[i])]
+        if not clashes:
+            return names
+        for i in clashes:
+            depth[i] += 1

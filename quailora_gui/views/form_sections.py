@@ -51,7 +51,8 @@ def group(form: Any, title: str, name: str) -> QFormLayout:
     layout.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
     layout.setLabelAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
     layout.setHorizontalSpacing(8)
-    layout.setVerticalSpacing(5)
+    layout.setVerticalSpacing(4)
+    layout.setContentsMargins(4, 2, 4, 2)  # the group box's own padding (style.qss) frames it
     form.sections_layout.addWidget(box)
     return layout
 
@@ -179,7 +180,7 @@ def build_calibration(form: Any) -> None:
     form.calibrationPreview = named(QPlainTextEdit(), "calibrationPreview", "First rows of the calibration data.")
     form.calibrationPreview.setReadOnly(True)
     form.calibrationPreview.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
-    form.calibrationPreview.setMaximumHeight(74)
+    form.calibrationPreview.setMaximumHeight(58)
     form.calibrationPreview.setPlaceholderText("A preview of the first rows appears here.")
     layout.addRow(form.calibrationPreview)
     form.calibrationStatsLabel = role_label("", "hint", "calibrationStatsLabel")
@@ -216,9 +217,8 @@ def build_lora(form: Any) -> None:
     layout = group(form, "LoRA", "loraGroup")
     form.rankSpin = spin("rankSpin", 1, 8192)
     form.alphaSpin = spin("alphaSpin", 0.01, 1_000_000.0, decimals=2)
-    layout.addRow("Rank", row((form.rankSpin, 1), "alpha", (form.alphaSpin, 1)))
-    form.rsloraCheck = named(QCheckBox("rsLoRA scaling (alpha / √r)"), "rsloraCheck")
-    layout.addRow("", form.rsloraCheck)
+    form.rsloraCheck = named(QCheckBox("rsLoRA"), "rsloraCheck")  # its tooltip: scale by alpha / √r
+    layout.addRow("Rank", row((form.rankSpin, 1), "alpha", (form.alphaSpin, 1), form.rsloraCheck))
     error_row(form, layout, ff.LORA)
     # which serving stacks could not serve these quantization + LoRA settings (a warning, not an error)
     form.servingWarningLabel = role_label("", "hint", "servingWarningLabel")
@@ -233,17 +233,31 @@ def build_method(form: Any) -> None:
 
     layout = group(form, "Method", "methodGroup")
     form.methodCombo = choices("methodCombo", METHODS, METHOD_LABELS)
-    layout.addRow("Method", form.methodCombo)
+    # the settings most runs keep at their defaults fold away under "More", so that the whole
+    # form fits a 1000-pixel-high screen; the form unfolds them when one of them is not the
+    # default or has a problem (RunForm.show_advanced)
+    form.methodAdvancedButton = named(QToolButton(), "methodAdvancedButton")
+    form.methodAdvancedButton.setText("More")
+    form.methodAdvancedButton.setCheckable(True)
+    form.methodAdvancedButton.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+    form.methodAdvancedButton.setArrowType(Qt.ArrowType.RightArrow)
+    form.methodAdvancedButton.setToolTip("Inputs, damping, ALS iterations, device, batch size and self-check")
+    layout.addRow("Method", row((form.methodCombo, 1), form.methodAdvancedButton, spacing=4))
     form.inputsCombo = choices("inputsCombo", INPUT_SOURCES, INPUT_LABELS)
-    layout.addRow("Inputs", form.inputsCombo)
     form.dampingSpin = spin("dampingSpin", 0.0, 100.0, decimals=4, step=0.005)
     form.alsItersSpin = spin("alsItersSpin", 1, 10_000)
-    layout.addRow("Damping", row((form.dampingSpin, 1), "ALS iters", (form.alsItersSpin, 1)))
     form.deviceCombo = choices("deviceCombo", ("auto", "cpu"), {"cpu": "CPU"})
     form.batchSizeSpin = spin("batchSizeSpin", 1, 4096)
-    layout.addRow("Device", row((form.deviceCombo, 2), "batch", (form.batchSizeSpin, 1)))
     form.verifyCombo = choices("verifyCombo", VERIFY_MODES, VERIFY_LABELS)
-    layout.addRow("Self-check", form.verifyCombo)
+    form.advanced_rows = []
+    for label, field in (
+        ("Inputs", form.inputsCombo),
+        ("Damping", row((form.dampingSpin, 1), "ALS iters", (form.alsItersSpin, 1))),
+        ("Device", row((form.deviceCombo, 2), "batch", (form.batchSizeSpin, 1))),
+        ("Self-check", form.verifyCombo),
+    ):
+        layout.addRow(label, field)
+        form.advanced_rows.append((layout, layout.rowCount() - 1))
     error_row(form, layout, ff.METHOD)
     error_row(form, layout, ff.DEVICE)
 

@@ -68,7 +68,7 @@ class RunForm(QWidget):
         contents.setObjectName("formContents")
         self.sections_layout = QVBoxLayout(contents)
         self.sections_layout.setContentsMargins(8, 4, 8, 8)
-        self.sections_layout.setSpacing(6)
+        self.sections_layout.setSpacing(2)
         scroll.setWidget(contents)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
@@ -79,6 +79,10 @@ class RunForm(QWidget):
         self.targets_editor = TargetsEditor(self.targetsList, self.allLinearCheck, self._on_edit)
         for f in ff.FIELDS:
             self._watch(self.widget(f))
+        self.methodAdvancedButton.toggled.connect(self.show_advanced)
+        self.show_advanced(False)
+        # never clipped: the dock holding the form cannot be made narrower than its widest row
+        self.setMinimumWidth(contents.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 2)
         self.bitsCombo.currentIndexChanged.connect(self._sync_enabled)
         self.methodCombo.currentIndexChanged.connect(self._sync_enabled)
         self.set_config(self._base)
@@ -108,7 +112,27 @@ class RunForm(QWidget):
                 self._write(f, ff.get_value(config, f.path))
         finally:
             self._updating = False
+        if self._advanced_differs(config):  # a run file's own settings are never hidden
+            self.show_advanced(True)
         self._on_edit()
+
+    ADVANCED = ("inputsCombo", "dampingSpin", "alsItersSpin", "deviceCombo", "batchSizeSpin", "verifyCombo")
+
+    def _advanced_differs(self, config: Any) -> bool:
+        from quailora_core.config import RunConfig
+
+        default = RunConfig()
+        return any(ff.get_value(config, f.path) != ff.get_value(default, f.path)
+                   for f in ff.FIELDS if f.name in self.ADVANCED)  # fmt: skip
+
+    def show_advanced(self, on: bool) -> None:
+        """Unfold (or fold) the method's less used settings under its "More" button."""
+        for layout, index in self.advanced_rows:
+            layout.setRowVisible(index, on)
+        button = self.methodAdvancedButton
+        if button.isChecked() != on:
+            button.setChecked(on)
+        button.setArrowType(Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow)
 
     def to_config(self) -> Any:
         """The RunConfig the widgets describe (settings not shown come from the last config set)."""
@@ -203,6 +227,8 @@ class RunForm(QWidget):
         label = self.error_labels.get(key)
         if label is None:
             return
+        if key in (ff.METHOD, ff.DEVICE):
+            self.show_advanced(True)
         widgets = [self.widget(f) for f in ff.FIELDS if f.error == key]
         target = next((w for w in widgets if w.isEnabled()), None)
         self.scroll.ensureWidgetVisible(target or label, 20, 40)

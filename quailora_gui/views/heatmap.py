@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF
-from PySide6.QtGui import QCursor, QFont
+from PySide6.QtGui import QCursor, QFont, QFontMetrics
 from PySide6.QtWidgets import QToolTip, QVBoxLayout, QWidget
 
 from ..controllers.formatting import fmt_pct
 from ..controllers.labels import TOOLTIPS
-from ..controllers.results import RunResults, layer_tooltip
+from ..controllers.results import RunResults, layer_tooltip, short_module_names
 from .charts import _layout_widget, _style_plot
 
 
@@ -37,6 +37,7 @@ class HeatMapView(QWidget):
         self.last_tooltip = ""
         self._labels: dict[tuple[int, int], pg.TextItem] = {}
         self._shape: Any = (0, 0)
+        self.module_ticks: list[tuple[float, str]] = []  # the column labels drawn (x, short name)
         self._font = QFont()
         self._font.setPointSize(8)
 
@@ -95,7 +96,7 @@ class HeatMapView(QWidget):
         if shape != self._shape:  # axes and range only change when the grid grows
             self._shape = shape
             self.image.setRect(0, 0, len(self.modules), len(self.blocks))
-            self.plot.getAxis("bottom").setTicks([[(j + 0.5, m) for j, m in enumerate(self.modules)], []])
+            self._set_module_ticks()
             step = max(1, math.ceil(len(self.blocks) / 24))
             self.plot.getAxis("left").setTicks(
                 [[(i + 0.5, str(b)) for i, b in enumerate(self.blocks) if i % step == 0], []]
@@ -121,6 +122,21 @@ class HeatMapView(QWidget):
                 label.value = v
                 label.setColor("#111827" if v > 0.6 else "#f8fafc")
                 label.setText(fmt_pct(float(v), 0))
+
+    def _set_module_ticks(self) -> None:
+        """Column labels that fit: short module names, and only every k-th when even those
+        would overlap at the chart's width (hover a cell for its full name)."""
+        names = short_module_names(self.modules)
+        width = self.plot.vb.width() or self.width()
+        widest = max((QFontMetrics(self.font()).horizontalAdvance(n) for n in names), default=0) + 12
+        step = max(1, math.ceil(widest * len(names) / width)) if width > 0 else 1
+        self.module_ticks = [(j + 0.5, n) for j, n in enumerate(names) if j % step == 0]
+        self.plot.getAxis("bottom").setTicks([self.module_ticks, []])
+
+    def resizeEvent(self, event: Any) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        if self.modules:
+            self._set_module_ticks()
 
     def value(self, block: int, module: str) -> float | None:
         """The improvement drawn in the cell of (block, module), None if empty."""

@@ -25,7 +25,6 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMessageBox,
     QPushButton,
-    QSplitter,
     QVBoxLayout,
     QWidget,
 )
@@ -145,7 +144,6 @@ class MainWindow(QMainWindow):
         self.runStatusLabel.linkActivated.connect(self.form.show_field)
         left = QWidget()
         left.setObjectName("leftPanel")
-        left.setMinimumWidth(340)
         lay = QVBoxLayout(left)
         lay.setContentsMargins(0, 0, 0, 6)
         lay.setSpacing(4)
@@ -166,14 +164,17 @@ class MainWindow(QMainWindow):
         self.exportChartsButton.clicked.connect(lambda: self.export_charts())
         self.exportCsvButton.clicked.connect(lambda: self.export_csv())
 
-        self.splitter = QSplitter(Qt.Orientation.Horizontal)
-        self.splitter.setObjectName("mainSplitter")
-        self.splitter.addWidget(left)
-        self.splitter.addWidget(self.results_area)
-        self.splitter.setStretchFactor(0, 0)
-        self.splitter.setStretchFactor(1, 1)
-        self.splitter.setSizes([470, 1010])
-        self.setCentralWidget(self.splitter)
+        # The form is a dock on the left that runs the window's full height (the bottom-left corner
+        # belongs to the left area), so the progress and log dock sits under the charts only and
+        # the form fits without scrolling on a 1000-pixel-high screen.
+        self.formDock = QDockWidget("Run settings", self)
+        self.formDock.setObjectName("formDock")
+        self.formDock.setWidget(left)
+        self.formDock.setTitleBarWidget(QWidget())  # no title bar: it is part of the window
+        self.formDock.setFeatures(QDockWidget.DockWidgetFeature.NoDockWidgetFeatures)
+        self.setCorner(Qt.Corner.BottomLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.formDock)
+        self.setCentralWidget(self.results_area)
 
         self.progressPanel = ProgressPanel()
         self.progressBar = self.progressPanel.progressBar
@@ -188,6 +189,7 @@ class MainWindow(QMainWindow):
         )
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.progressDock)
         self.resizeDocks([self.progressDock], [190], Qt.Orientation.Vertical)
+        self.resizeDocks([self.formDock], [470], Qt.Orientation.Horizontal)
         self.statusBar().showMessage("Loading the engine (torch, transformers)…")
 
     def _apply_state(self, state: AppState) -> None:

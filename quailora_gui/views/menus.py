@@ -45,7 +45,9 @@ def build_menus(w: Any) -> None:
 
     view_menu = w.menuBar().addMenu("&View")
     w.logScaleAction = QAction("&Log scale", w)
+    w.logScaleAction.setObjectName("logScaleAction")
     w.logScaleAction.setCheckable(True)
+    w.logScaleAction.setChecked(w.logScaleCheck.isChecked())  # in step from the start, not from the first toggle
     w.logScaleAction.toggled.connect(w.logScaleCheck.setChecked)
     w.logScaleCheck.toggled.connect(w.logScaleAction.setChecked)
     view_menu.addAction(w.logScaleAction)

@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -33,7 +34,7 @@ from PySide6.QtWidgets import (
 from ..controllers.form_fields import FLOAT, TEXT, TRAIN_FIELDS
 from ..controllers.training import LineBuffer, TrainingState
 from .charts import AFTER, BEFORE, COMPARE, HELD_AFTER, _style_plot
-from .common import named, role_label, shrinkable
+from .common import named, role_label
 
 KILL_AFTER_MS = 30_000  # Stop: SIGTERM (the trainer checkpoints at the step end), then SIGKILL
 
@@ -127,7 +128,7 @@ class TrainingPanel(QWidget):
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QScrollArea.Shape.NoFrame)
         scroll.setWidget(left)
-        scroll.setMinimumWidth(300)
+        scroll.setMinimumWidth(260)  # a 1024-pixel window still leaves the charts room
         scroll.setMaximumWidth(380)
 
         self.charts = TrainingCharts()
@@ -135,8 +136,8 @@ class TrainingPanel(QWidget):
         self.lrChart = self.charts.lrChart
         self.perplexityChart = self.charts.perplexityChart
         self.trainStatsLabel = named(role_label("", "", "trainStatsLabel"), "trainStatsLabel")
-        self.trainStatsLabel.setWordWrap(False)
-        shrinkable(self.trainStatsLabel)
+        self.trainStatsLabel.setWordWrap(True)  # a narrow window wraps it; it never loses "Time left"
+        self.trainStatsLabel.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         right = QWidget()
         rv = QVBoxLayout(right)
         rv.setContentsMargins(0, 0, 0, 0)
@@ -222,8 +223,13 @@ class TrainingCharts(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("trainingCharts")
-        self.lossChart, loss = self._plot("lossChart", "Loss", "loss")
-        loss.addLegend(offset=(-10, 10), labelTextColor="#334155")
+        # the legend is the title line (as on the layer-error chart): inside the plot it covered
+        # the curves, which start at its top corner and fall
+        legend = "&nbsp;&nbsp;&nbsp;".join(
+            f"<span style='color:{color.name()}'>{glyph}</span> {text}"
+            for color, glyph, text in ((BEFORE, "━", "training"), (AFTER, "━━", "smoothed"), (COMPARE, "●", "validation"))
+        )
+        self.lossChart, loss = self._plot("lossChart", "Loss", "loss", legend)
         self.lossCurve = loss.plot([], [], pen=pg.mkPen(BEFORE, width=1), name="training")
         self.smoothCurve = loss.plot([], [], pen=pg.mkPen(AFTER, width=2), name="training (smoothed)")
         self.evalPoints = loss.plot(
@@ -248,11 +254,12 @@ class TrainingCharts(QWidget):
         grid.setRowStretch(1, 2)
 
     @staticmethod
-    def _plot(name: str, title: str, ylabel: str) -> tuple[pg.PlotWidget, pg.PlotItem]:
+    def _plot(name: str, title: str, ylabel: str, legend: str = "") -> tuple[pg.PlotWidget, pg.PlotItem]:
         widget = named(pg.PlotWidget(background="w"), name)
         plot = widget.getPlotItem()
         _style_plot(plot)
-        plot.setTitle(f"<span style='color:#1e3a8a; font-weight:bold'>{title}</span>", size="10pt")
+        key = f"&nbsp;&nbsp;&nbsp;&nbsp;<span style='color:#334155; font-size:9pt'>{legend}</span>" if legend else ""
+        plot.setTitle(f"<span style='color:#1e3a8a; font-weight:bold'>{title}</span>{key}", size="10pt")
         plot.setLabel("bottom", "step")
         plot.setLabel("left", ylabel)
         return widget, plot

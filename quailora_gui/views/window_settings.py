@@ -1,5 +1,5 @@
 """What the window remembers between sessions (QSettings): recent models and calibration
-sources, the last folder, the last run's settings, the window's geometry and chart scale."""
+sources, the last folder, the last run's settings, the window's geometry (its docks: the form's width, the log's height) and chart scale."""
 
 from __future__ import annotations
 
@@ -72,7 +72,6 @@ class WindowSettings:
         for key, restore in (
             ("window/geometry", window.restoreGeometry),
             ("window/state", window.restoreState),
-            ("window/splitter", window.splitter.restoreState),
         ):
             value = self.store.value(key)
             if isinstance(value, QByteArray) and not value.isEmpty():
@@ -84,7 +83,6 @@ class WindowSettings:
         s = self.store
         s.setValue("window/geometry", window.saveGeometry())
         s.setValue("window/state", window.saveState())
-        s.setValue("window/splitter", window.splitter.saveState())
         s.setValue("charts/log_scale", window.logScaleCheck.isChecked())
         self.save_last_config(config)
         s.setValue("recent/models", self.recent_models.items)

@@ -132,6 +132,10 @@ def test_settings_remember_last_choices_window_geometry_and_recent_models(
 ):
     first = make_window()
     first.show()
+    # View > Log scale shows the charts' scale from the start (the toolbar box is checked by default)
+    assert first.logScaleCheck.isChecked() and first.logScaleAction.isChecked()
+    first.logScaleAction.trigger()
+    assert not first.logScaleCheck.isChecked() and not first.layerErrorChart.log_scale
     first.form.choose_model(str(tiny_model_dir))
     first.form.choose_calibration(str(text_file))
     first.form.rankSpin.setValue(24)
@@ -145,7 +149,7 @@ def test_settings_remember_last_choices_window_geometry_and_recent_models(
     assert second.form.modelPathEdit.text() == str(tiny_model_dir)
     assert second.form.calibrationPathEdit.text() == str(text_file)
     assert second.form.rankSpin.value() == 24
-    assert second.logScaleCheck.isChecked()
+    assert second.logScaleCheck.isChecked() and second.logScaleAction.isChecked()
     assert (second.width(), second.height()) == (1234, 777)
     assert second.recent_models.items == [str(tiny_model_dir)]
     second.form._fill_model_menu()
