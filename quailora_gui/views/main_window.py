@@ -10,7 +10,6 @@ process (`training_control.TrainingControl`). The centre is `results_view.Result
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +68,9 @@ TRAINING = ("lossChart", "lrChart", "launchTrainingButton", "exportRunButton", "
 
 
 def default_output_root() -> str:
-    return os.environ.get("QUAILORA_GUI_OUTPUT_ROOT") or str(Path.home() / "QuAILoRA")
+    from quailora_core.files import output_root  # the one rule, shared with the job queue
+
+    return str(output_root())
 
 
 class MainWindow(QMainWindow):
