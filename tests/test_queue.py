@@ -15,7 +15,7 @@ from helpers import make_config
 
 from quailora_core.cli import main
 from quailora_core.errors import InputError
-from quailora_core.events import CancelToken, JobUpdate, LayerResult
+from quailora_core.events import CancelToken, JobUpdate, LayerResult, TrainStep
 from quailora_core.jobs import JobQueue, init_job, run_queue, sweep_jobs, train_job
 from quailora_core.jobs.job import Job
 
@@ -195,20 +195,30 @@ def test_a_paused_queue_finishes_the_running_job_then_stops(queue, demo_model, t
     assert [j.state for j in queue.jobs()] == ["done", "queued"]
 
 
-def test_a_training_job_runs_as_the_apps_child_command(queue, demo_model, demo_adapter, tmp_path):
+def test_a_training_job_runs_as_the_apps_child_command_and_a_cancel_stops_it(queue, demo_model, demo_adapter, tmp_path):
+    """One child (it costs a process start): the cancel path, the one that needs the runner's
+    signal to reach the trainer; a job that ends by itself is the init jobs' path."""
     text = tmp_path / "train.txt"
     text.write_text("The quick brown fox jumps over the lazy dog, and the dog sleeps in the sun. " * 40)
     cfg = make_config(demo_model, demo_adapter)
     t = cfg.train
-    t.data, t.output, t.seq_len, t.batch_size = str(text), str(tmp_path / "trained"), 32, 2
-    t.max_steps, t.eval_interval, t.save_interval, t.validation_fraction = 2, 2, 2, 0.25
-    j = queue.add([train_job(cfg)])[0]
+    t.data, t.seq_len, t.batch_size, t.validation_fraction = str(text), 32, 2, 0.25
+    t.output, t.max_steps, t.eval_interval, t.save_interval = str(tmp_path / "long"), 500, 500, 500
+    long = train_job(cfg, "long")
+    queue.add([long])
     events = []
-    run = run_queue(queue.path, events.append)
-    assert run.done == [j.id], queue.find(j.id).message
-    kinds = [type(e).__name__ for e in events]
-    assert "TrainStep" in kinds and kinds[-1] == "JobUpdate"
-    assert (tmp_path / "trained" / "adapter" / "adapter_config.json").is_file()
+
+    def on_event(event):
+        events.append(event)
+        if isinstance(event, TrainStep) and event.total_steps == 500 and event.step == 1:
+            JobQueue(queue.path).cancel(long.id)  # the app's Cancel job, while the child trains
+
+    run = run_queue(queue.path, on_event)
+    assert run.cancelled == [long.id], [j.message for j in queue.jobs()]
+    assert [type(e).__name__ for e in events][0] == "JobUpdate" and "Stage" in [type(e).__name__ for e in events]
+    steps = [e.step for e in events if isinstance(e, TrainStep) and e.total_steps == 500]
+    assert steps and steps[-1] < 500 and "checkpoint" in queue.find(long.id).message
+    assert [p.name for p in (tmp_path / "long").iterdir() if p.name.startswith("checkpoint-")]  # kept for --resume
 
 
 # ---------------------------------------------------------------------------- the command line

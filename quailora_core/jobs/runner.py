@@ -6,9 +6,14 @@ in-process through the engine (`run_init`, with a CancelToken); a training job r
 same child process the app launches (`python -m quailora_core.train run.toml --json`), its
 JSON event lines forwarded as events. While a job runs, a watcher thread polls the queue
 file: a `cancel` there (the job's state `cancelling`) or the runner's own token stops the
-job: the engine at its next check, the training child by SIGTERM (it checkpoints at the end
-of the step; SIGKILL after KILL_AFTER_S). The child stays in the runner's process group, so
-whoever stops the runner's group (the app's Stop, a terminal's Ctrl-C) reaches it too.
+job: the engine at its next check, the training child by one SIGTERM to its process group
+(it checkpoints at the end of the step; SIGKILL after KILL_AFTER_S).
+
+The training child has its own session, as the app's Training tab gives it, so a Ctrl-C in
+the runner's terminal or the app's Stop of the runner's group reaches it once, through the
+runner: a second signal would make the trainer stop at once, without its checkpoint. On
+Linux it also gets SIGTERM when the runner dies (PR_SET_PDEATHSIG), so a killed runner
+leaves no training running unseen.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from quailora_core.errors import Cancelled, QuailoraError
 from quailora_core.events import (
@@ -127,30 +133,38 @@ def _run_train(queue: JobQueue, job: Job, on_event: EventCallback, cancel: Cance
     run_file.parent.mkdir(parents=True, exist_ok=True)
     RunConfig.from_dict(job.config).save(run_file)
     command = [sys.executable, "-m", "quailora_core.train", str(run_file), "--json"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
-    stopped = threading.Event()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
+                            **_child_session())  # fmt: skip
+    stopped, once = threading.Event(), threading.Lock()
 
-    def stop() -> None:
+    def stop() -> None:  # one SIGTERM, whoever asks first (the watcher, the event loop below)
+        if not once.acquire(blocking=False):
+            return
         stopped.set()
-        with contextlib.suppress(OSError):
-            proc.send_signal(signal.SIGTERM)
+        _signal(proc, signal.SIGTERM)
         try:
             proc.wait(KILL_AFTER_S)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            _signal(proc, getattr(signal, "SIGKILL", signal.SIGTERM))
 
     failed: Failed | None = None
-    with _watch(queue, job.id, cancel, stop):
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            try:
-                event = event_from_json(line)
-            except ValueError:
-                event = Log("info", line.rstrip())
-            if isinstance(event, Failed):
-                failed = event
-            on_event(event)
-        code = proc.wait()
+    try:
+        with _watch(queue, job.id, cancel, stop):
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                try:
+                    event = event_from_json(line)
+                except ValueError:
+                    event = Log("info", line.rstrip())
+                if isinstance(event, Failed):
+                    failed = event
+                on_event(event)
+                if not stopped.is_set() and (cancel.cancelled or _cancelling(queue, job.id)):
+                    threading.Thread(target=stop, daemon=True).start()  # as for init: checked after each event
+            code = proc.wait()
+    finally:
+        if proc.poll() is None:  # the runner itself is interrupted: the child stops too
+            _signal(proc, signal.SIGTERM)
     if code == 0:
         return DONE, f"Trained adapter written to {Path(job.output) / 'adapter'}."
     if stopped.is_set():
@@ -158,6 +172,29 @@ def _run_train(queue: JobQueue, job: Job, on_event: EventCallback, cancel: Cance
     if failed is not None:
         return FAILED, f"{failed.message} {failed.hint}".strip()
     return FAILED, f"The training process ended with exit code {code}."
+
+
+def _child_session() -> dict[str, Any]:
+    """Popen arguments: a new session (POSIX), and on Linux a SIGTERM when the runner dies."""
+    if os.name != "posix":
+        return {}
+    kwargs: dict[str, Any] = {"start_new_session": True}
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            import ctypes
+
+            prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+            kwargs["preexec_fn"] = lambda: prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    return kwargs
+
+
+def _signal(proc: subprocess.Popen, sig: int) -> None:
+    """`sig` to the child's process group (the child leads it), else to the child."""
+    with contextlib.suppress(OSError):
+        if os.name == "posix":
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
 
 
 @contextlib.contextmanager
