@@ -53,7 +53,7 @@ def add_queue(sub: argparse._SubParsersAction) -> None:
 
     r = commands.add_parser("run", parents=[common], help="run the queued jobs one after another (Ctrl-C stops)",
                             description="Take the queued jobs in order until none is left or the queue is paused. "
-                            "Ctrl-C (or SIGTERM) cancels the running job cleanly and stops.")  # fmt: skip
+                            "Ctrl-C (or SIGTERM) cancels the running job cleanly and stops. Exit code 1 when a job failed.")  # fmt: skip
     r.add_argument("--once", action="store_true", help="run only the next job")
     r.add_argument("--json", action="store_true", help="stream events (JobUpdate and each job's own) as JSON lines")
     r.set_defaults(func=cmd_run)
@@ -149,9 +149,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     def work(on_event, cancel):
+        from dataclasses import asdict
+
+        from quailora_core.events import Finished
         from quailora_core.jobs.runner import run_queue
 
-        return run_queue(args.queue_path, on_event, cancel, once=args.once)
+        run = run_queue(args.queue_path, on_event, cancel, once=args.once)
+        on_event(Finished(str(_queue(args).path), asdict(run)))  # for a reader of --json: what this run did
+        return run
 
     code, run = run_reporting(args, work, None if args.json else _RunProgress())
     if code == 0 and not args.json:
