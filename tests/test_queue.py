@@ -124,7 +124,14 @@ def test_a_job_whose_runner_died_reads_as_interrupted_and_can_be_retried(queue, 
     stale = queue.find(queue.jobs()[0].id)
     assert stale.state == "failed" and "Interrupted" in stale.message and queue.read().runner is None
     assert JobQueue(queue.path).retry(stale.id).state == "queued"  # and the next runner takes it again
-    queue.attach_runner(12)  # the dead runner no longer holds the queue
+    queue.attach_runner(os.getpid())  # the dead runner no longer holds the queue
+    queue.detach_runner(os.getpid())
+    # after a restart a pid is reused: a live process with the recorded pid but another start is not the runner
+    assert queue.claim_next(os.getpid()).state == "running" and queue.jobs()[0].state == "running"
+    with queue.edit() as state:
+        state.jobs[0].pid_started = "1" if sys.platform.startswith("linux") else state.jobs[0].pid_started
+    if sys.platform.startswith("linux"):
+        assert queue.jobs()[0].state == "failed"
     live = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:
         with queue.edit() as state:

@@ -43,6 +43,7 @@ class Job:
     output: str = ""  # the adapter folder (init) or the training output folder (train)
     message: str = ""  # how it ended: the result, the error's one line, "cancelled"
     pid: int | None = None  # the runner's process while the job is running
+    pid_started: str = ""  # when that process started (`queue_file.process_start`): a reused pid is not it
 
     @property
     def finished(self) -> bool:
@@ -66,11 +67,12 @@ class QueueState:
     jobs: list[Job] = field(default_factory=list)
     paused: bool = False
     runner: int | None = None
+    runner_started: str = ""
     version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "paused": self.paused, "runner": self.runner,
-                "jobs": [j.to_dict() for j in self.jobs]}  # fmt: skip
+                "runner_started": self.runner_started, "jobs": [j.to_dict() for j in self.jobs]}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QueueState:
@@ -78,6 +80,7 @@ class QueueState:
             jobs=[Job.from_dict(j) for j in data.get("jobs", [])],
             paused=bool(data.get("paused", False)),
             runner=data.get("runner"),
+            runner_started=str(data.get("runner_started", "")),
             version=int(data.get("version", FORMAT_VERSION)),
         )
 

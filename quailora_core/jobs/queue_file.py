@@ -44,8 +44,17 @@ def default_queue_path() -> Path:
     return output_root() / QUEUE_FILE
 
 
-def pid_alive(pid: int | None) -> bool:
-    """Whether a process with this id exists (a zombie counts as gone where /proc says so)."""
+def process_start(pid: int) -> str:
+    """When process `pid` started, as Linux counts it (clock ticks since boot; "" elsewhere or
+    when it is gone). With the pid it names one process: after a restart a pid is reused."""
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+    return ""
+
+
+def pid_alive(pid: int | None, started: str = "") -> bool:
+    """Whether process `pid` exists (a zombie counts as gone where /proc says so) and, when
+    `started` is known, is the one that started then."""
     if not pid:
         return False
     if os.name != "posix":
@@ -55,10 +64,12 @@ def pid_alive(pid: int | None) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process: it exists
-        return True
+        pass
     with contextlib.suppress(OSError):
         status = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        return bool(status) and status[0] != "Z"
+        if not status or status[0] == "Z":
+            return False
+        return not started or status[19] == started
     return True
 
 
@@ -79,12 +90,12 @@ def reap(state: QueueState) -> bool:
     returns whether anything changed."""
     changed = False
     for job in state.jobs:
-        if job.state in ACTIVE and not pid_alive(job.pid):
-            job.state, job.ended, job.pid = FAILED, time.time(), None
+        if job.state in ACTIVE and not pid_alive(job.pid, job.pid_started):
+            job.state, job.ended, job.pid, job.pid_started = FAILED, time.time(), None, ""
             job.message = "Interrupted: its runner stopped before the job ended. Retry queues it again."
             changed = True
-    if state.runner is not None and not pid_alive(state.runner):
-        state.runner, changed = None, True
+    if state.runner is not None and not pid_alive(state.runner, state.runner_started):
+        state.runner, state.runner_started, changed = None, "", True
     return changed
 
 
@@ -224,7 +235,7 @@ class JobQueue:
                 raise InputError(f"Job {job.id} is {job.state}.", "Only failed or cancelled jobs can be retried.")
             if job.output in state.claimed_outputs():
                 raise InputError(f"A queued job already writes {job.output!r}.", "Remove that job first.")
-            job.state, job.started, job.ended, job.message, job.pid = QUEUED, None, None, "", None
+            job.state, job.started, job.ended, job.message, job.pid, job.pid_started = QUEUED, None, None, "", None, ""
             state.jobs.remove(job)
             state.jobs.append(job)
         return job
@@ -241,12 +252,12 @@ class JobQueue:
             if state.runner not in (None, pid):
                 raise InputError(f"The queue is already running (process {state.runner}).",
                                  "Wait for it, or stop it (Ctrl-C in its terminal, Pause in the app).")  # fmt: skip
-            state.runner = pid
+            state.runner, state.runner_started = pid, process_start(pid)
 
     def detach_runner(self, pid: int) -> None:
         with self.edit() as state:
             if state.runner == pid:
-                state.runner = None
+                state.runner, state.runner_started = None, ""
 
     def claim_next(self, pid: int) -> Job | None:
         """The first queued job, now running under `pid`; None when none is queued or paused."""
@@ -255,7 +266,8 @@ class JobQueue:
                 return None
             job = next((j for j in state.jobs if j.state == QUEUED), None)
             if job is not None:
-                job.state, job.started, job.pid, job.message = RUNNING, time.time(), pid, ""
+                job.state, job.started, job.message = RUNNING, time.time(), ""
+                job.pid, job.pid_started = pid, process_start(pid)
             return job
 
     def finish(self, job_id: str, state_name: str, message: str) -> Job | None:
@@ -264,7 +276,7 @@ class JobQueue:
         with self.edit() as state:
             job = state.job(job_id)
             if job is not None:  # removed meanwhile: nothing to record
-                job.state, job.ended, job.message, job.pid = state_name, time.time(), message, None
+                job.state, job.ended, job.message, job.pid, job.pid_started = state_name, time.time(), message, None, ""
             return job
 
 
