@@ -3,6 +3,9 @@ child process (`quailora queue run`), and the buttons reorder, cancel, remove an
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from gui_helpers import configure
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication, QCheckBox, QDialog, QPushButton
@@ -99,3 +102,19 @@ def test_buttons_reorder_cancel_remove_pause_and_add_a_sweep(qtbot, window, tiny
     assert names()[2:] == ["sweep-r4-quailora-4bit", "sweep-r4-loftq-4bit", "sweep-r8-quailora-4bit",
                            "sweep-r8-loftq-4bit"]  # fmt: skip
     assert states(window)[2:] == ["queued"] * 4
+
+
+def test_a_runner_started_in_a_terminal_is_shown_and_start_waits_for_it(qtbot, window, tiny_model_dir, text_file,
+                                                                        tmp_path):  # fmt: skip
+    configure(window, tiny_model_dir, text_file, tmp_path / "a", rank=4)
+    click(qtbot, window, "addToQueueButton")
+    start = window.findChild(QPushButton, "queueStartButton")
+    assert start.isEnabled()
+    terminal = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        JobQueue(default_queue_path()).attach_runner(terminal.pid)  # `quailora queue run` in a terminal
+        qtbot.waitUntil(lambda: not start.isEnabled(), timeout=10_000)
+        assert f"run by process {terminal.pid}" in window.queuePanel.queueStatusLabel.text()
+    finally:
+        terminal.communicate(b"")
+    qtbot.waitUntil(start.isEnabled, timeout=10_000)  # it is gone: the app may run the queue again
