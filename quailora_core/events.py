@@ -87,10 +87,23 @@ class Failed:
     details: str = ""
 
 
-Event = Stage | LayerResult | TrainStep | EvalResult | Progress | Log | Finished | Failed
+@dataclass(frozen=True)
+class JobUpdate:
+    """A queued job changed state (`quailora_core.jobs`): running, done, failed, cancelled.
+    The events of the job's own run stream between its running and its final update."""
+
+    job_id: str
+    label: str
+    state: str
+    message: str = ""
+    output: str = ""
+
+
+Event = Stage | LayerResult | TrainStep | EvalResult | Progress | Log | Finished | Failed | JobUpdate
 EventCallback = Callable[[Event], None]
 EVENT_TYPES: dict[str, type] = {
-    cls.__name__: cls for cls in (Stage, LayerResult, TrainStep, EvalResult, Progress, Log, Finished, Failed)
+    cls.__name__: cls
+    for cls in (Stage, LayerResult, TrainStep, EvalResult, Progress, Log, Finished, Failed, JobUpdate)
 }
 
 

@@ -12,7 +12,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from quailora_core.errors import InputError
@@ -25,6 +25,42 @@ def cache_root() -> Path:
     if env:
         return Path(env).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "quailora"
+
+
+def output_root() -> Path:
+    """Where the app and the job queue put new outputs: `$QUAILORA_GUI_OUTPUT_ROOT`, else
+    ~/QuAILoRA. One rule, so an adapter folder the app suggests and the queue file
+    (`<root>/queue.json`) a terminal appends to are found in the same place."""
+    return Path(os.environ.get("QUAILORA_GUI_OUTPUT_ROOT") or Path.home() / "QuAILoRA").expanduser()
+
+
+def is_free_output(path: str) -> bool:
+    """Whether a run may write to `path` without --overwrite (missing, or an empty folder)."""
+    try:
+        check_output_dir(path, overwrite=False)
+    except InputError:
+        return False
+    return True
+
+
+def next_free_output(path: str, taken: Collection[str] = ()) -> str:
+    """`path` if it is free (missing or an empty folder) and not in `taken` (folders that
+    queued runs will write), else path-2, path-3, ... (adapter-3 -> adapter-4, not adapter-3-2)."""
+
+    def free(p: str) -> bool:
+        return is_free_output(p) and p not in taken
+
+    if not path or free(path):
+        return path
+    stem = path.rstrip("/\\")
+    head, sep, tail = stem.rpartition("-")
+    start = 2
+    if sep and tail.isdigit() and head:
+        stem, start = head, int(tail) + 1
+    n = start
+    while not free(f"{stem}-{n}"):
+        n += 1
+    return f"{stem}-{n}"
 
 
 def check_output_dir(output: str, overwrite: bool) -> None:

@@ -1,4 +1,4 @@
-"""`quailora` command line: `init`, `train`, `eval`, `export-run`, `merge`, `export-gguf`.
+"""`quailora` command line: `init`, `train`, `eval`, `export-run`, `merge`, `export-gguf`, `queue`.
 
 Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 1 failure.
 Every command runs through one error and signal path (`reporting.run_reporting`): on a

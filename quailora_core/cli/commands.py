@@ -1,4 +1,4 @@
-"""The commands (init, train, eval, export-run, merge, export-gguf): their parsers and what each
+"""The commands (init, train, eval, export-run, merge, export-gguf, queue): their parsers and what each
 runs (through `reporting.run_reporting`)."""
 
 from __future__ import annotations
@@ -7,8 +7,9 @@ import argparse
 import sys
 from typing import Any
 
-from quailora_core.cli.flags import INIT_FLAGS, TRAIN_FLAGS, build_config, build_train_config
+from quailora_core.cli.flags import TRAIN_FLAGS, add_init_flags, build_config, build_train_config
 from quailora_core.cli.progress import TerminalProgress, TrainProgress
+from quailora_core.cli.queue import add_queue
 from quailora_core.cli.reporting import run_reporting
 from quailora_core.config import field_help
 
@@ -20,18 +21,7 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
         description="Initialize LoRA adapters so that the quantized model plus LoRA reproduces the "
         "full-precision model on calibration text (QuAILoRA).",
     )
-    p.add_argument("--config", help="run file (TOML) to start from; flags given here override it")
-    for flag, (_, _, typ, text) in INIT_FLAGS.items():
-        p.add_argument(flag, type=typ, default=None, help=text)
-    p.add_argument("--targets", default=None, help=field_help("lora.targets").flag_help(", comma-separated"))
-    p.add_argument("--double-quant", dest="double_quant", action="store_true", default=None, help=field_help("quantization.double_quant").flag_help())
-    p.add_argument("--no-double-quant", dest="double_quant", action="store_false", help="double quantization off")
-    p.add_argument("--rslora", action="store_true", default=None, help=field_help("lora.rslora").flag_help())
-    p.add_argument(
-        "--offload-activations", action="store_true", default=None,
-        help=field_help("init.offload_activations").flag_help(),
-    )
-    p.add_argument("--overwrite", action="store_true", default=None, help=field_help("overwrite").flag_help())
+    add_init_flags(p)
     p.add_argument("--save-config", help="also write the resolved run file (TOML) here")
     p.add_argument("--json", action="store_true", help="stream events as JSON lines on stdout")
     p.set_defaults(func=cmd_init)
@@ -299,4 +289,5 @@ def make_parser() -> argparse.ArgumentParser:
     _add_export_run(sub)
     _add_merge(sub)
     _add_export_gguf(sub)
+    add_queue(sub)
     return parser

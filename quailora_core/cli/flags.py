@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from quailora_core.config import RunConfig, section_help
+from quailora_core.config import RunConfig, field_help, section_help
 from quailora_core.errors import InputError
 
 # flag -> (section, field, type, help); a None section is a top-level RunConfig field. The
@@ -32,6 +32,23 @@ INIT_FLAGS = _flags(("model", "calibration", "quantization", "lora", "init", Non
 
 
 TRAIN_FLAGS = {**_flags(("model",), only=("model.path",)), **_flags(("train",))}
+
+
+def add_init_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of a run to initialize (`quailora init`, `quailora queue add`): --config and
+    one flag per setting, each None unless given, so `build_config` applies only those."""
+    p.add_argument("--config", help="run file (TOML) to start from; flags given here override it")
+    for flag, (_, _, typ, text) in INIT_FLAGS.items():
+        p.add_argument(flag, type=typ, default=None, help=text)
+    p.add_argument("--targets", default=None, help=field_help("lora.targets").flag_help(", comma-separated"))
+    p.add_argument("--double-quant", dest="double_quant", action="store_true", default=None, help=field_help("quantization.double_quant").flag_help())
+    p.add_argument("--no-double-quant", dest="double_quant", action="store_false", help="double quantization off")
+    p.add_argument("--rslora", action="store_true", default=None, help=field_help("lora.rslora").flag_help())
+    p.add_argument(
+        "--offload-activations", action="store_true", default=None,
+        help=field_help("init.offload_activations").flag_help(),
+    )
+    p.add_argument("--overwrite", action="store_true", default=None, help=field_help("overwrite").flag_help())
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# the core's rules (the job queue's sweeps need them too), as the views import them
+from quailora_core.files import is_free_output as is_free_output
+from quailora_core.files import next_free_output as next_free_output
+
 MODEL_MARKERS = ("config.json",)
 
 
@@ -42,35 +46,6 @@ def model_path_for(path: str) -> str:
     """A dropped config.json stands for its folder."""
     p = Path(path)
     return str(p.parent) if p.is_file() and p.name == "config.json" else str(p)
-
-
-def is_free_output(path: str) -> bool:
-    """Whether a run may write to `path` without --overwrite (missing, or an empty folder)."""
-    from quailora_core.errors import InputError
-    from quailora_core.files import check_output_dir
-
-    try:
-        check_output_dir(path, overwrite=False)
-    except InputError:
-        return False
-    return True
-
-
-def next_free_output(path: str) -> str:
-    """`path` if it is free (missing or an empty folder), else path-2, path-3, ..."""
-    if not path or is_free_output(path):
-        return path
-    base = path.rstrip("/\\")
-    stem = base
-    # adapter-3 -> adapter-4, not adapter-3-2
-    head, sep, tail = base.rpartition("-")
-    start = 2
-    if sep and tail.isdigit() and head:
-        stem, start = head, int(tail) + 1
-    n = start
-    while not is_free_output(f"{stem}-{n}"):
-        n += 1
-    return f"{stem}-{n}"
 
 
 class RecentList:

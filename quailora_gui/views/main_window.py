@@ -5,13 +5,13 @@ The window is the shell that composes the parts and owns the one state machine
 the parts move it. Every background job goes through the one task runner (`runner.TaskRunner`):
 the initialization (`init_run.InitRun`), the engine warm-up and the form checks
 (`checking.FormChecks`), the exports (`export_actions.ExportActions`); training is a child
-process (`training_control.TrainingControl`). The centre is `results_view.ResultsArea`.
+process (`training_control.TrainingControl`), and so is the job queue's runner
+(`queue_view.QueueControl`, the Queue tab). The centre is `results_view.ResultsArea`.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from .form_view import RunForm
 from .init_run import InitRun
 from .menus import build_menus
 from .panels import ProgressPanel
+from .queue_view import QueueControl, QueuePanel
 from .results_view import ResultsArea
 from .runner import TaskRunner
 from .training_control import TrainingControl
@@ -70,7 +71,9 @@ TRAINING = ("lossChart", "lrChart", "launchTrainingButton", "exportRunButton", "
 
 
 def default_output_root() -> str:
-    return os.environ.get("QUAILORA_GUI_OUTPUT_ROOT") or str(Path.home() / "QuAILoRA")
+    from quailora_core.files import output_root  # the one rule, shared with the job queue
+
+    return str(output_root())
 
 
 class MainWindow(QMainWindow):
@@ -114,6 +117,7 @@ class MainWindow(QMainWindow):
         self.init_run = InitRun(self, engine)
         self.exports = ExportActions(self)
         self.training_control = TrainingControl(self, self.trainingPanel)
+        self.queue_control = QueueControl(self, self.queuePanel)
         self.state.subscribe(self._apply_state)
 
         self.form.changed.connect(self.checks.form_changed)
@@ -150,7 +154,10 @@ class MainWindow(QMainWindow):
         lay.addWidget(self.form, 1)
         bar = QHBoxLayout()
         bar.setContentsMargins(10, 0, 10, 0)
+        self.addToQueueButton = named(QPushButton("Add to queue"), "addToQueueButton",
+                                      "Queue this run: the Queue tab runs it after the ones before it")  # fmt: skip
         bar.addWidget(self.runStatusLabel, 1)
+        bar.addWidget(self.addToQueueButton)
         bar.addWidget(self.runButton)
         lay.addLayout(bar)
 
@@ -160,6 +167,8 @@ class MainWindow(QMainWindow):
             setattr(self, name, getattr(self.results_area, name))
         for name in TRAINING:
             setattr(self, name, getattr(self.trainingPanel, name))
+        self.queuePanel = QueuePanel()
+        self.results_area.tabs.addTab(self.queuePanel, "Queue")
         self.exportAdapterButton.clicked.connect(lambda: self.export_adapter())
         self.exportChartsButton.clicked.connect(lambda: self.export_charts())
         self.exportCsvButton.clicked.connect(lambda: self.export_csv())
@@ -416,6 +425,7 @@ class MainWindow(QMainWindow):
         self.save_settings()
         self.state.close()
         self.training_control.shutdown(wait_ms)
+        self.queue_control.shutdown(wait_ms)
         self.tasks.shutdown(wait_ms)
         for dialog in self._dialogs:
             dialog.close()
@@ -426,6 +436,8 @@ class MainWindow(QMainWindow):
              "Resume continues it) and close the window?"),
             (self.state.running, "Cancel the run?", "A run is in progress. Cancel it and close the window? "
              "Nothing of it will be written."),
+            (self.queue_control.running(), "Stop the queue?", "The queue is running. Stop it (its running job is "
+             "cancelled; the other jobs stay queued) and close the window?"),
         )  # fmt: skip
         for asked, title, text in questions:
             if asked and not self._shut_down:
