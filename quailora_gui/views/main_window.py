@@ -259,9 +259,10 @@ class MainWindow(QMainWindow):
 
     # ================================================================== configs
     def default_config(self) -> Any:
-        from quailora_core.config import RunConfig
+        from quailora_core.config import DEMO_MODEL, RunConfig
 
         config = RunConfig()
+        config.model.path = DEMO_MODEL  # the core has no default model; the app proposes the demo
         config.output = next_free_output(str(Path(default_output_root()) / "adapter"))
         return config
 
