@@ -106,6 +106,7 @@ class MainWindow(QMainWindow):
         self.settings = self.prefs.store
         self._dialogs: list[QWidget] = []
         self._shut_down = False
+        self._ask_on_close = True  # False when a signal closes the window: nobody may be there to answer
 
         self._build_ui()
         build_menus(self)
@@ -392,6 +393,14 @@ class MainWindow(QMainWindow):
         for dialog in self._dialogs:
             dialog.close()
 
+    def close_on_signal(self, name: str) -> None:
+        """SIGINT / SIGTERM (app.install_quit_signals): close as File > Quit does, without its
+        questions: a run is cancelled, a training child stopped (it saves a checkpoint) and
+        waited for before the app exits, never left running."""
+        self.log(f"{name} received: closing (a training run is stopped and waited for).")
+        self._ask_on_close = False
+        self.close()
+
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
         questions = (
             (self.state.training, "Stop the training?", "Training is in progress. Stop it (a checkpoint is saved; "
@@ -400,7 +409,7 @@ class MainWindow(QMainWindow):
              "Nothing of it will be written."),
         )  # fmt: skip
         for asked, title, text in questions:
-            if asked and not self._shut_down:
+            if asked and not self._shut_down and self._ask_on_close:
                 if QMessageBox.question(self, title, text) != QMessageBox.StandardButton.Yes:
                     event.ignore()
                     return
