@@ -107,6 +107,7 @@ def install_quit_signals(window: Any) -> Any:
         if received:
             name = signal.Signals(received[-1]).name
             received.clear()
+            print(f"{name} received: closing QuAILoRA Studio (a training run is stopped first) ...", file=sys.stderr)
             window.close_on_signal(name)
 
     notifier = QSocketNotifier(reader.fileno(), QSocketNotifier.Type.Read, window)
