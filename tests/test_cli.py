@@ -200,6 +200,9 @@ _LIGHT_REFUSALS = [
     (["eval", "--adapter", "{tmp}/no-adapter", "--data", "demo"], "does not exist"),
     (["export-run", "--adapter", "{tmp}/no-adapter", "--data", "demo", "--output", "{tmp}/run"], "does not exist"),
     (["merge", "--adapter", "{tmp}/no-adapter", "--output", "{tmp}/merged"], "does not exist"),
+    # a run file whose adapter is missing
+    (["train", "{tmp}/bad-run.toml"], "does not exist"),
+    (["export-run", "--config", "{tmp}/bad-run.toml", "--output", "{tmp}/run"], "does not exist"),
 ]
 
 
@@ -207,6 +210,7 @@ _LIGHT_REFUSALS = [
 def test_a_bad_path_or_setting_is_refused_before_torch_is_imported(tmp_path, argv, expect):
     # issue 14: a typo in a path took ~10 s to be refused, the time torch and transformers take to import
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    (tmp_path / "bad-run.toml").write_text('[model]\npath = "demo"\n[train]\nadapter = "no-adapter"\ndata = "demo"\n')
     if argv[0] == "init":
         argv += ["--output", str(tmp_path / "out")]
     probe = ("import sys\nfrom quailora_core.cli import main\ncode = main(sys.argv[1:])\n"
