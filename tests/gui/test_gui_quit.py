@@ -15,10 +15,12 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from quailora_core.train.layout import OUTPUT_DIR, RUN_RECORD
 from quailora_gui.app import READY_ENV, TRAIN_ENV
 
 START_TIMEOUT = 180  # seconds: the app imports Qt and the engine's light modules on a busy machine
@@ -93,6 +95,7 @@ def run_folder(demo_adapter, tmp_path) -> Path:
     t = config.train
     t.data, t.max_steps, t.seq_len, t.batch_size = "demo", 100_000, 32, 1
     t.eval_interval = t.save_interval = 100_000
+    t.validation_fraction = 0.0  # no validation pass before the first step
     return export_run(config, tmp_path / "run")
 
 
@@ -103,10 +106,18 @@ def test_sigterm_stops_the_training_child_and_waits_for_it(tmp_path, run_folder)
         pid = int(app.wait_for("training ").split()[1])
         assert pid > 0 and os.getpgid(pid) == pid  # its own process group: a dying app would orphan it
         app.wait_for("ready")
+        # the trainer writes its run record just before its first step: it is training now
+        started = run_folder / OUTPUT_DIR / RUN_RECORD
+        deadline = time.monotonic() + START_TIMEOUT
+        while not started.is_file():
+            assert time.monotonic() < deadline and app.proc.poll() is None and not gone(pid), "\n".join(app.seen)
+            time.sleep(0.2)
         app.proc.send_signal(signal.SIGTERM)
         assert app.exit_code() == 0
         # the app waited for its child: nothing of the training is left running
         assert gone(pid), f"training process {pid} outlived the app"
+        # stopped, not killed: it saved a checkpoint that Resume (or `quailora train --resume`) continues
+        assert list((run_folder / OUTPUT_DIR).glob("checkpoint-*/trainer_state.json")), "\n".join(app.seen)
     finally:
         if app.proc.poll() is None:
             app.proc.kill()
