@@ -1,6 +1,8 @@
-"""Resolve a model reference and describe the model from its config alone.
+"""Describe a model from its config alone.
 
-A model is a local folder, a hub id (for real users; tests never use one), or `demo`.
+A model is a local folder, a hub id (for real users; tests never use one), or `demo`;
+`resolve_model_path` (in `sources.references`, which imports no torch, and named here too)
+says which folder or id a reference means.
 Everything here is cheap: no weights are read. The summary builds the model on the
 `meta` device (accelerate's `init_empty_weights`), which costs milliseconds and gives
 the exact module tree, so the GUI can list linear modules and the engine can check
