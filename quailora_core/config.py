@@ -32,6 +32,7 @@ except ModuleNotFoundError:  # pragma: no cover - 3.10 only
 from quailora_core.errors import InputError, about
 from quailora_core.files import atomic_write_text, check_output_dir
 from quailora_core.sources import references as hub
+from quailora_core.sources.references import DEMO_CALIBRATION, DEMO_MODEL
 
 METHODS = ("quailora", "exact", "loftq", "qlora")
 CALIBRATED_METHODS = ("quailora", "exact")  # the methods that read calibration inputs
@@ -41,8 +42,9 @@ INPUT_SOURCES = ("fp", "propagated", "asymmetric")
 QUANT_TYPES = ("nf4", "fp4")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TRAIN_FORMATS = ("auto", "text", "prompt_response")
-DEMO_MODEL = "demo"
-DEMO_CALIBRATION = "demo"
+# DEMO_MODEL / DEMO_CALIBRATION ("demo") are the references' names (demo/shipped.py and
+# sources/references.py), imported above and offered here too, where the settings that take
+# them are declared.
 
 
 @dataclass(frozen=True)
@@ -77,9 +79,13 @@ def option(default: Any = dataclasses.MISSING, *, help: str, usual: str | None =
 
 @dataclass
 class ModelConfig:
-    """Which model to initialize: a local folder, a hub id, or `demo` (shipped in resources/)."""
+    """Which model to initialize: a local folder, a hub id, or `demo` (shipped in resources/).
 
-    path: str = option(DEMO_MODEL, flag="--model", usual="a local folder with config.json",
+    No default model: a run that names none is refused ("No model given"), so a forgotten
+    `--model` is not silently a run on the demo model. The app proposes the demo itself.
+    """
+
+    path: str = option("", flag="--model", usual="a local folder with config.json",
                        help="Local model folder, Hugging Face hub id, or 'demo' for the small model shipped "
                        "with the package")  # fmt: skip
     dtype: str = option("auto", flag="--dtype", usual="auto = bfloat16 on GPU, float32 on CPU",
@@ -254,7 +260,11 @@ class RunConfig:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> RunConfig:
-        """Raise InputError on the first setting that cannot work; return self."""
+        """Raise InputError on the first setting that cannot work; return self.
+
+        The settings' values first, then the output folder, the model and the calibration
+        reference (cheap file checks), the device last: only a device other than auto and
+        cpu needs torch, so a refusal of anything else does not wait for it to import."""
         q, lo, ini, cal = self.quantization, self.lora, self.init, self.calibration
 
         def refuse(path: str, message: str, hint: str | None = None) -> None:
@@ -295,11 +305,16 @@ class RunConfig:
             refuse("calibration.seq_len", f"seq_len must be at least 8, got {cal.seq_len}.")
         if cal.heldout_samples < 0:
             refuse("calibration.heldout_samples", "heldout_samples must be >= 0.")
-        from quailora_core.device import resolve_device  # local import: torch is heavy
-
-        with about("init.device"):
-            resolve_device(ini.device)
         check_output_dir(self.output, self.overwrite)
+        with about("model.path"):  # the cheap reference checks: no torch, no transformers
+            hub.resolve_model_path(self.model.path)
+        with about("calibration.source"):
+            hub.check_data_source(cal.source)
+        if ini.device not in ("auto", "cpu"):  # only a named GPU can be missing; torch is heavy
+            from quailora_core.device import resolve_device
+
+            with about("init.device"):
+                resolve_device(ini.device)
         return self
 
     # ------------------------------------------------------------------ TOML

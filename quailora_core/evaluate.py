@@ -155,18 +155,8 @@ def evaluate_adapter(
     (before loading any weights) for a bad adapter, a base the adapter was not computed for,
     unreadable data or bad sizes.
     """
-    import torch
-    from transformers import AutoTokenizer
-
     from quailora_core.adapter.record import AdapterRecord
-    from quailora_core.device import resolve_device
-    from quailora_core.model.base import auto_class, load_quantized_base
-    from quailora_core.model.fingerprint import check_base
-    from quailora_core.model.info import resolve_model_path
-    from quailora_core.model.streamed import load_streamed
-    from quailora_core.sources.packing import pack
-    from quailora_core.sources.text import load_texts
-    from quailora_core.sources.training_data import load_training_data
+    from quailora_core.sources.references import check_data_source, resolve_model_path
 
     cancel = cancel or CancelToken()
     started = time.perf_counter()
@@ -176,12 +166,26 @@ def evaluate_adapter(
             f"Cannot evaluate {samples} samples of {seq_len} tokens in batches of {batch_size}.",
             "Use at least 1 sample, --seq-len 2 or more and a positive batch size.",
         )
+    # the checks of small files first: a missing path is refused before torch is imported
     record = AdapterRecord.load(adapter)
     if model is None:
         rec = record.base_model
         model = "demo" if rec.reference == "demo" else rec.path
-    dev = resolve_device(device)
     model_path = resolve_model_path(model)
+    check_data_source(data)
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from quailora_core.device import resolve_device
+    from quailora_core.model.base import auto_class, load_quantized_base
+    from quailora_core.model.fingerprint import check_base
+    from quailora_core.model.streamed import load_streamed
+    from quailora_core.sources.packing import pack
+    from quailora_core.sources.text import load_texts
+    from quailora_core.sources.training_data import load_training_data
+
+    dev = resolve_device(device)
     for warning in check_base(model_path, record, adapter):
         on_event(Log("warning", warning))
     dtype_name = record.quantization.load_dtype

@@ -177,3 +177,49 @@ def test_output_folder_and_files_get_the_umask_modes(capsys, tmp_path, demo_mode
     assert set(modes.values()) == {oct(file_mode)}, modes
     for folder in [p for p in out.rglob("*") if p.is_dir()]:
         assert stat.S_IMODE(folder.stat().st_mode) == dir_mode, folder
+
+
+def test_a_forgotten_model_is_refused_not_replaced_by_the_demo(capsys, tmp_path, text):
+    # issue 14: `quailora init` without --model silently initialized the demo model
+    line = refused(["--calibration", str(text)], capsys, tmp_path, "no model given")
+    assert "--model PATH_OR_HUB_ID" in line and "--model demo" in line
+    run_file = tmp_path / "run.toml"  # a run file without a [model] path is the same mistake
+    run_file.write_text(f'[calibration]\nsource = "{text}"\n', encoding="utf-8")
+    refused(["--config", str(run_file)], capsys, tmp_path, "no model given")
+
+
+# Each is refused before torch or transformers is imported: checked in a fresh process by
+# what it has imported, not by a clock.
+_LIGHT_REFUSALS = [
+    (["init", "--model", "{tmp}/no-such-model", "--calibration", "demo"], "does not exist"),
+    (["init", "--model", "demo", "--calibration", "{tmp}/missing.txt"], "does not exist"),
+    (["init", "--model", "demo", "--rank", "0", "--json"], "rank must be at least 1"),
+    (["init", "--calibration", "demo"], "No model given"),
+    (["train", "{tmp}/no-run.toml"], "does not exist"),
+    (["train", "--adapter", "{tmp}/no-adapter", "--data", "demo"], "does not exist"),
+    (["eval", "--adapter", "{tmp}/no-adapter", "--data", "demo"], "does not exist"),
+    (["export-run", "--adapter", "{tmp}/no-adapter", "--data", "demo", "--output", "{tmp}/run"], "does not exist"),
+    (["merge", "--adapter", "{tmp}/no-adapter", "--output", "{tmp}/merged"], "does not exist"),
+    # a run file whose adapter is missing
+    (["train", "{tmp}/bad-run.toml"], "does not exist"),
+    (["export-run", "--config", "{tmp}/bad-run.toml", "--output", "{tmp}/run"], "does not exist"),
+]
+
+
+@pytest.mark.parametrize(("argv", "expect"), _LIGHT_REFUSALS, ids=lambda v: " ".join(v[:2]) if isinstance(v, list) else None)
+def test_a_bad_path_or_setting_is_refused_before_torch_is_imported(tmp_path, argv, expect):
+    # issue 14: a typo in a path took ~10 s to be refused, the time torch and transformers take to import
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    (tmp_path / "bad-run.toml").write_text('[model]\npath = "demo"\n[train]\nadapter = "no-adapter"\ndata = "demo"\n')
+    if argv[0] == "init":
+        argv += ["--output", str(tmp_path / "out")]
+    probe = ("import sys\nfrom quailora_core.cli import main\ncode = main(sys.argv[1:])\n"
+             "heavy = sorted(m for m in ('torch', 'transformers', 'peft', 'datasets') if m in sys.modules)\n"
+             "print('imported:', ','.join(heavy) or 'none', file=sys.stderr)\nsys.exit(code)\n")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)  # fmt: skip
+    *lines, imported = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0], proc.stderr
+    assert imported == "imported: none", imported
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists() and not (tmp_path / "merged").exists()

@@ -70,6 +70,7 @@ def test_one_list_of_methods_and_input_strategies():
 )
 def test_validation_errors_name_their_setting(change, field, tmp_path):
     cfg = RunConfig(output=str(tmp_path / "out"))
+    cfg.model.path = "demo"  # the model and the text are checked before the device
     section, name, value = change
     setattr(getattr(cfg, section), name, value)
     with pytest.raises(InputError) as info:

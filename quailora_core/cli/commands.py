@@ -12,6 +12,7 @@ from quailora_core.cli.progress import TerminalProgress, TrainProgress
 from quailora_core.cli.queue import add_queue
 from quailora_core.cli.reporting import run_reporting
 from quailora_core.config import field_help
+from quailora_core.train.settings import check_before_loading
 
 
 def _add_init(sub: argparse._SubParsersAction) -> None:
@@ -29,12 +30,11 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
 
 def cmd_init(args: argparse.Namespace) -> int:
     def work(on_event, cancel):
+        config = build_config(args).validate()  # before the engine's import: a typo is refused at once
+        if args.save_config:
+            config.save(args.save_config)
         from quailora_core.init.pipeline import run_init
 
-        config = build_config(args)
-        if args.save_config:
-            config.validate()
-            config.save(args.save_config)
         return run_init(config, on_event, cancel)
 
     code, result = run_reporting(args, work, None if args.json else TerminalProgress())
@@ -74,9 +74,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     def work(on_event, cancel):
+        config = build_train_config(args)  # a missing run file or adapter is refused before torch loads
+        check_before_loading(config)
         from quailora_core.train.trainer import run_train
 
-        return run_train(build_train_config(args), on_event, cancel)
+        return run_train(config, on_event, cancel)
 
     code, result = run_reporting(args, work, None if args.json else TrainProgress())
     if code == 0 and not args.json:
@@ -158,9 +160,10 @@ def cmd_export_run(args: argparse.Namespace) -> int:
     from quailora_core.events import Finished
 
     def work(on_event, cancel):
+        config = build_train_config(args)  # a missing run file or adapter is refused at once
         from quailora_core.train.export import export_run
 
-        run_dir = export_run(build_train_config(args), args.run_dir, args.overwrite)
+        run_dir = export_run(config, args.run_dir, args.overwrite)
         on_event(Finished(str(run_dir), {"run_file": str(run_dir / "run.toml"), "launcher": str(run_dir / "launch.sh")}))
         return run_dir
 
@@ -198,6 +201,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         return 2
 
     def work(on_event, cancel):
+        _check_merge_inputs(args)
         if args.gguf_type:
             from quailora_core.serving.merge_gguf import merge_to_gguf
 
@@ -237,6 +241,18 @@ def cmd_merge(args: argparse.Namespace) -> int:
                   f"{g.bytes / 2**20:.1f} MiB; {g.values_checked} compared with the merged folder)\n"
                   f"run it with llama.cpp:\n{llama_cpp_commands(g.output)}", end="")  # fmt: skip
     return code
+
+
+def _check_merge_inputs(args: argparse.Namespace) -> None:
+    """The adapter and the base given on the line, checked before the merge's modules import
+    torch, so that a missing path is refused at once (`plan_merge` checks them again, with
+    the output folder and everything else that needs no weights)."""
+    from quailora_core.adapter.record import AdapterRecord
+    from quailora_core.sources.references import resolve_model_path
+
+    AdapterRecord.load(args.adapter)
+    if args.model:
+        resolve_model_path(args.model)
 
 
 def _add_export_gguf(sub: argparse._SubParsersAction) -> None:

@@ -14,6 +14,22 @@ from quailora_core.cli.progress import clear_status
 from quailora_core.errors import InputError, QuailoraError
 
 
+def _no_progress_bars() -> None:
+    """Turn off the progress bars of transformers and huggingface_hub without importing them
+    (that takes seconds, and a bad argument is refused before they are needed): the variable
+    is read when they are imported; if they already are, ask them."""
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    elif "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    else:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+
+
 def run_reporting(args: argparse.Namespace, work, progress=None) -> tuple[int, Any]:
     """Run `work(on_event, cancel)` with the CLI's error handling and event output.
 
@@ -31,9 +47,7 @@ def run_reporting(args: argparse.Namespace, work, progress=None) -> tuple[int, A
     if args.json:
         # a reader of JSON lines (the app's log, a remote runner) cannot draw progress bars:
         # transformers' "Loading weights" bars would reach it as lines of carriage returns
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+        _no_progress_bars()
 
         def on_event(event: Any) -> None:
             print(event_to_json(event), file=out, flush=True)

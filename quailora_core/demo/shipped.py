@@ -30,9 +30,9 @@ from pathlib import Path
 
 import quailora_resources
 
-from quailora_core.config import DEMO_MODEL
 from quailora_core.errors import InputError
 
+DEMO_MODEL = "demo"  # the reference (`--model demo`, [model] path = "demo") that names this model
 DEMO_DIR_NAME = quailora_resources.DEMO_MODEL
 RESOURCES_PACKAGE = "quailora_resources"  # the top-level resources/ folder, as installed
 MARKER_FILE = "quailora_demo.json"

@@ -1,6 +1,8 @@
-"""Resolve a model reference and describe the model from its config alone.
+"""Describe a model from its config alone.
 
-A model is a local folder, a hub id (for real users; tests never use one), or `demo`.
+A model is a local folder, a hub id (for real users; tests never use one), or `demo`;
+`resolve_model_path` (in `sources.references`, which imports no torch, and named here too)
+says which folder or id a reference means.
 Everything here is cheap: no weights are read. The summary builds the model on the
 `meta` device (accelerate's `init_empty_weights`), which costs milliseconds and gives
 the exact module tree, so the GUI can list linear modules and the engine can check
@@ -9,7 +11,6 @@ rank and target names before any heavy work.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,10 +18,13 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, PretrainedConfig
 
-from quailora_core.config import DEMO_MODEL
+from quailora_core.demo.shipped import DEMO_MODEL
 from quailora_core.errors import InputError
 from quailora_core.model.blocks import find_decoder_blocks
-from quailora_core.sources.references import looks_like_model_id, offline
+
+# resolve_model_path lives with the other reference checks (no torch there); named here too,
+# where this room's public API has always offered it.
+from quailora_core.sources.references import resolve_model_path  # noqa: F401, E402
 
 
 @dataclass
@@ -36,37 +40,6 @@ class ModelSummary:
     linear_modules: list[str] = field(default_factory=list)  # distinct leaf names inside the blocks
     linear_shapes: dict[str, tuple[int, int]] = field(default_factory=dict)  # leaf name -> (out, in)
     is_demo: bool = False
-
-
-def resolve_model_path(ref: str) -> str:
-    """`demo` -> the shipped demo model folder (checked); a local folder -> itself (checked);
-    a hub id -> itself (checked for offline). Raises InputError with a fix."""
-    if not ref:
-        raise InputError("No model given.", "Use --model PATH, a hub id, or --model demo.")
-    if ref == DEMO_MODEL:
-        from quailora_core.demo import ensure_demo_model
-
-        return str(ensure_demo_model())
-    path = Path(ref).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise InputError(f"Model path {ref!r} is a file, not a model folder.", "Give the folder that holds config.json.")
-        if not os.access(path, os.R_OK | os.X_OK):
-            raise InputError(f"Model folder {ref!r} is not readable.", "Check its permissions.")
-        if not (path / "config.json").is_file():
-            raise InputError(
-                f"Folder {ref!r} is not a model: it has no config.json.",
-                "Give a folder saved with save_pretrained(), or a hub id.",
-            )
-        return str(path)
-    if not looks_like_model_id(ref):
-        raise InputError(f"Model folder {ref!r} does not exist.", "Check the path, or use --model demo.")
-    if offline():
-        raise InputError(
-            f"{ref!r} looks like a Hugging Face Hub id, but the hub cannot be reached (offline mode).",
-            "Download the model first, or give a local model folder.",
-        )
-    return ref
 
 
 def load_model_config(ref: str, trust_remote_code: bool = False) -> PretrainedConfig:

@@ -1,10 +1,12 @@
-"""What a model or data reference names: a local file (of which kind), a folder, or a hub id,
-and whether the hub may be used.
+"""What a model or data reference names: a local file (of which kind), a folder, a hub id or
+the built-in demo (`demo`), and whether the hub may be used.
 
 Models and datasets share one rule: `owner/name` (or `name`) without path syntax is a hub
 id; a data reference that ends in a data file suffix (`notes.jsonl`) is a local file even
 when missing, so it is reported missing instead of looked up on the hub. Local sources are
 classified and checked cheaply here (kind, files, not binary, not empty) before any loader runs.
+Nothing here imports torch or transformers: `RunConfig.validate()` calls these checks, so a
+bad path on a command line is refused in a fraction of a second, before the engine loads.
 """
 
 from __future__ import annotations
@@ -16,8 +18,13 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from quailora_core.demo.shipped import DEMO_MODEL, ensure_demo_model
 from quailora_core.errors import InputError
 
+# The reference that names the built-in calibration / fine-tuning text; the demo model's,
+# DEMO_MODEL, is the shipped model's own (demo/shipped.py). Here, not in config.py, because
+# config imports this module and the checks below need the names.
+DEMO_CALIBRATION = "demo"
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 _TRUE = ("1", "true", "yes", "on")
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
@@ -47,6 +54,43 @@ def looks_like_model_id(ref: str) -> bool:
 def looks_like_dataset_id(ref: str) -> bool:
     """A model-style hub id that does not end in a data file suffix (`notes.jsonl` is a file)."""
     return _hub_id(ref, DATA_FILE_SUFFIXES)
+
+
+def resolve_model_path(ref: str) -> str:
+    """`demo` -> the shipped demo model folder (checked); a local folder -> itself (checked);
+    a hub id -> itself (checked for offline). Raises InputError with a fix; reads no weights."""
+    if not ref or not ref.strip():
+        raise InputError("No model given.", "Pass --model PATH_OR_HUB_ID, or --model demo for the built-in demo model.")
+    if ref == DEMO_MODEL:
+        return str(ensure_demo_model())
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(f"Model path {ref!r} is a file, not a model folder.", "Give the folder that holds config.json.")
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise InputError(f"Model folder {ref!r} is not readable.", "Check its permissions.")
+        if not (path / "config.json").is_file():
+            raise InputError(
+                f"Folder {ref!r} is not a model: it has no config.json.",
+                "Give a folder saved with save_pretrained(), or a hub id.",
+            )
+        return str(path)
+    if not looks_like_model_id(ref):
+        raise InputError(f"Model folder {ref!r} does not exist.", "Check the path, or use --model demo.")
+    if offline():
+        raise InputError(
+            f"{ref!r} looks like a Hugging Face Hub id, but the hub cannot be reached (offline mode).",
+            "Download the model first, or give a local model folder.",
+        )
+    return ref
+
+
+def check_data_source(source: str) -> None:
+    """The cheap checks of a calibration or training data reference (the built-in text, a
+    local file or folder: exists, supported kind, text, not empty; a hub id: nothing yet).
+    Raises InputError; the loaders in `text` run the same checks again when they read it."""
+    if source != DEMO_CALIBRATION:
+        _classify(source)
 
 
 def _check_not_binary(path: Path) -> None:

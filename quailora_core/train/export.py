@@ -24,7 +24,6 @@ import stat
 from pathlib import Path
 
 from quailora_core.adapter.record import AdapterRecord
-from quailora_core.adapter.writer import copy_adapter
 from quailora_core.config import DEMO_MODEL, RunConfig
 from quailora_core.errors import InputError
 from quailora_core.files import atomic_dir, check_output_dir
@@ -95,6 +94,8 @@ def export_run(config: RunConfig, run_dir: str | os.PathLike[str], overwrite: bo
     cal = _local(run.calibration.source)
     if cal is not None:  # not needed for training; keep a usable absolute reference
         run.calibration.source = str(cal.resolve())
+    from quailora_core.adapter.writer import copy_adapter  # imports torch and peft: after the checks
+
     with atomic_dir(run_dir, overwrite) as tmp:
         copy_adapter(adapter, tmp / ADAPTER_DIR)
         for dest, src in copies.items():

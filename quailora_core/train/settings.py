@@ -11,7 +11,8 @@ from pathlib import Path
 from quailora_core.adapter.record import AdapterRecord
 from quailora_core.config import DEMO_MODEL, RunConfig, TrainSettings
 from quailora_core.errors import InputError
-from quailora_core.train.layout import RUN_RECORD, checkpoints, output_dir
+from quailora_core.sources.references import check_data_source, resolve_model_path
+from quailora_core.train.layout import RUN_RECORD, adapter_dir, checkpoints, output_dir
 
 
 def config_from_adapter(adapter: str) -> RunConfig:
@@ -25,6 +26,21 @@ def config_from_adapter(adapter: str) -> RunConfig:
 
 
 # ---------------------------------------------------------------------------- cheap checks
+def check_before_loading(config: RunConfig) -> None:
+    """The checks of a training run that read only small files (settings, the adapter's
+    record, the model and data references), with nothing of torch or transformers imported,
+    so that the command line refuses a typo at once; `trainer.preflight_train` repeats them
+    with the rest (tokenizer, data rows, resume)."""
+    t = config.train.validate()
+    AdapterRecord.load(adapter_dir(config))
+    resolve_model_path(config.model.path)
+    if not t.data:
+        raise InputError("No training data given.", "Set [train] data in the run file, or use --data PATH.")
+    for source in (t.data, t.validation_data):
+        if source:
+            check_data_source(source)
+
+
 def check_quantization(config: RunConfig, record: AdapterRecord, adapter: str) -> None:
     """Refuse run-file quantization settings that differ from the adapter's (`auto` follows it)."""
     diffs = record.quantization.differences(config.quantization, config.model.dtype)

@@ -264,16 +264,12 @@ class TrainingState:
         if self.finished is not None and exit_code == 0 and not crashed:
             return Outcome("finished", f"Training finished at step {self.step}.", step=self.step)
         if stop_requested:
-            return Outcome(
-                "stopped",
-                f"Training stopped at step {self.step}."
-                if self.steps
-                else "Training stopped before the first step.",
-                f"Resume continues from the checkpoint in {checkpoint_in}."
-                if checkpoint_in
-                else "No checkpoint was saved: Launch starts over.",
-                step=self.step,
-            )
+            where = f"at step {self.step}" if self.steps else "before the first step"
+            if checkpoint_in:
+                return Outcome("stopped", f"Training stopped {where}; checkpoint saved.",
+                               f"Resume continues it (checkpoint in {checkpoint_in}).", step=self.step)  # fmt: skip
+            return Outcome("stopped", f"Training stopped {where}.", "No checkpoint was saved: Launch starts over.",
+                           step=self.step)  # fmt: skip
         tail = "\n".join(self.stderr_tail)
         if self.failed is not None:
             details = self.failed.details or tail

@@ -110,6 +110,7 @@ class MainWindow(QMainWindow):
         self.settings = self.prefs.store
         self._dialogs: list[QWidget] = []
         self._shut_down = False
+        self._ask_on_close = True  # False when a signal closes the window: nobody may be there to answer
 
         self._build_ui()
         build_menus(self)
@@ -281,9 +282,10 @@ class MainWindow(QMainWindow):
 
     # ================================================================== configs
     def default_config(self) -> Any:
-        from quailora_core.config import RunConfig
+        from quailora_core.config import DEMO_MODEL, RunConfig
 
         config = RunConfig()
+        config.model.path = DEMO_MODEL  # the core has no default model; the app proposes the demo
         config.output = next_free_output(str(Path(default_output_root()) / "adapter"))
         return config
 
@@ -430,6 +432,14 @@ class MainWindow(QMainWindow):
         for dialog in self._dialogs:
             dialog.close()
 
+    def close_on_signal(self, name: str) -> None:
+        """SIGINT / SIGTERM (app.install_quit_signals): close as File > Quit does, without its
+        questions: a run is cancelled, a training child stopped (it saves a checkpoint) and
+        waited for before the app exits, never left running."""
+        self.log(f"{name} received: closing (a training run is stopped and waited for).")
+        self._ask_on_close = False
+        self.close()
+
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
         questions = (
             (self.state.training, "Stop the training?", "Training is in progress. Stop it (a checkpoint is saved; "
@@ -440,7 +450,7 @@ class MainWindow(QMainWindow):
              "cancelled; the other jobs stay queued) and close the window?"),
         )  # fmt: skip
         for asked, title, text in questions:
-            if asked and not self._shut_down:
+            if asked and not self._shut_down and self._ask_on_close:
                 if QMessageBox.question(self, title, text) != QMessageBox.StandardButton.Yes:
                     event.ignore()
                     return

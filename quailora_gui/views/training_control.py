@@ -132,7 +132,7 @@ class TrainingControl(QObject):
         self.process.stop()
         self.w.state.stop()
         self.w.progressPanel.currentLayerLabel.setText("Stopping at the end of the current step…")
-        self.w.log("Stop requested: the trainer saves a checkpoint at the end of the current step.", "warning")
+        self.w.log("Stop requested: the trainer saves a checkpoint at the end of the current step.")
 
     # ------------------------------------------------------------------ the child's output
     def _on_line(self, line: str) -> None:
@@ -167,11 +167,16 @@ class TrainingControl(QObject):
         self.w.log(f"Trained adapter written to {Path(event.output_dir) / 'adapter'}")
 
     def _on_failed(self, event: Failed) -> None:
-        self.w.log(f"{event.message} {event.hint}".strip(), "error")
+        # after the user's Stop the child ends with a Failed "cancelled" event: not an error,
+        # and the end's "Training stopped at step N" line says it once (_on_ended)
+        if not self.process.stop_requested:
+            self.w.log(f"{event.message} {event.hint}".strip(), "error")
 
     def _on_stderr(self, line: str) -> None:
         text = self.training.on_stderr(line)
-        if text is not None:
+        # after a Stop the child's stderr only reports that stop ("stopping at the next step",
+        # its last "error: ... cancelled" line): kept for the outcome, not repeated in the log
+        if text is not None and not self.process.stop_requested:
             self.w.log(f"[train] {text}")
 
     def update_progress(self) -> None:
@@ -199,7 +204,7 @@ class TrainingControl(QObject):
             w.log(f"{outcome.message} Results in {Path(run_dir) / TRAIN_OUTPUT}")
             w.trainingFinished.emit(outcome)
         elif outcome.kind == "stopped":
-            w.log(f"{outcome.message} {outcome.hint}", "warning")
+            w.log(f"{outcome.message} {outcome.hint}")  # the user's own Stop: news, not a warning
             w.trainingStopped.emit(outcome)
         else:
             w.log(f"Training failed: {outcome.message} {outcome.hint}".strip(), "error")

@@ -268,7 +268,7 @@ def test_checker_uses_injected_core_functions_and_caches_summaries(tmp_path):
         plan_targets=plan,
     )
     cfg = RunConfig(output=str(tmp_path / "new"))
-    cfg.init.device = "cpu"
+    cfg.model.path, cfg.init.device = "demo", "cpu"
     cfg.lora.rank = 4
     assert checker.check(cfg).ok
     cfg.lora.rank = 5  # v_proj's smaller side is 4

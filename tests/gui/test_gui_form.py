@@ -221,6 +221,8 @@ def test_the_settings_widgets_show_the_cores_help_and_start_at_its_defaults(make
     assert window.form.alsItersSpin.toolTip().endswith("(usual: 500).")  # not a stale copy
     shown = window.form.to_config()
     shown.output = defaults.output  # the window proposes a free folder of its own
+    assert (shown.model.path, defaults.model.path) == ("demo", "")  # and the demo: the core has no default model
+    shown.model.path = defaults.model.path
     assert shown.to_dict() == defaults.to_dict()
 
 

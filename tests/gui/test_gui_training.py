@@ -100,7 +100,12 @@ def test_launch_stream_stop_and_resume(qtbot, window, tiny_model_dir, text_file,
     last = steps[-1].step
     assert stopped.args[0].step == last < 60, window.logView.toPlainText()[-3000:]
     assert (run_dir / "output" / f"checkpoint-{last}" / "trainer_state.json").is_file()
-    assert "Training stopped" in window.logView.toPlainText()
+    # issue 14: the user's Stop was logged as two "error:" lines; now once, as a plain line
+    lines = window.logView.toPlainText().splitlines()
+    since = lines[next(i for i, line in enumerate(lines) if "Stop requested" in line):]
+    said = [line for line in since if "Training stopped" in line]
+    assert len(said) == 1 and f"at step {last}; checkpoint saved" in said[0] and "Resume continues it" in said[0]
+    assert not [line for line in since if "error:" in line or "warning:" in line], "\n".join(since)
     assert window.resumeTrainingButton.isEnabled() and window.runButton.isEnabled()
 
     # Resume: the same run folder with --resume; the step count goes on to the end
