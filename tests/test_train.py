@@ -173,7 +173,7 @@ def test_cancel_saves_a_checkpoint_and_resume_continues_from_it(demo_model, adap
     with pytest.raises(TrainingCancelled, match="step 3"):
         run_train(cfg, stop_at_3, cancel)
     out = Path(cfg.train.output)
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-3", "training_run.json"]  # no final adapter
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-3", "logs", "training_run.json"]  # no final adapter
     cfg.train.resume = True
     events = []
     result = run_train(cfg, events.append)
@@ -182,6 +182,11 @@ def test_cancel_saves_a_checkpoint_and_resume_continues_from_it(demo_model, adap
     assert state["global_step"] == 5 and result.global_step == 5
     assert result.metrics["resumed_from"] == "checkpoint-3"
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "logs"))  # the resumed run logs on in the same folder
+    acc.Reload()
+    assert [s.step for s in acc.Scalars("train/loss")] == [1, 2, 3, 4, 5]
 
 
 def test_prompt_response_labels_only_the_response(demo_model):

@@ -57,7 +57,7 @@ def check_installed(tracker: str) -> None:
     if tracker in PACKAGES and not is_installed(tracker):
         raise InputError(
             f"Tracking with {LABELS[tracker]} needs the {PACKAGES[tracker]!r} package, which is not installed.",
-            f"pip install {PACKAGES[tracker]}, or use --tracking none.",
+            f"pip install {PACKAGES[tracker]}, or choose tracking none.",
             field="train.tracking",
         )
 
