@@ -29,7 +29,7 @@ from quailora_core.adapter.writer import copy_adapter
 from quailora_core.config import DEMO_MODEL, RunConfig
 from quailora_core.errors import InputError
 from quailora_core.files import atomic_dir, check_output_dir
-from quailora_core.sources.references import looks_like_dataset_id
+from quailora_core.sources.training_data import check_training_source
 from quailora_core.train.layout import ADAPTER_DIR, DATA_DIR, LAUNCHER, OUTPUT_DIR, RUN_FILE, adapter_dir
 
 LAUNCH_SH = """#!/usr/bin/env bash
@@ -77,9 +77,9 @@ def export_run(config: RunConfig, run_dir: str | os.PathLike[str], overwrite: bo
     record = AdapterRecord.load(adapter)
     if not t.data:
         raise InputError("No training data set.", "Set [train] data in the run file, or use --data PATH.")
-    for name, source in (("data", t.data), ("validation_data", t.validation_data)):
-        if source and source != DEMO_MODEL and _local(source) is None and not looks_like_dataset_id(source):
-            raise InputError(f"Training {name} {source!r} does not exist.", "Check the path in [train].")
+    check_training_source(t.data, "train.data")
+    if t.validation_data:
+        check_training_source(t.validation_data, "train.validation_data")
     run = copy.deepcopy(config)
     # The run trains exactly what the adapter was computed for; say so in the run file.
     run.quantization = record.quantization.config()
