@@ -207,6 +207,9 @@ def test_the_settings_widgets_show_the_cores_help_and_start_at_its_defaults(make
         if f.numeric:
             assert widget.value() == pytest.approx(get_value(defaults, f.path)), f.name
     assert window.form.alsItersSpin.toolTip().endswith("(usual: 500).")  # not a stale copy
+    on_tab = window.trainingPanel.settings()
+    assert on_tab.pop("data") == "demo"  # the Training tab starts from the built-in fine-tuning text
+    assert on_tab == {k: getattr(defaults.train, k) for k in on_tab}
     shown = window.form.to_config()
     shown.output = defaults.output  # the window proposes a free folder of its own
     assert shown.to_dict() == defaults.to_dict()
