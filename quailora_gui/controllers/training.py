@@ -25,6 +25,7 @@ from quailora_core.events import EvalResult, Failed, Finished, TrainStep
 from quailora_core.train.layout import OUTPUT_DIR, RUN_FILE, checkpoints
 
 from .formatting import fmt_duration, fmt_gib
+from .wording import app_words
 
 TRAIN_OUTPUT = OUTPUT_DIR  # where the trained adapter and checkpoints of a run folder go
 STDERR_TAIL = 20  # stderr lines kept to explain a crash
@@ -328,7 +329,7 @@ class TrainingState:
         tail = "\n".join(self.stderr_tail)
         if self.failed is not None:
             details = self.failed.details or tail
-            return Outcome("failed", self.failed.message, self.failed.hint, details, self.step)
+            return Outcome("failed", app_words(self.failed.message), app_words(self.failed.hint), details, self.step)
         if crashed:
             return Outcome(
                 "failed",

@@ -33,6 +33,7 @@ from ..controllers.training import (
     training_config,
     with_train_settings,
 )
+from ..controllers.wording import app_words
 from .dialogs import show_failure
 from .training_view import TrainingPanel, TrainingProcess
 
@@ -191,7 +192,7 @@ class TrainingControl(QObject):
         self.w.log(f"Trained adapter written to {Path(event.output_dir) / 'adapter'}")
 
     def _on_failed(self, event: Failed) -> None:
-        self.w.log(f"{event.message} {event.hint}".strip(), "error")
+        self.w.log(app_words(f"{event.message} {event.hint}".strip()), "error")
 
     def _on_stderr(self, line: str) -> None:
         text = self.training.on_stderr(line)

@@ -84,6 +84,9 @@ def test_bad_input_disables_run_with_the_reason_next_to_the_field(
     assert not report.ok
     assert not window.runButton.isEnabled()
     assert not label.isHidden() and words in label.text()
+    assert "--" not in label.text()  # the app's words, not the command line's ("use --model demo")
+    if problem == "missing model":
+        assert "the demo model" in label.text()
     assert "problem marked in red" in window.runStatusLabel.text()
     if problem == "non-empty output folder":
         form.overwriteCheck.setChecked(True)  # the fix the message suggests
