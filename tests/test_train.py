@@ -309,3 +309,34 @@ def test_training_data_format_is_detected_from_the_fields(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps(bad) + "\n", encoding="utf-8")
     with pytest.raises(InputError, match="no assistant message"):
         load_training_data(str(tmp_path / "bad.jsonl"))
+
+
+def test_wandb_without_a_key_runs_offline_and_trackers_write_under_logs(tmp_path, monkeypatch):
+    """W&B online without an API key would stop and ask for a login: it runs offline instead.
+    Each tracker is pointed at the run's logs/ unless the user's environment says otherwise,
+    and the environment is as it was after the run."""
+    import os
+
+    from quailora_core.train.tracking import tracker_environment, tracking_info
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: never logged in to W&B
+    for key in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR", "MLFLOW_TRACKING_URI", "TENSORBOARD_LOGGING_DIR"):
+        monkeypatch.delenv(key, raising=False)
+    logs = tmp_path / "out" / "logs"
+    with tracker_environment("wandb", logs):
+        assert os.environ["WANDB_MODE"] == "offline" and os.environ["WANDB_DIR"] == str(logs)
+    assert "WANDB_MODE" not in os.environ and "WANDB_DIR" not in os.environ
+    assert tracking_info("wandb", logs).view == f"wandb sync {logs / 'wandb' / 'offline-run-*'}"
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password key\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    with tracker_environment("wandb", logs):  # logged in: online, as the user set it up
+        assert "WANDB_MODE" not in os.environ
+    with tracker_environment("tensorboard", logs):
+        assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(logs)
+    with tracker_environment("mlflow", logs):
+        assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{logs.resolve() / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")  # the user's server wins
+    with tracker_environment("mlflow", logs):
+        assert os.environ["MLFLOW_TRACKING_URI"] == "http://tracking:5000"
+    info = tracking_info("mlflow", logs)
+    assert info.logs is None and info.view == "mlflow ui --backend-store-uri http://tracking:5000"
