@@ -1,6 +1,8 @@
 """The adapter's README (its model card): what it was computed for, the code that loads
 it as training must, and which serving stacks reproduce it (`serving.stacks`), written from
-its `AdapterRecord` and the adapter_config.json peft wrote."""
+its `AdapterRecord` and the adapter_config.json peft wrote. `quailora init` writes it for the
+initialization; `quailora train` writes it again for the trained adapter, which its record's
+"training" section describes (steps, data, losses, tracking logs)."""
 
 from __future__ import annotations
 
