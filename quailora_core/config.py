@@ -42,6 +42,7 @@ INPUT_SOURCES = ("fp", "propagated", "asymmetric")
 QUANT_TYPES = ("nf4", "fp4")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TRAIN_FORMATS = ("auto", "text", "prompt_response")
+TRACKERS = ("tensorboard", "wandb", "mlflow", "none")  # train.tracking: the Trainer's report_to
 # DEMO_MODEL / DEMO_CALIBRATION ("demo") are the references' names (demo/shipped.py and
 # sources/references.py), imported above and offered here too, where the settings that take
 # them are declared.
@@ -212,6 +213,9 @@ class TrainSettings:
     output: str = option("", usual="empty = the adapter folder's name + '-trained'",
                          help="Training output folder: checkpoints, adapter/, metrics.json")
     resume: bool = option(False, usual="off", help="Continue from the last checkpoint in the output folder")
+    tracking: str = option("tensorboard", flag="--tracking",
+                           help="Experiment tracking of the run, written to logs/ in the output folder: "
+                           f"{', '.join(TRACKERS)} (wandb and mlflow when installed)")  # fmt: skip
 
     def validate(self) -> TrainSettings:
         """Raise InputError on the first training setting that cannot work (its `field` is the
@@ -241,6 +245,8 @@ class TrainSettings:
             refuse("validation_fraction", f"validation_fraction must be in [0, 1), got {t.validation_fraction}.")
         if not isinstance(t.warmup_steps, int) or t.warmup_steps < 0:
             refuse("warmup_steps", f"warmup_steps must be >= 0, got {t.warmup_steps!r}.", "Use 0 or a few percent of the steps.")
+        if t.tracking not in TRACKERS:
+            refuse("tracking", f"Unknown tracking {t.tracking!r}.", f"Use one of {', '.join(TRACKERS)}.")
         return self
 
 

@@ -53,6 +53,7 @@ def test_run_folder_is_complete_and_relative(demo_model, adapter, tmp_path):
     assert launcher.stat().st_mode & stat.S_IXUSR
     text = launcher.read_text()
     assert 'accelerate launch --num_processes "${NUM_PROCESSES:-1}" -m quailora_core.train "$HERE/run.toml" "$@"' in text
+    assert '-m quailora_core.train "$HERE/run.toml" --check "$@"' in text.split("accelerate launch")[-2]  # first
     assert "NUM_PROCESSES" in text.split("set -euo")[0] and "--resume" in text  # explained in comments
     assert str(tmp_path) not in text
     assert subprocess.run(["bash", "-n", str(launcher)]).returncode == 0
@@ -81,6 +82,26 @@ def test_moved_run_folder_trains_from_another_directory(demo_model, adapter, tmp
     assert (moved / "output" / "adapter" / "adapter_model.safetensors").is_file()
     assert sorted(p.name for p in (moved / "output").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     assert list(cwd.iterdir()) == []  # nothing written in the working directory
+
+
+def test_launch_sh_turns_a_bad_setting_into_one_line_and_exit_2(demo_model, adapter, tmp_path):
+    """launch.sh checks the run in a plain process before `accelerate launch`, which would turn
+    the same refusal into its own traceback and exit 1."""
+    run_dir = export_run(run_config(demo_model, adapter, tmp_path), tmp_path / "run")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHON": sys.executable,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    for flags, expect in ((["--lr", "-1"], "learning_rate must be a positive number"),
+                          (["--data", str(tmp_path / "missing.txt")], "does not exist")):  # fmt: skip
+        proc = subprocess.run(["bash", str(run_dir / "launch.sh"), *flags], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0].lower(), proc.stderr
+        assert "Traceback" not in proc.stderr and not (run_dir / "output").exists()
+    proc = subprocess.run([sys.executable, "-m", "quailora_core.train", str(run_dir / "run.toml"), "--check"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0 and proc.stderr.startswith("checked: "), proc.stderr
+    assert not (run_dir / "output").exists()  # a check writes nothing
 
 
 def test_export_refuses_bad_input_before_writing(demo_model, adapter, tmp_path, capsys):

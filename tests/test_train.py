@@ -85,7 +85,7 @@ def test_trained_adapter_loads_with_peft_on_the_quantized_base(trained, adapter,
     result, _ = trained
     out = Path(result.output_dir)
     assert {p.name for p in out.iterdir()} == {
-        "adapter", "checkpoint-6", "checkpoint-12", "metrics.json", "training_run.json"
+        "adapter", "checkpoint-6", "checkpoint-12", "logs", "metrics.json", "training_run.json"
     }
     trained_dir = Path(result.adapter_dir)
     assert {p.name for p in trained_dir.iterdir()} == {
@@ -107,6 +107,61 @@ def test_trained_adapter_loads_with_peft_on_the_quantized_base(trained, adapter,
     assert type(layer.base_layer).__name__ == "Linear4bit"
 
 
+def test_training_logs_to_tensorboard_by_default(trained):
+    """The Trainer's TensorBoard integration writes event files in logs/, holding the loss of
+    every logged step; the run record says where they are and how to view them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result, events = trained
+    out = Path(result.output_dir)
+    files = list((out / "logs").glob("events.out.tfevents.*"))
+    assert files, sorted(p.name for p in (out / "logs").iterdir())
+    acc = EventAccumulator(str(out / "logs"))
+    acc.Reload()
+    loss = acc.Scalars("train/loss")
+    logged = [e for e in events if isinstance(e, TrainStep)]
+    assert [s.step for s in loss] == [e.step for e in logged]
+    assert [s.value for s in loss] == pytest.approx([e.loss for e in logged], rel=1e-5)
+    assert [s.step for s in acc.Scalars("eval/loss")] == [0, 4, 8, 12]
+    logs = str(out / "logs")
+    expected = {"tool": "tensorboard", "logs": logs, "view": f"tensorboard --logdir {logs}"}
+    assert json.loads((out / "training_run.json").read_text())["tracking"] == expected
+    assert result.tracking.to_dict() == expected and result.metrics["tracking"] == expected
+
+
+def test_the_trained_adapters_card_describes_the_fine_tuning(trained):
+    result, events = trained
+    card = (Path(result.adapter_dir) / "README.md").read_text()
+    last_eval = [e for e in events if isinstance(e, EvalResult)][-1]
+    assert "# LoRA adapter fine-tuned from a QuAILoRA initialization" in card
+    assert "QuAILoRA-initialized LoRA adapter" not in card  # no longer the untrained initialization
+    assert "**12 steps**" in card and "repeated.txt" in card and "(text:" in card
+    assert f"{last_eval.loss:.4f}" in card and f"{last_eval.perplexity:.4f}" in card
+    assert "`tensorboard --logdir logs`" in card and str(Path(result.output_dir).parent) not in card
+    assert "## The initialization it started from" in card and "relative calibrated error" in card
+    assert "bnb_4bit_quant_type='nf4'" in card and "## Serving" in card  # what it needs and where it runs
+    assert "is_trainable=False" in card
+
+
+def test_tracking_none_writes_no_logs_and_an_uninstalled_tracker_is_refused(demo_model, adapter, tmp_path, capsys):
+    from quailora_core.train.tracking import PACKAGES, is_installed
+
+    cfg = train_config(demo_model, adapter, tmp_path, max_steps=2, save_interval=100, validation_fraction=0.0)
+    cfg.save(tmp_path / "run.toml")
+    assert main(["train", str(tmp_path / "run.toml"), "--tracking", "none"]) == 0
+    out = Path(cfg.train.output)
+    assert "no experiment tracking" in capsys.readouterr().out
+    assert not (out / "logs").exists() and not list(out.rglob("events.out.tfevents.*"))
+    assert json.loads((out / "training_run.json").read_text())["tracking"]["tool"] == "none"
+    missing = next((name for name in PACKAGES if not is_installed(name)), None)
+    if missing is None:
+        pytest.skip("every tracker is installed here")
+    run_file = tmp_path / "run.toml"
+    refused(capsys, run_file, "--output", str(tmp_path / "out2"), "--tracking", missing,
+            expect=f"pip install {PACKAGES[missing]}")  # fmt: skip
+    refused(capsys, run_file, "--output", str(tmp_path / "out3"), "--tracking", "comet", expect="unknown tracking")
+
+
 def test_cancel_saves_a_checkpoint_and_resume_continues_from_it(demo_model, adapter, tmp_path):
     cfg = train_config(demo_model, adapter, tmp_path, max_steps=5, save_interval=100, validation_fraction=0.0)
     cancel = CancelToken()
@@ -118,7 +173,7 @@ def test_cancel_saves_a_checkpoint_and_resume_continues_from_it(demo_model, adap
     with pytest.raises(TrainingCancelled, match="step 3"):
         run_train(cfg, stop_at_3, cancel)
     out = Path(cfg.train.output)
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-3", "training_run.json"]  # no final adapter
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-3", "logs", "training_run.json"]  # no final adapter
     cfg.train.resume = True
     events = []
     result = run_train(cfg, events.append)
@@ -127,6 +182,11 @@ def test_cancel_saves_a_checkpoint_and_resume_continues_from_it(demo_model, adap
     assert state["global_step"] == 5 and result.global_step == 5
     assert result.metrics["resumed_from"] == "checkpoint-3"
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "logs"))  # the resumed run logs on in the same folder
+    acc.Reload()
+    assert [s.step for s in acc.Scalars("train/loss")] == [1, 2, 3, 4, 5]
 
 
 def test_prompt_response_labels_only_the_response(demo_model):
@@ -170,7 +230,8 @@ def refused(capsys, run_file: Path, *flags: str, expect: str) -> None:
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(lines) == 1 and expect.lower() in lines[0].lower(), err
-    assert not Path(cfg.train.output).exists()
+    output = flags[flags.index("--output") + 1] if "--output" in flags else cfg.train.output
+    assert not Path(output).exists()
 
 
 @pytest.fixture
@@ -248,3 +309,34 @@ def test_training_data_format_is_detected_from_the_fields(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps(bad) + "\n", encoding="utf-8")
     with pytest.raises(InputError, match="no assistant message"):
         load_training_data(str(tmp_path / "bad.jsonl"))
+
+
+def test_wandb_without_a_key_runs_offline_and_trackers_write_under_logs(tmp_path, monkeypatch):
+    """W&B online without an API key would stop and ask for a login: it runs offline instead.
+    Each tracker is pointed at the run's logs/ unless the user's environment says otherwise,
+    and the environment is as it was after the run."""
+    import os
+
+    from quailora_core.train.tracking import tracker_environment, tracking_info
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: never logged in to W&B
+    for key in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR", "MLFLOW_TRACKING_URI", "TENSORBOARD_LOGGING_DIR"):
+        monkeypatch.delenv(key, raising=False)
+    logs = tmp_path / "out" / "logs"
+    with tracker_environment("wandb", logs):
+        assert os.environ["WANDB_MODE"] == "offline" and os.environ["WANDB_DIR"] == str(logs)
+    assert "WANDB_MODE" not in os.environ and "WANDB_DIR" not in os.environ
+    assert tracking_info("wandb", logs).view == f"wandb sync {logs / 'wandb' / 'offline-run-*'}"
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password key\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    with tracker_environment("wandb", logs):  # logged in: online, as the user set it up
+        assert "WANDB_MODE" not in os.environ
+    with tracker_environment("tensorboard", logs):
+        assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(logs)
+    with tracker_environment("mlflow", logs):
+        assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{logs.resolve() / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")  # the user's server wins
+    with tracker_environment("mlflow", logs):
+        assert os.environ["MLFLOW_TRACKING_URI"] == "http://tracking:5000"
+    info = tracking_info("mlflow", logs)
+    assert info.logs is None and info.view == "mlflow ui --backend-store-uri http://tracking:5000"

@@ -68,6 +68,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", dest="train_output", default=None,
                    help="training output folder: checkpoints, adapter/, metrics.json (default [train] output)")
     p.add_argument("--resume", action="store_true", help=field_help("train.resume").flag_help())
+    p.add_argument("--check", action="store_true",
+                   help="only run the checks that need no model weights (settings, adapter, base, data, output), "
+                   "then exit: 0 when the run can start, 2 with the reason")  # fmt: skip
     p.add_argument("--json", action="store_true", help="stream events as JSON lines on stdout")
     p.set_defaults(func=cmd_train)
 
@@ -76,11 +79,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     def work(on_event, cancel):
         config = build_train_config(args)  # a missing run file or adapter is refused before torch loads
         check_before_loading(config)
-        from quailora_core.train.trainer import run_train
+        from quailora_core.train.trainer import preflight_train, run_train
 
+        if args.check:  # launch.sh runs this before `accelerate launch`, which turns errors into tracebacks
+            return preflight_train(config, on_event)
         return run_train(config, on_event, cancel)
 
     code, result = run_reporting(args, work, None if args.json else TrainProgress())
+    if code == 0 and args.check:
+        if not args.json:
+            d = result.data_summary
+            print(f"checked: {d['train_examples']} training and {d['eval_examples']} validation examples "
+                  f"({d['format']}); training output {result.output}", file=sys.stderr)  # fmt: skip
+        return code
     if code == 0 and not args.json:
         m = result.metrics
 
@@ -91,6 +102,8 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{num(m.get('first_eval_loss'))} -> {num(m.get('eval_loss'))} (perplexity "
               f"{num(m.get('first_perplexity'))} -> {num(m.get('perplexity'))})")  # fmt: skip
         print(f"trained adapter written to {result.adapter_dir}; metrics in {result.output_dir}/metrics.json")
+        if result.tracking is not None:
+            print(result.tracking.line())
     return code
 
 

@@ -88,6 +88,26 @@ def _conversation(row: dict[str, Any], use_messages: bool, source: str, index: i
     return out
 
 
+def check_training_source(source: str, field: str = "train.data") -> None:
+    """The cheap check of a training (`train.data`) or validation (`train.validation_data`)
+    source, before anything is read: `demo`, a hub dataset id, or an existing local file or
+    folder of a kind that can be read. Raises InputError naming `field`. The app checks each
+    path as it is typed with it; `export_run` asks it before copying anything."""
+    what = "Validation data" if field.endswith("validation_data") else "Training data"
+    if source == DEMO_CALIBRATION:
+        return
+    if not source or not source.strip():
+        raise InputError(f"No {what.lower()} given.", "Give a file or folder, a hub dataset id, or demo.", field=field)
+    if not Path(source).expanduser().exists():
+        if looks_like_dataset_id(source):
+            return
+        raise InputError(f"{what} file or folder {source!r} does not exist.", "Check the path.", field=field)
+    try:
+        _classify(source)
+    except InputError as exc:
+        raise InputError(exc.message, exc.hint, field=field) from None
+
+
 def load_training_data(
     source: str,
     data_format: str = "auto",

@@ -5,7 +5,8 @@ The folder holds everything a training run needs except the base model and the p
     run.toml     the run, with the adapter and data given relative to the folder
     adapter/     a copy of the initialized adapter (peft files + quailora.json)
     data/        copies of the local training / validation files (hub ids and `demo` stay as they are)
-    launch.sh    `accelerate launch ... -m quailora_core.train run.toml "$@"`, from any working directory
+    launch.sh    `python -m quailora_core.train run.toml --check "$@"` (a bad setting: one line, exit 2), then
+                 `accelerate launch ... -m quailora_core.train run.toml "$@"`, from any working directory
     README.md    what is here and how to run it
 
 `quailora train` resolves relative paths in a run file against the file's folder, so the
@@ -27,7 +28,7 @@ from quailora_core.adapter.record import AdapterRecord
 from quailora_core.config import DEMO_MODEL, RunConfig
 from quailora_core.errors import InputError
 from quailora_core.files import atomic_dir, check_output_dir
-from quailora_core.sources.references import looks_like_dataset_id
+from quailora_core.sources.training_data import check_training_source
 from quailora_core.train.layout import ADAPTER_DIR, DATA_DIR, LAUNCHER, OUTPUT_DIR, RUN_FILE, adapter_dir
 
 LAUNCH_SH = """#!/usr/bin/env bash
@@ -40,8 +41,13 @@ LAUNCH_SH = """#!/usr/bin/env bash
 #                                    the batch size in run.toml is per GPU
 #
 # Works from any working directory: run.toml's paths are relative to this folder.
+# The run is checked first in one plain process (no model loaded): a bad setting is one
+# `error:` line and exit 2 here, where under accelerate it would be a traceback and exit 1.
+# PYTHON=/path/to/python picks the interpreter (default: python, else python3, on the PATH).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PYTHON="${PYTHON:-$(command -v python || command -v python3 || echo python)}"
+"$PYTHON" -m quailora_core.train "$HERE/run.toml" --check "$@"
 exec accelerate launch --num_processes "${NUM_PROCESSES:-1}" -m quailora_core.train "$HERE/run.toml" "$@"
 """
 
@@ -70,9 +76,9 @@ def export_run(config: RunConfig, run_dir: str | os.PathLike[str], overwrite: bo
     record = AdapterRecord.load(adapter)
     if not t.data:
         raise InputError("No training data set.", "Set [train] data in the run file, or use --data PATH.")
-    for name, source in (("data", t.data), ("validation_data", t.validation_data)):
-        if source and source != DEMO_MODEL and _local(source) is None and not looks_like_dataset_id(source):
-            raise InputError(f"Training {name} {source!r} does not exist.", "Check the path in [train].")
+    check_training_source(t.data, "train.data")
+    if t.validation_data:
+        check_training_source(t.validation_data, "train.validation_data")
     run = copy.deepcopy(config)
     # The run trains exactly what the adapter was computed for; say so in the run file.
     run.quantization = record.quantization.config()
@@ -123,6 +129,14 @@ def _unique(name: str, taken: set[str]) -> str:
     return f"{stem}-{i}{suffix}"
 
 
+def _tracking_text(tracker: str) -> str:
+    if tracker == "tensorboard":
+        return "TensorBoard event files: `tensorboard --logdir output/logs`"
+    if tracker == "none":
+        return "none: `[train] tracking` is `none`"
+    return f"`[train] tracking` is `{tracker}`; `output/training_run.json` says how to view them"
+
+
 def _readme(run: RunConfig, record: AdapterRecord) -> str:
     t, quant = run.train, record.quantization.label()
     model = run.model.path
@@ -141,7 +155,7 @@ A self-contained QLoRA fine-tuning run, exported by QuAILoRA Studio (`quailora e
 | `run.toml` | the run: base model, quantization, training settings; paths relative to this folder |
 | `adapter/` | the QuAILoRA-initialized LoRA adapter ({record.init.get("method")}, rank {record.lora.get("rank")}, {quant}) |
 | `data/` | the training data (copied here when it was a local file) |
-| `launch.sh` | starts the training with `accelerate launch` |
+| `launch.sh` | checks the run (one line and exit 2 on a bad setting), then starts the training with `accelerate launch` |
 
 ## Run it
 
@@ -161,6 +175,7 @@ differ from the one the adapter was initialized on, and loads it with exactly th
 quantization the adapter was computed for ({quant}, recorded in `adapter/quailora.json`).
 
 `output/` receives the checkpoints (`checkpoint-N/`, the last two kept), the trained adapter
-(`output/adapter/`, loadable with `PeftModel.from_pretrained`) and `metrics.json`.
+(`output/adapter/`, loadable with `PeftModel.from_pretrained`), `metrics.json` and the
+experiment tracker's files in `output/logs/` ({_tracking_text(t.tracking)}).
 Add `--json` to stream progress as JSON lines.
 """

@@ -24,6 +24,7 @@ OUTPUT_DIR = "output"  # checkpoints and the trained adapter
 FINAL_ADAPTER = "adapter"
 METRICS_FILE = "metrics.json"
 RUN_RECORD = "training_run.json"
+LOGS_DIR = "logs"  # the experiment tracker's files (TensorBoard event files, W&B's offline run, MLflow's store)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 

@@ -89,7 +89,7 @@ def check_output(config: RunConfig, adapter: str, fingerprint: str | None) -> tu
     if t.epochs == 0 and step >= t.max_steps:
         raise InputError(
             f"The last checkpoint ({last.name}) is already at step {step}, max_steps is {t.max_steps}.",
-            f"Raise --max-steps above {step} to train further.",
+            f"Raise max steps above {step} to train further.",
         )
     return out, last
 

@@ -24,7 +24,10 @@ is cancelled (saving a checkpoint there, so that `--resume` continues from it).
 
 The output folder holds the Trainer's `checkpoint-N/` folders, `adapter/` (the trained peft
 adapter with `quailora.json` plus a "training" section, renamed into place only when
-complete) and `metrics.json` (written last: its presence means the run finished).
+complete), `logs/` (the experiment tracker's files: TensorBoard event files by default, through
+the Trainer's own `report_to` integrations; `train.tracking`), `training_run.json` (what was
+started, and where the tracker writes) and `metrics.json` (written last: its presence means the
+run finished).
 
 Relative paths in a run file are relative to the run file's folder (`RunConfig.load`), so
 a run folder written by `quailora export-run` works from any working directory.
@@ -62,8 +65,15 @@ from quailora_core.model.base import load_quantized_base
 from quailora_core.model.fingerprint import check_base
 from quailora_core.sources.training_data import load_training_data
 from quailora_core.train.examples import IGNORE_INDEX, _count, _split, encode
-from quailora_core.train.layout import FINAL_ADAPTER, METRICS_FILE, RUN_RECORD, adapter_dir
+from quailora_core.train.layout import FINAL_ADAPTER, LOGS_DIR, METRICS_FILE, RUN_RECORD, adapter_dir
 from quailora_core.train.settings import _is_main_process, check_output, check_quantization
+from quailora_core.train.tracking import (
+    TrackingInfo,
+    check_installed,
+    report_to,
+    tracker_environment,
+    tracking_info,
+)
 
 
 class TrainingCancelled(Cancelled):
@@ -84,6 +94,7 @@ class TrainResult:
     adapter_dir: str  # output_dir/adapter: the trained adapter
     global_step: int
     metrics: dict[str, Any] = field(default_factory=dict)
+    tracking: TrackingInfo | None = None  # where the tracker's logs are, how to view them
 
 
 @dataclass
@@ -108,6 +119,7 @@ def preflight_train(config: RunConfig, on_event: EventCallback = ignore_events) 
 
     t = config.train
     t.validate()
+    check_installed(t.tracking)
     adapter = adapter_dir(config)
     record = AdapterRecord.load(adapter)
     check_quantization(config, record, adapter)
@@ -206,12 +218,15 @@ class _Training:
         if self.cancel.cancelled:
             raise Cancelled()
         plan.output.mkdir(parents=True, exist_ok=True)
+        logs = plan.output / LOGS_DIR
+        self.tracking = tracking_info(t.tracking, logs)
         if not plan.resume_from and _is_main_process():
             _write_json(plan.output / RUN_RECORD, {
                 "adapter": str(plan.adapter),
                 "base_model": plan.model_path,
                 "base_fingerprint": plan.record.base_model.fingerprint or None,
                 "started": _now(),
+                "tracking": self.tracking.to_dict(),
                 "run_config": plan.config.to_dict(),
             })  # fmt: skip
         train_ds = datasets.Dataset.from_list(plan.train_rows)
@@ -233,7 +248,7 @@ class _Training:
             save_strategy="steps",
             save_steps=t.save_interval,
             save_total_limit=2,
-            report_to="none",
+            report_to=report_to(t.tracking),
             disable_tqdm=True,
             use_cpu=not cuda,
             bf16=bf16,
@@ -246,19 +261,21 @@ class _Training:
             include_num_input_tokens_seen="non_padding",
             ddp_find_unused_parameters=False,
             dataloader_num_workers=0,
+            **_logging_dir(TrainingArguments, t.tracking, logs),
         )
         bridge = EventBridge(self.emit, self.cancel, cuda)
-        trainer = Trainer(
-            model=model,
-            args=args,
-            train_dataset=train_ds,
-            eval_dataset=eval_ds,
-            data_collator=DataCollatorForSeq2Seq(plan.tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX),
-            callbacks=[bridge],
-        )
-        trainer.remove_callback(PrinterCallback)  # progress goes through events, not stdout
-        self.emit(Stage("train", total=0))
-        output = trainer.train(resume_from_checkpoint=str(plan.resume_from) if plan.resume_from else None)
+        with tracker_environment(t.tracking, logs):  # the tracker's callback reads it when built and trains
+            trainer = Trainer(
+                model=model,
+                args=args,
+                train_dataset=train_ds,
+                eval_dataset=eval_ds,
+                data_collator=DataCollatorForSeq2Seq(plan.tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX),
+                callbacks=[bridge],
+            )
+            trainer.remove_callback(PrinterCallback)  # progress goes through events, not stdout
+            self.emit(Stage("train", total=0))
+            output = trainer.train(resume_from_checkpoint=str(plan.resume_from) if plan.resume_from else None)
         state = trainer.state
         if bridge.cancelled_at is not None:
             raise TrainingCancelled(bridge.cancelled_at, str(plan.output))
@@ -274,7 +291,8 @@ class _Training:
         if trainer.is_world_process_zero():
             self._write(trainer.model, metrics)
         trainer.accelerator.wait_for_everyone()
-        result = TrainResult(str(plan.output), str(plan.output / FINAL_ADAPTER), state.global_step, metrics)
+        result = TrainResult(str(plan.output), str(plan.output / FINAL_ADAPTER), state.global_step, metrics,
+                             self.tracking)  # fmt: skip
         self.emit(Finished(result.output_dir, {k: v for k, v in metrics.items() if k != "log_history"}))
         return result
 
@@ -303,6 +321,7 @@ class _Training:
             "precision": "bf16" if bf16 else "fp16" if cuda else "float32",
             "optim": optim,
             "data": self.plan.data_summary,
+            "tracking": self.tracking.to_dict(),
             "finished": _now(),
             "log_history": history,
         }
@@ -376,6 +395,15 @@ class EventBridge(TrainerCallback):
         self.emit(EvalResult(state.global_step, loss, perplexity(loss)))
         if state.global_step > 0:
             self._check_cancel(state, control)
+
+
+def _logging_dir(arguments: type, tracker: str, logs: Path) -> dict[str, str]:
+    """`logging_dir=logs` for TensorBoard on transformers releases whose TrainingArguments still
+    have it (4.x; 5.x reads TENSORBOARD_LOGGING_DIR, set by `tracking.tracker_environment`)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(arguments)}
+    return {"logging_dir": str(logs)} if tracker == "tensorboard" and "logging_dir" in names else {}
 
 
 def _now() -> str:

@@ -33,13 +33,15 @@ from .form_fields import (  # noqa: F401 (the error keys are part of this module
     TEXT_COLUMN,
     error_key,
 )
+from .wording import app_words
 
 
 def error_text(exc: BaseException) -> str:
-    """'message hint' of a core error, or str() of any other exception."""
+    """'message hint' of a core error, or str() of any other exception, in the app's words
+    (`wording.app_words`: no command-line flags)."""
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     hint = getattr(exc, "hint", "")
-    return f"{message} {hint}".strip()
+    return app_words(f"{message} {hint}".strip())
 
 
 @dataclass

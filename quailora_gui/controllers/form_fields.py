@@ -83,6 +83,10 @@ FIELDS: tuple[FormField, ...] = (
 # The Training tab's settings (its output folder is the run folder, not a config field).
 TRAIN_FIELDS: tuple[FormField, ...] = (
     FormField("trainDataEdit", "train.data", TEXT),
+    FormField("dataFormatCombo", "train.data_format", CHOICE),
+    FormField("trainTextColumnEdit", "train.text_column", TEXT, blank_is_default=True),
+    FormField("validationDataEdit", "train.validation_data", TEXT, blank_is_default=True),
+    FormField("validationFractionSpin", "train.validation_fraction", FLOAT),
     FormField("maxStepsSpin", "train.max_steps", INT),
     FormField("epochsSpin", "train.epochs", FLOAT),
     FormField("learningRateSpin", "train.learning_rate", FLOAT),
@@ -91,6 +95,9 @@ TRAIN_FIELDS: tuple[FormField, ...] = (
     FormField("trainSeqLenSpin", "train.seq_len", INT),
     FormField("evalIntervalSpin", "train.eval_interval", INT),
     FormField("saveIntervalSpin", "train.save_interval", INT),
+    FormField("warmupSpin", "train.warmup_steps", INT),
+    FormField("trainSeedSpin", "train.seed", INT),
+    FormField("trackingCombo", "train.tracking", CHOICE),
 )
 BY_NAME: dict[str, FormField] = {f.name: f for f in FIELDS + TRAIN_FIELDS}
 BY_PATH: dict[str, FormField] = {f.path: f for f in FIELDS}

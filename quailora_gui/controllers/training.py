@@ -25,6 +25,7 @@ from quailora_core.events import EvalResult, Failed, Finished, TrainStep
 from quailora_core.train.layout import OUTPUT_DIR, RUN_FILE, checkpoints
 
 from .formatting import fmt_duration, fmt_gib
+from .wording import app_words
 
 TRAIN_OUTPUT = OUTPUT_DIR  # where the trained adapter and checkpoints of a run folder go
 STDERR_TAIL = 20  # stderr lines kept to explain a crash
@@ -56,15 +57,65 @@ def launch_text(run_dir: str | Path) -> str:
     )
 
 
+def with_train_settings(config: Any, settings: dict[str, Any]) -> Any:
+    """A copy of `config` whose [train] section has the training panel's `settings`
+    (TrainSettings field -> value): what File > Save run writes and the window remembers."""
+    config = copy.deepcopy(config)
+    for key, value in settings.items():
+        setattr(config.train, key, value)
+    return config
+
+
 def training_config(run_config: Any, adapter_dir: str, settings: dict[str, Any]) -> Any:
     """A copy of the finished run's RunConfig that trains `adapter_dir` with `settings`
     (TrainSettings field -> value, from the training panel)."""
-    config = copy.deepcopy(run_config)
-    for key, value in settings.items():
-        setattr(config.train, key, value)
+    config = with_train_settings(run_config, settings)
     config.train.adapter = str(adapter_dir)
     config.train.resume = False
     return config
+
+
+def source_error(source: str, field: str) -> str:
+    """Why the training (`train.data`) or validation (`train.validation_data`) source cannot be
+    used, in one line, or "" (an empty validation source holds out a share of the data). The
+    core's own check (`check_training_source`), the one Launch and Export run meet."""
+    from quailora_core.errors import InputError
+    from quailora_core.sources.training_data import check_training_source
+
+    if field == "train.validation_data" and not source.strip():
+        return ""
+    try:
+        check_training_source(source.strip(), field)
+    except InputError as exc:
+        return f"{exc.message} {exc.hint}".strip()
+    return ""
+
+
+def tracker_choices() -> list[tuple[str, str]]:
+    """(tracker, label) of every `[train] tracking` choice, in the core's order."""
+    from quailora_core.config import TRACKERS
+    from quailora_core.train.tracking import LABELS
+
+    return [(name, "none" if name == "none" else LABELS[name]) for name in TRACKERS]
+
+
+def installed_trackers() -> set[str]:
+    """The trackers a run can use here (transformers' own checks: call it once the engine is
+    imported, it imports transformers)."""
+    from quailora_core.train.tracking import installed_trackers as installed
+
+    return set(installed())
+
+
+def tracking_text(finished: Any) -> str:
+    """Where a finished run's tracker wrote and how to view it (its Finished summary), or ""."""
+    info = (getattr(finished, "summary", None) or {}).get("tracking")
+    if not info:
+        return ""
+    from quailora_core.train.tracking import TrackingInfo
+
+    line = TrackingInfo(**info).line()
+    return line[:1].upper() + line[1:] + "."
 
 
 def has_checkpoint(run_dir: str | Path | None) -> bool:
@@ -262,7 +313,8 @@ class TrainingState:
         """How the process ended, from its events, exit code and stderr. `checkpoint_in`: the
         folder holding a checkpoint to resume from ("" when there is none)."""
         if self.finished is not None and exit_code == 0 and not crashed:
-            return Outcome("finished", f"Training finished at step {self.step}.", step=self.step)
+            return Outcome("finished", f"Training finished at step {self.step}.", tracking_text(self.finished),
+                           step=self.step)  # fmt: skip
         if stop_requested:
             where = f"at step {self.step}" if self.steps else "before the first step"
             if checkpoint_in:
@@ -273,7 +325,7 @@ class TrainingState:
         tail = "\n".join(self.stderr_tail)
         if self.failed is not None:
             details = self.failed.details or tail
-            return Outcome("failed", self.failed.message, self.failed.hint, details, self.step)
+            return Outcome("failed", app_words(self.failed.message), app_words(self.failed.hint), details, self.step)
         if crashed:
             return Outcome(
                 "failed",

@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..controllers.wording import app_words
 from .common import named, role_label
 
 
@@ -29,9 +30,9 @@ def show_failure(parent: QWidget, failed: Any, title: str = "Run failed") -> QMe
     box.setObjectName("errorDialog")
     box.setIcon(QMessageBox.Icon.Critical)
     box.setWindowTitle(title)
-    box.setText(failed.message)
+    box.setText(app_words(failed.message))
     if getattr(failed, "hint", ""):
-        box.setInformativeText(failed.hint)
+        box.setInformativeText(app_words(failed.hint))
     if getattr(failed, "details", ""):
         box.setDetailedText(failed.details)
     box.setStandardButtons(QMessageBox.StandardButton.Ok)
@@ -45,10 +46,10 @@ def show_input_error(parent: QWidget, exc: Any, title: str) -> QMessageBox:
     box.setObjectName("errorDialog")
     box.setIcon(QMessageBox.Icon.Warning)
     box.setWindowTitle(title)
-    box.setText(getattr(exc, "message", None) or str(exc))
+    box.setText(app_words(getattr(exc, "message", None) or str(exc)))
     hint = getattr(exc, "hint", "")
     if hint:
-        box.setInformativeText(hint)
+        box.setInformativeText(app_words(hint))
     box.open()
     return box
 

@@ -134,6 +134,7 @@ class MainWindow(QMainWindow):
                 # folder Run would refuse
                 config.output = next_free_output(config.output)
         self.form.set_config(config if config is not None else self.default_config())
+        self.training_control.show_settings(self.form.to_config())
         self._apply_state(self.state)
         self.checks.warm_up()
 
@@ -321,6 +322,7 @@ class MainWindow(QMainWindow):
             return False
         self.prefs.remember_dir(str(Path(path).parent))
         self.form.set_config(config)
+        self.training_control.show_settings(config)
         self.setWindowTitle(f"QuAILoRA Studio – {Path(path).name}")
         self.log(f"Opened run file {path}")
         return True
@@ -334,7 +336,7 @@ class MainWindow(QMainWindow):
         if not path.endswith(".toml"):
             path += ".toml"
         try:
-            self.config_to_save().save(path)
+            self.training_control.run_config(self.config_to_save()).save(path)
         except OSError as exc:
             self.keep_dialog(show_input_error(self, exc, "Could not save the run file"))
             return None
@@ -403,7 +405,7 @@ class MainWindow(QMainWindow):
             self.form.set_recent(self.recent_models.items, self.recent_calibration.items)
 
     def save_settings(self) -> None:
-        self.prefs.save_window(self, self.form.to_config())
+        self.prefs.save_window(self, self.training_control.run_config(self.form.to_config()))
 
     # ================================================================== closing
     def about(self) -> None:

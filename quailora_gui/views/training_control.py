@@ -25,11 +25,15 @@ from ..controllers.training import (
     Outcome,
     TrainingState,
     has_checkpoint,
+    installed_trackers,
     parse_line,
     plain_line,
+    source_error,
     train_command,
     training_config,
+    with_train_settings,
 )
+from ..controllers.wording import app_words
 from .dialogs import show_failure
 from .training_view import TrainingPanel, TrainingProcess
 
@@ -59,6 +63,27 @@ class TrainingControl(QObject):
         panel.stopTrainingButton.clicked.connect(lambda: self.stop())
         panel.resumeTrainingButton.clicked.connect(lambda: self.resume())
         panel.trainOutputEdit.textChanged.connect(lambda _text: self.sync())
+        # the data paths are checked as they change (the core's check that Launch meets too)
+        panel.trainDataEdit.textChanged.connect(lambda text: self.check_source("train.data", text))
+        panel.validationDataEdit.textChanged.connect(lambda text: self.check_source("train.validation_data", text))
+        window.engineReady.connect(lambda: panel.set_installed_trackers(installed_trackers()))
+        self.check_source("train.data", panel.trainDataEdit.text())
+
+    def check_source(self, field: str, text: str) -> str:
+        """Show why the training or validation data cannot be used under its field ("" when it can)."""
+        error = source_error(text, field)
+        self.panel.show_source_error(field, error)
+        return error
+
+    # ------------------------------------------------------------------ the run file's [train]
+    def run_config(self, config: Any) -> Any:
+        """`config` with the Training tab's settings as its [train] section (File > Save run, the
+        settings remembered between sessions)."""
+        return with_train_settings(config, self.panel.settings())
+
+    def show_settings(self, config: Any) -> None:
+        """Show an opened or remembered run's [train] settings on the Training tab."""
+        self.panel.set_settings(config.train)
 
     def sync(self) -> None:
         """Tell the state what the panel and the disk say: an output folder, a checkpoint."""
@@ -140,7 +165,7 @@ class TrainingControl(QObject):
         if event is None:
             text = plain_line(line)
             if text is not None:
-                self.w.log(f"[train] {text}")
+                self.w.log(f"training: {text}")
             return
         self.training.on_event(event)
         handler = self._handlers.get(type(event))
@@ -170,14 +195,14 @@ class TrainingControl(QObject):
         # after the user's Stop the child ends with a Failed "cancelled" event: not an error,
         # and the end's "Training stopped at step N" line says it once (_on_ended)
         if not self.process.stop_requested:
-            self.w.log(f"{event.message} {event.hint}".strip(), "error")
+            self.w.log(app_words(f"{event.message} {event.hint}".strip()), "error")
 
     def _on_stderr(self, line: str) -> None:
         text = self.training.on_stderr(line)
         # after a Stop the child's stderr only reports that stop ("stopping at the next step",
         # its last "error: ... cancelled" line): kept for the outcome, not repeated in the log
         if text is not None and not self.process.stop_requested:
-            self.w.log(f"[train] {text}")
+            self.w.log(f"training: {text}")
 
     def update_progress(self) -> None:
         if self.w.state.phase is not Phase.TRAINING:  # not while stopping
@@ -202,6 +227,8 @@ class TrainingControl(QObject):
         w.progressPanel.etaLabel.setText(f"elapsed {fmt_duration(t.elapsed())}")
         if outcome.kind == "finished":
             w.log(f"{outcome.message} Results in {Path(run_dir) / TRAIN_OUTPUT}")
+            if outcome.hint:
+                w.log(outcome.hint)
             w.trainingFinished.emit(outcome)
         elif outcome.kind == "stopped":
             w.log(f"{outcome.message} {outcome.hint}")  # the user's own Stop: news, not a warning

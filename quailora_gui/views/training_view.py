@@ -16,6 +16,7 @@ from typing import Any
 import pyqtgraph as pg
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
+    QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
@@ -31,10 +32,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..controllers.form_fields import FLOAT, TEXT, TRAIN_FIELDS
-from ..controllers.training import LineBuffer, TrainingState
+from ..controllers.form_fields import CHOICE, FLOAT, TEXT, TRAIN_FIELDS, default_value
+from ..controllers.training import LineBuffer, TrainingState, tracker_choices
 from .charts import AFTER, BEFORE, COMPARE, HELD_AFTER, _style_plot
-from .common import named, role_label
+from .common import error_label, named, restyle, role_label, set_error
+
+DATA_FORMAT_LABELS = {"auto": "auto (from the fields)", "text": "plain text", "prompt_response": "prompt / response"}
 
 KILL_AFTER_MS = 30_000  # Stop: SIGTERM (the trainer checkpoints at the step end), then SIGKILL
 
@@ -57,6 +60,26 @@ class TrainingPanel(QWidget):
         self.trainDataBrowseButton = named(QPushButton("…"), "trainDataBrowseButton")
         self.trainDataBrowseButton.setFixedWidth(30)
         self.trainDataBrowseButton.clicked.connect(self._browse_data)
+        self.trainDataError = error_label("trainDataError")
+        self.dataFormatCombo = named(QComboBox(), "dataFormatCombo")
+        for value, label in DATA_FORMAT_LABELS.items():
+            self.dataFormatCombo.addItem(label, value)
+        self.trainTextColumnEdit = named(QLineEdit(), "trainTextColumnEdit")
+        self.trainTextColumnEdit.setPlaceholderText(str(default_value("train.text_column")))
+        self.validationDataEdit = named(QLineEdit(), "validationDataEdit")
+        self.validationDataEdit.setPlaceholderText("empty: hold out a share of the training data")
+        self.validationDataBrowseButton = named(QPushButton("…"), "validationDataBrowseButton")
+        self.validationDataBrowseButton.setFixedWidth(30)
+        self.validationDataBrowseButton.clicked.connect(self._browse_validation)
+        self.validationDataError = error_label("validationDataError")
+        self.validationFractionSpin = named(QDoubleSpinBox(), "validationFractionSpin")
+        self.validationFractionSpin.setRange(0.0, 0.95)
+        self.validationFractionSpin.setDecimals(3)
+        self.validationFractionSpin.setSingleStep(0.01)
+        self.validationFractionSpin.setSpecialValueText("none (no validation)")
+        self.validationDataEdit.textChanged.connect(
+            lambda text: self.validationFractionSpin.setEnabled(not text.strip())
+        )
         self.maxStepsSpin = self._spin("maxStepsSpin", 1, 10_000_000)
         self.epochsSpin = named(QDoubleSpinBox(), "epochsSpin")
         self.epochsSpin.setRange(0.0, 1000.0)
@@ -73,6 +96,11 @@ class TrainingPanel(QWidget):
         self.trainSeqLenSpin = self._spin("trainSeqLenSpin", 8, 131_072)
         self.evalIntervalSpin = self._spin("evalIntervalSpin", 1, 10_000_000)
         self.saveIntervalSpin = self._spin("saveIntervalSpin", 1, 10_000_000)
+        self.warmupSpin = self._spin("warmupSpin", 0, 10_000_000)
+        self.trainSeedSpin = self._spin("trainSeedSpin", 0, 2**31 - 1)
+        self.trackingCombo = named(QComboBox(), "trackingCombo")
+        for value, label in tracker_choices():
+            self.trackingCombo.addItem(label, value)
         self.trainOutputEdit = named(QLineEdit(), "trainOutputEdit")
         self.trainOutputBrowseButton = named(QPushButton("…"), "trainOutputBrowseButton")
         self.trainOutputBrowseButton.setFixedWidth(30)
@@ -81,6 +109,12 @@ class TrainingPanel(QWidget):
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.addRow("Training data", _row(self.trainDataEdit, self.trainDataBrowseButton))
+        form.addRow("", self.trainDataError)
+        form.addRow("Data format", self.dataFormatCombo)
+        form.addRow("Text column", self.trainTextColumnEdit)
+        form.addRow("Validation data", _row(self.validationDataEdit, self.validationDataBrowseButton))
+        form.addRow("", self.validationDataError)
+        form.addRow("Validation share", self.validationFractionSpin)
         form.addRow("Max steps", self.maxStepsSpin)
         form.addRow("Epochs", self.epochsSpin)
         form.addRow("Learning rate", self.learningRateSpin)
@@ -89,6 +123,9 @@ class TrainingPanel(QWidget):
         form.addRow("Sequence length", self.trainSeqLenSpin)
         form.addRow("Eval every", self.evalIntervalSpin)
         form.addRow("Save every", self.saveIntervalSpin)
+        form.addRow("Warm-up steps", self.warmupSpin)
+        form.addRow("Seed", self.trainSeedSpin)
+        form.addRow("Tracking", self.trackingCombo)
         form.addRow("Output folder", _row(self.trainOutputEdit, self.trainOutputBrowseButton))
         self.settingsBox = QGroupBox("Fine-tuning")
         self.settingsBox.setObjectName("trainSettingsBox")
@@ -166,20 +203,53 @@ class TrainingPanel(QWidget):
         values: dict[str, Any] = {}
         for f in TRAIN_FIELDS:
             w = getattr(self, f.name)
-            value = w.text().strip() if f.kind == TEXT else w.value()
+            if f.kind == TEXT:
+                value = w.text().strip()
+                if not value and f.blank_is_default:
+                    value = default_value(f.path)
+            elif f.kind == CHOICE:
+                value = w.currentData()
+            else:
+                value = w.value()
             values[f.path.removeprefix("train.")] = float(value) if f.kind == FLOAT else value
         return values
 
     def set_settings(self, t: Any) -> None:
-        """Show a TrainSettings (data left as is when the run has none)."""
+        """Show a TrainSettings (the data left as is when the run has none)."""
         for f in TRAIN_FIELDS:
             value = getattr(t, f.path.removeprefix("train."))
             w = getattr(self, f.name)
             if f.kind == TEXT:
-                if value:
-                    w.setText(value)
+                if value or f.blank_is_default:
+                    w.setText("" if f.blank_is_default and value == default_value(f.path) else value)
+            elif f.kind == CHOICE:
+                index = w.findData(value)
+                if index < 0:  # a value this app does not offer (a run file's): shown, the core judges it
+                    w.addItem(str(value), value)
+                    index = w.count() - 1
+                w.setCurrentIndex(index)
             else:
                 w.setValue(value)
+
+    def set_installed_trackers(self, installed: set[str]) -> None:
+        """Grey out the trackers whose package is missing here (their tooltip says what to install)."""
+        model = self.trackingCombo.model()
+        for i in range(self.trackingCombo.count()):
+            name = self.trackingCombo.itemData(i)
+            item = model.item(i)
+            on = name in installed
+            item.setEnabled(on)
+            item.setToolTip("" if on else f"Not installed here: pip install {name}")
+
+    def show_source_error(self, field: str, text: str) -> None:
+        """The red mark and line under the training or validation data field ("" clears them)."""
+        edit, label = ((self.trainDataEdit, self.trainDataError) if field == "train.data"
+                       else (self.validationDataEdit, self.validationDataError))  # fmt: skip
+        set_error(label, text)
+        invalid = "true" if text else "false"
+        if edit.property("invalid") != invalid:
+            edit.setProperty("invalid", invalid)
+            restyle(edit)
 
     def set_inputs_enabled(self, on: bool) -> None:
         self.settingsBox.setEnabled(on)
@@ -199,6 +269,16 @@ class TrainingPanel(QWidget):
         )
         if path:
             self.trainDataEdit.setText(path)
+
+    def _browse_validation(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self,
+            "Validation data",
+            "",
+            "Text or JSON lines (*.txt *.md *.jsonl *.json *.csv *.parquet);;All (*)",
+        )
+        if path:
+            self.validationDataEdit.setText(path)
 
     def _browse_output(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Training output folder")

@@ -449,7 +449,7 @@ def test_the_field_table_names_real_settings_with_their_help_and_labels_keep_the
     from quailora_gui.controllers import form_fields, labels
 
     paths = [f.path for f in form_fields.FIELDS + form_fields.TRAIN_FIELDS]
-    assert len(paths) == len(set(paths)) == 28 + 9
+    assert len(paths) == len(set(paths)) == 28 + 16
     for f in form_fields.FIELDS + form_fields.TRAIN_FIELDS:
         form_fields.get_value(core.RunConfig(), f.path)  # a real setting
         assert labels.tooltip(f.name) == core.field_help(f.path).tooltip()
@@ -478,3 +478,17 @@ def test_target_specs_are_kept_as_written_until_a_box_is_touched():
     assert TargetChoice(["all-linear"]).checked(leaves) == leaves
     assert TargetChoice(["mlp.down_proj"]).checked(leaves) == []
     assert TargetChoice(["x"]).targets([], [], False) == ["x"]  # no boxes yet: the specs
+
+
+def test_the_cores_hints_reach_the_window_without_command_line_flags():
+    from quailora_core import config as core
+    from quailora_gui.controllers.wording import app_words
+
+    for section in (*core.SECTIONS, None):
+        for h in core.section_help(section):
+            if h.flag:
+                worded = app_words(f"Use {h.flag} 3, or leave it out of {h.flag}.")
+                assert "--" not in worded and h.path.rpartition(".")[2].replace("_", " ") in worded, worded
+    assert app_words("Check the path, or use --model demo.") == "Check the path, or use the demo model."
+    assert app_words("Set [train] data in the run file, or use --data PATH.") == "Choose the training data."
+    assert app_words("Unknown key 'x' in [train] of the run file.") == "Unknown key 'x' in [train] of the run file."

@@ -84,6 +84,9 @@ def test_bad_input_disables_run_with_the_reason_next_to_the_field(
     assert not report.ok
     assert not window.runButton.isEnabled()
     assert not label.isHidden() and words in label.text()
+    assert "--" not in label.text()  # the app's words, not the command line's ("use --model demo")
+    if problem == "missing model":
+        assert "the demo model" in label.text()
     # the line beside Run names the problem, and a click on it shows the field in the form
     named = {"missing model": "the model", "missing calibration file": "the calibration data",
              "non-empty output folder": "the output folder"}[problem]  # fmt: skip
@@ -219,6 +222,9 @@ def test_the_settings_widgets_show_the_cores_help_and_start_at_its_defaults(make
         if f.numeric:
             assert widget.value() == pytest.approx(get_value(defaults, f.path)), f.name
     assert window.form.alsItersSpin.toolTip().endswith("(usual: 500).")  # not a stale copy
+    on_tab = window.trainingPanel.settings()
+    assert on_tab.pop("data") == "demo"  # the Training tab starts from the built-in fine-tuning text
+    assert on_tab == {k: getattr(defaults.train, k) for k in on_tab}
     shown = window.form.to_config()
     shown.output = defaults.output  # the window proposes a free folder of its own
     assert (shown.model.path, defaults.model.path) == ("demo", "")  # and the demo: the core has no default model

@@ -123,6 +123,9 @@ def test_launch_stream_stop_and_resume(qtbot, window, tiny_model_dir, text_file,
     metrics = json.loads((run_dir / "output" / "metrics.json").read_text())
     assert metrics["global_step"] == 60 and metrics["resumed_from"] == f"checkpoint-{last}"
     assert (run_dir / "output" / "adapter" / "adapter_model.safetensors").is_file()
+    view = f"tensorboard --logdir {run_dir / 'output' / 'logs'}"  # where the logs are, how to view them
+    assert view in window.trainingPanel.trainStatusLabel.text() and view in window.logView.toPlainText()
+    assert list((run_dir / "output" / "logs").glob("events.out.tfevents.*"))
     # the next launch gets a fresh folder; everything is enabled again
     assert window.trainingPanel.trainOutputEdit.text() == f"{tmp_path / 'training'}-2"
     assert window.launchTrainingButton.isEnabled() and window.runButton.isEnabled()
@@ -180,9 +183,10 @@ def test_failing_run_shows_its_cause_and_export_run_still_works(
 
 
 TRAINING_INPUTS = [
-    "trainDataEdit", "maxStepsSpin", "epochsSpin", "learningRateSpin", "trainBatchSizeSpin", "gradAccumSpin",
-    "trainSeqLenSpin", "evalIntervalSpin", "saveIntervalSpin", "trainOutputEdit", "launchTrainingButton",
-    "exportRunButton", "stopTrainingButton", "resumeTrainingButton",
+    "trainDataEdit", "dataFormatCombo", "trainTextColumnEdit", "validationDataEdit", "validationFractionSpin",
+    "maxStepsSpin", "epochsSpin", "learningRateSpin", "trainBatchSizeSpin", "gradAccumSpin",
+    "trainSeqLenSpin", "evalIntervalSpin", "saveIntervalSpin", "warmupSpin", "trainSeedSpin", "trackingCombo",
+    "trainOutputEdit", "launchTrainingButton", "exportRunButton", "stopTrainingButton", "resumeTrainingButton",
 ]  # fmt: skip
 
 
@@ -199,6 +203,88 @@ def test_training_controls_are_named_with_a_usual_value_and_wait_for_a_finished_
     for name in ("launchTrainingButton", "exportRunButton", "stopTrainingButton", "resumeTrainingButton"):
         assert not window.findChild(QWidget, name).isEnabled(), name
     assert window.trainingPanel.trainDataEdit.text() == "demo"  # the built-in fine-tuning text
+
+
+def test_training_tab_speaks_the_apps_words_not_the_command_lines(window):
+    """Labels, placeholders and tooltips of the Training tab name no flag or run-file section."""
+    from PySide6.QtWidgets import QComboBox, QLabel, QLineEdit, QWidget
+
+    panel = window.trainingPanel
+    texts = [w.toolTip() for w in panel.findChildren(QWidget)]
+    texts += [w.text() for w in panel.findChildren(QLabel)] + [w.placeholderText() for w in panel.findChildren(QLineEdit)]
+    texts += [c.itemText(i) for c in panel.findChildren(QComboBox) for i in range(c.count())]
+    bad = [t for t in texts if re.search(r"--[a-z]|\[train\]|\[model\]|quailora (train|init)", t)]
+    assert not bad, bad
+    assert "usual: tensorboard" in panel.trackingCombo.toolTip()
+
+
+def test_data_paths_are_checked_as_they_change(qtbot, window, text_file, tmp_path):
+    p = window.trainingPanel
+    missing = tmp_path / "missing.jsonl"
+    p.trainDataEdit.setText(str(missing))
+    assert not p.trainDataError.isHidden()
+    assert "does not exist" in p.trainDataError.text() and p.trainDataEdit.property("invalid") == "true"
+    p.trainDataEdit.setText(str(text_file))
+    assert p.trainDataError.isHidden() and p.trainDataEdit.property("invalid") == "false"
+    p.trainDataEdit.setText("")
+    assert "no training data" in p.trainDataError.text().lower()
+    p.trainDataEdit.setText("demo")
+    assert p.trainDataError.isHidden()
+    assert p.validationFractionSpin.isEnabled() and p.validationDataError.isHidden()  # empty: a share held out
+    p.validationDataEdit.setText(str(missing))
+    assert "Validation data" in p.validationDataError.text() and not p.validationDataError.isHidden()
+    assert not p.validationFractionSpin.isEnabled()  # a validation source replaces the share
+    p.validationDataEdit.setText(str(text_file))
+    assert p.validationDataError.isHidden() and p.validationDataEdit.property("invalid") == "false"
+
+
+def test_only_installed_trackers_can_be_chosen(qtbot, make_window):
+    from quailora_core.config import TRACKERS
+    from quailora_core.train.tracking import is_installed
+
+    with qtbot.waitSignal((w := make_window()).engineReady, timeout=120_000):
+        pass
+    combo = w.trainingPanel.trackingCombo
+    assert [combo.itemData(i) for i in range(combo.count())] == list(TRACKERS)
+    assert combo.currentData() == "tensorboard"
+    enabled = {combo.itemData(i): combo.model().item(i).isEnabled() for i in range(combo.count())}
+    assert enabled == {name: is_installed(name) for name in TRACKERS}
+    assert enabled["tensorboard"] and enabled["none"]
+
+
+def test_training_settings_are_saved_with_the_run_and_restored(qtbot, make_window, text_file, tmp_path, monkeypatch):
+    from quailora_core.config import RunConfig
+
+    first = make_window()
+    p = first.trainingPanel
+    p.trainDataEdit.setText(str(text_file))
+    p.dataFormatCombo.setCurrentIndex(p.dataFormatCombo.findData("text"))
+    p.trainTextColumnEdit.setText("body")
+    p.validationDataEdit.setText(str(text_file))
+    p.validationFractionSpin.setValue(0.125)
+    p.warmupSpin.setValue(7)
+    p.trainSeedSpin.setValue(42)
+    p.maxStepsSpin.setValue(33)
+    p.trackingCombo.setCurrentIndex(p.trackingCombo.findData("none"))
+    saved = tmp_path / "run.toml"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(saved), "Run files (*.toml)"))
+    first.saveRunAction.trigger()
+    t = RunConfig.load(saved).train
+    shown = {"data": str(text_file), "data_format": "text", "text_column": "body", "validation_data": str(text_file),
+             "validation_fraction": 0.125, "warmup_steps": 7, "seed": 42, "max_steps": 33, "tracking": "none"}  # fmt: skip
+    assert {k: getattr(t, k) for k in shown} == shown
+
+    def on_tab(w) -> dict:
+        return {k: w.trainingPanel.settings()[k] for k in shown}
+
+    other = make_window(restore_settings=False)  # File > Open run
+    assert on_tab(other)["tracking"] == "tensorboard"
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(saved), "Run files (*.toml)"))
+    other.openRunAction.trigger()
+    assert on_tab(other) == shown
+    first.shutdown()  # remembers the settings; a restart shows them again
+    first.close()
+    assert on_tab(make_window()) == shown
 
 
 # ---------------------------------------------------------------------------- Qt-free parts
@@ -298,7 +384,7 @@ def test_library_progress_bars_reach_the_log_as_plain_text(qtbot, window, tiny_m
     assert any("Loading weights" in line and "%|" in line for line in raw), raw  # the library did draw a bar
     log = window.findChild(QPlainTextEdit, "logView").toPlainText()
     shown = [line for line in log.splitlines() if "Loading weights" in line]
-    assert len(shown) == 1 and re.search(r"\[train\] Loading weights: 100% (\d+)/\1 ", shown[0]), shown
+    assert len(shown) == 1 and re.search(r"training: Loading weights: 100% (\d+)/\1 ", shown[0]), shown
     assert not re.search("[\u2580-\u259f\r]|\\d%\\|", log), log[-3000:]
 
 
