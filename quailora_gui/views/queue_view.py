@@ -317,7 +317,7 @@ class QueueControl(QObject):
         if event is None:
             text = plain_line(line)
             if text is not None:
-                self.w.log(f"[queue] {text}")
+                self.w.log(f"queue: {text}")
             return
         if isinstance(event, JobUpdate):
             self._label = event.label
@@ -333,7 +333,7 @@ class QueueControl(QObject):
     def _on_stderr(self, line: str) -> None:
         text = plain_line(line)
         if text is not None:
-            self.w.log(f"[queue] {text}")
+            self.w.log(f"queue: {text}")
 
     def _on_ended(self, code: int, crashed: bool) -> None:
         self.w.log(f"Queue runner ended (exit code {code}{', crashed' if crashed else ''}).",
