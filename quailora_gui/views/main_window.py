@@ -35,6 +35,7 @@ from .common import app_icon, named, role_label, shrinkable
 from .dialogs import show_input_error
 from .export_actions import ExportActions
 from .form_view import RunForm
+from .history_view import HistoryControl
 from .init_run import InitRun
 from .menus import build_menus
 from .panels import ProgressPanel
@@ -113,6 +114,7 @@ class MainWindow(QMainWindow):
         self.init_run = InitRun(self, engine)
         self.exports = ExportActions(self)
         self.training_control = TrainingControl(self, self.trainingPanel)
+        self.history = HistoryControl(self)  # the History tab: runs on disk, reopened and evaluated
         self.state.subscribe(self._apply_state)
 
         self.form.changed.connect(self.checks.form_changed)
@@ -200,7 +202,10 @@ class MainWindow(QMainWindow):
         self.init_run.start()
 
     def cancel_run(self) -> None:
-        self.init_run.cancel()
+        if self.state.evaluating:
+            self.history.cancel_eval()
+        else:
+            self.init_run.cancel()
 
     def request_check(self) -> None:
         """Check the form's config now (off the GUI thread); `checksFinished` reports it."""
