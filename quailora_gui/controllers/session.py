@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quailora_core.history import run_label
+
 from .formatting import fmt_duration, fmt_err, fmt_pct
-from .labels import METHOD_SHORT
 from .results import RunResults
 
 # Known summary keys of quailora_core.init.metrics.summarize, with their row labels; any other
@@ -37,11 +38,10 @@ SUMMARY_LABELS: dict[str, str] = {
 
 
 def run_name(config: Any, number: int) -> str:
-    """'#2 QuAILoRA / r16 / 4-bit NF4': method, rank and bits, as the compare list shows it."""
+    """'#2 QuAILoRA / r16 / 4-bit NF4': method, rank and bits, as the compare list shows it
+    (the core's label of a run, as the History tab lists it, numbered in the session)."""
     q = config.quantization
-    bits = f"{q.bits}-bit" + (f" {q.quant_type.upper()}" if q.bits == 4 else "")
-    method = METHOD_SHORT.get(config.init.method, config.init.method)
-    return f"#{number} {method} / r{config.lora.rank} / {bits}"
+    return f"#{number} {run_label(config.init.method, config.lora.rank, q.bits, q.quant_type)}"
 
 
 def format_summary_value(key: str, value: Any) -> str:

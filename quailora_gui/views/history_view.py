@@ -57,6 +57,7 @@ from ..controllers.history import (
     open_blocker,
     resume_blocker,
 )
+from ..controllers.paths import next_free_output
 from ..controllers.tasks import eval_task, run_failure
 from .common import named, role_label, shrinkable
 from .dialogs import show_failure, show_input_error
@@ -107,8 +108,8 @@ class HistoryPanel(QWidget):
         top_layout.addWidget(self.historyTable, 1)
 
         self.evalDataEdit = named(QLineEdit(EVAL_DATA), "evalDataEdit",
-                                  "Text to measure perplexity on (a file, a hub dataset id, or demo: the built-in "
-                                  "fine-tuning text). Use text the adapter was not calibrated on.")  # fmt: skip
+                                  "Text to measure perplexity on, not the calibration text: a file, a hub dataset "
+                                  "id, or demo (the built-in fine-tuning text).")  # fmt: skip
         self.evalSamplesSpin = named(QSpinBox(), "evalSamplesSpin", "Number of text blocks (usual: 32).")
         self.evalSamplesSpin.setRange(1, 100_000)
         self.evalSamplesSpin.setValue(EVAL_SAMPLES)
@@ -118,6 +119,11 @@ class HistoryPanel(QWidget):
         self.evalCancelButton = named(QPushButton("Cancel"), "evalCancelButton", "Stop the evaluation.")
         self.evalTable = _table("evalTable", EVAL_COLUMNS)
         self.evalTable.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        header = self.evalTable.horizontalHeader()
+        header.setStretchLastSection(False)  # the row names get the room, the figures their width
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        for column in (1, 2):
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
         self.evalSummaryLabel = role_label("Select a run and press Evaluate.", "hint", "evalSummaryLabel")
         self.evalSummaryLabel.setWordWrap(True)
         box = QGroupBox("Evaluation (quailora eval)")
@@ -167,7 +173,6 @@ class HistoryPanel(QWidget):
                 if c:
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.evalTable.setItem(r, c, item)
-        self.evalTable.resizeColumnToContents(0)
         self.evalSummaryLabel.setText(verdict)
 
 
@@ -285,6 +290,8 @@ class HistoryControl(QObject):
         opened = False
         if entry.adapter and Path(entry.adapter).is_dir():
             opened = self.reopen(entry.adapter) is not None
+            if opened and entry.run_dir:  # a new Launch goes beside the run folder, not into it
+                self.w.trainingPanel.trainOutputEdit.setText(next_free_output(entry.run_dir))
         if entry.run_dir:
             self._resume_target(entry)
             opened = True

@@ -5,7 +5,8 @@ The window is the shell that composes the parts and owns the one state machine
 the parts move it. Every background job goes through the one task runner (`runner.TaskRunner`):
 the initialization (`init_run.InitRun`), the engine warm-up and the form checks
 (`checking.FormChecks`), the exports (`export_actions.ExportActions`); training is a child
-process (`training_control.TrainingControl`). The centre is `results_view.ResultsArea`.
+process (`training_control.TrainingControl`). The centre is `results_view.ResultsArea`; its
+History tab (`history_view.HistoryControl`) lists, reopens and evaluates the runs on disk.
 """
 
 from __future__ import annotations
