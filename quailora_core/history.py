@@ -26,6 +26,7 @@ import dataclasses
 import datetime as _dt
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,9 +205,13 @@ def read_training_run(folder: str | os.PathLike[str], run_dir: str | os.PathLike
 
 
 # ---------------------------------------------------------------------------- the walk
-def scan_runs(root: str | os.PathLike[str] | None = None, max_depth: int = MAX_DEPTH) -> History:
+def scan_runs(
+    root: str | os.PathLike[str] | None = None, max_depth: int = MAX_DEPTH, also: Iterable[str | os.PathLike[str]] = ()
+) -> History:
     """Every init and training run at most `max_depth` levels below `root` (the app's output
-    root by default), newest first; unreadable ones are in `skipped` with the reason."""
+    root by default), newest first; unreadable ones are in `skipped` with the reason. `also`
+    names run folders elsewhere to list too (the app's runs written outside the root: an
+    adapter folder, a run folder or a training output), once each."""
     history = History()
     base = Path(root).expanduser() if root is not None else output_root()
 
@@ -245,6 +250,14 @@ def scan_runs(root: str | os.PathLike[str] | None = None, max_depth: int = MAX_D
             children = []
         for child in children:
             visit(child, 1)
+    listed = {e.path for e in history.entries} | {str(Path(s.path).resolve()) for s in history.skipped}
+    for extra in also:
+        folder = Path(extra).expanduser().resolve()
+        inside = folder / OUTPUT_DIR if (folder / RUN_FILE).is_file() else folder
+        copy = folder.name == ADAPTER_DIR and (folder.parent / RUN_FILE).is_file()  # a run folder's adapter/
+        if folder.is_dir() and not copy and str(folder) not in listed and str(inside) not in listed:
+            listed.add(str(folder))
+            visit(folder, max_depth)  # the folder itself, nothing below it
     history.entries.sort(key=lambda e: e.timestamp, reverse=True)
     return history
 

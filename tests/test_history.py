@@ -126,6 +126,17 @@ def test_broken_and_half_written_folders_are_skipped_with_a_reason(root, tmp_pat
     assert scan_runs(tmp_path / "nothing-here").entries == []
 
 
+def test_runs_outside_the_root_are_listed_once_when_named(root, tmp_path):
+    folder, _ = root
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(folder / "adapter", elsewhere)
+    also = [elsewhere, elsewhere, folder / "adapter", folder / "trained", folder / "stopped" / "adapter"]
+    history = scan_runs(folder, also=also)
+    paths = [Path(e.path) for e in history.entries]
+    assert sorted(paths) == sorted([elsewhere.resolve(), (folder / "adapter").resolve(),
+                                    (folder / "trained" / "output").resolve(), (folder / "stopped" / "output").resolve()])
+
+
 def test_the_output_root_is_the_apps(monkeypatch, tmp_path):
     monkeypatch.setenv("QUAILORA_GUI_OUTPUT_ROOT", str(tmp_path / "runs"))
     assert output_root() == tmp_path / "runs"

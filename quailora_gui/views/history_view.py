@@ -208,7 +208,11 @@ class HistoryControl(QObject):
     def refresh(self) -> History:
         """List the runs on disk again (small JSON files only: on the GUI thread)."""
         selected = self.selected()
-        self.history = scan_runs()
+        w = self.w  # this session's runs are listed also when written outside the output root
+        also = [run.output_dir for run in w.results_area.session.runs]
+        if w.training_control.run_dir:
+            also.append(w.training_control.run_dir)
+        self.history = scan_runs(also=also)
         self.panel.show_entries(self.history.entries, selected.path if selected else "")
         n, skipped = len(self.history.entries), len(self.history.skipped)
         text = f"{n} run{'s' if n != 1 else ''} on disk" + (f", {skipped} folders could not be read" if skipped else "")

@@ -233,3 +233,13 @@ def test_the_evaluating_phase_excludes_every_other_engine_job():
     assert not (state.enabled(Action.EVALUATE) or state.enabled(Action.REOPEN))
     with pytest.raises(TransitionError):
         state.start_eval()
+
+
+def test_a_run_written_outside_the_output_root_is_listed_too(qtbot, window, tiny_model_dir, text_file, tmp_path):
+    configure(window, tiny_model_dir, text_file, tmp_path / "elsewhere" / "adapter")
+    assert settle(qtbot, window).ok
+    with qtbot.waitSignal(window.history.refreshed, timeout=RUN_TIMEOUT) as refreshed:
+        click(qtbot, window.runButton)
+    assert [e.path for e in refreshed.args[0].entries] == [str((tmp_path / "elsewhere" / "adapter").resolve())]
+    table = widget(window, QTableWidget, "historyTable")
+    assert table.rowCount() == 1 and not root().exists()
