@@ -34,7 +34,8 @@ from typing import Any
 from quailora_core.adapter.record import METADATA_FILE, AdapterRecord
 from quailora_core.config import RunConfig
 from quailora_core.errors import InputError
-from quailora_core.events import LayerResult
+from quailora_core.evaluate import perplexity
+from quailora_core.events import EvalResult, LayerResult, TrainStep
 from quailora_core.paths import output_root
 from quailora_core.train.layout import (
     ADAPTER_DIR,
@@ -279,6 +280,33 @@ def layers_of(record: AdapterRecord) -> list[LayerResult]:
                 "Run `quailora init` again to get a record with every figure.",
             ) from None
     return layers
+
+
+def training_curve(folder: str | os.PathLike[str]) -> list[TrainStep | EvalResult]:
+    """A training run's logged steps and validations, as the events the trainer emitted
+    (its loss and learning-rate curve; the token rate is not logged: 0), from metrics.json
+    once it finished, else from its newest checkpoint; [] when neither can be read."""
+    path = Path(folder)
+    try:
+        if (path / METRICS_FILE).is_file():
+            data = _read_json(path / METRICS_FILE)
+        else:
+            found = checkpoints(path)
+            data = _read_json(found[-1] / "trainer_state.json") if found else {}
+    except InputError:
+        return []
+    history = data.get("log_history") or []
+    total = int(data.get("max_steps") or 0)
+    events: list[TrainStep | EvalResult] = []
+    for item in history:
+        if not isinstance(item, dict) or "step" not in item:
+            continue
+        step = int(item["step"])
+        if "loss" in item:
+            events.append(TrainStep(step, total, float(item["loss"]), float(item.get("learning_rate", 0.0)), 0.0))
+        elif "eval_loss" in item:
+            events.append(EvalResult(step, float(item["eval_loss"]), perplexity(float(item["eval_loss"]))))
+    return events
 
 
 def load_init_run(folder: str | os.PathLike[str]) -> StoredInitRun:

@@ -18,7 +18,7 @@ from helpers import make_config
 
 from quailora_core.config import RunConfig
 from quailora_core.events import CancelToken, LayerResult, TrainStep
-from quailora_core.history import INIT, TRAINING, load_init_run, run_label, scan_runs
+from quailora_core.history import INIT, TRAINING, load_init_run, run_label, scan_runs, training_curve
 from quailora_core.paths import output_root
 
 REPEATED = "The quick brown fox jumps over the lazy dog, and the dog sleeps in the sun. " * 40
@@ -89,6 +89,11 @@ def test_lists_init_and_training_runs_newest_first_with_their_figures(root):
     assert (stopped.steps_done, stopped.total_steps, stopped.finished) == (2, 4, False)
     assert stopped.checkpoint.endswith("checkpoint-2") and stopped.resumable
     assert stopped.evaluable_adapter == ""  # no trained adapter yet
+
+    done, halfway = training_curve(trained.path), training_curve(stopped.path)
+    assert [e.step for e in done if isinstance(e, TrainStep)] == [1, 2, 3]  # every step logged (log_interval 1)
+    assert all(e.total_steps == 3 and e.loss > 0 for e in done if isinstance(e, TrainStep))
+    assert [e.step for e in halfway if isinstance(e, TrainStep)] == [1, 2]  # from its checkpoint
 
 
 def test_layers_round_trip_through_the_record(root, demo_model):

@@ -41,7 +41,7 @@ from PySide6.QtWidgets import (
 
 from quailora_core.errors import InputError
 from quailora_core.events import Log, Stage
-from quailora_core.history import INIT, History, RunEntry, load_init_run, scan_runs
+from quailora_core.history import INIT, History, RunEntry, load_init_run, scan_runs, training_curve
 
 from ..controllers.app_state import Action, Phase
 from ..controllers.history import (
@@ -298,6 +298,14 @@ class HistoryControl(QObject):
                 self.w.trainingPanel.trainOutputEdit.setText(next_free_output(entry.run_dir))
         if entry.run_dir:
             self._resume_target(entry)
+            opened = True
+        curve = training_curve(entry.path)  # its loss curve on the Training tab; a resume continues it
+        if curve:
+            state = self.w.training_control.training
+            state.reset()
+            for event in curve:
+                state.on_event(event)
+            self.w.trainingPanel.show_state(state)
             opened = True
         self.w.tabs.setCurrentWidget(self.w.trainingPanel)
         return opened

@@ -204,6 +204,8 @@ def test_a_training_run_on_disk_resumes_only_below_its_step_budget(qtbot, window
     assert window.train_run_dir == str(run_dir) and window.displayed.output_dir == str((run_dir / "adapter").resolve())
     panel = window.trainingPanel
     assert panel.maxStepsSpin.value() == 2 and panel.trainOutputEdit.text() == f"{run_dir}-2"  # beside it, not in it
+    xs, ys = panel.charts.loss_data()
+    assert xs == [1, 2] and all(y > 0 for y in ys)  # its loss curve, read from metrics.json
     assert not window.resumeTrainingButton.isEnabled()
     assert "checkpoint-2" in window.resumeTrainingButton.toolTip() and "raise Max steps" in window.resumeTrainingButton.toolTip()
     panel.maxStepsSpin.setValue(4)  # a higher budget continues it
