@@ -245,3 +245,19 @@ def test_a_run_written_outside_the_output_root_is_listed_too(qtbot, window, tiny
     assert [e.path for e in refreshed.args[0].entries] == [str((tmp_path / "elsewhere" / "adapter").resolve())]
     table = widget(window, QTableWidget, "historyTable")
     assert table.rowCount() == 1 and not root().exists()
+
+
+def test_an_evaluation_that_fails_says_why_in_a_dialog_and_the_log(qtbot, window, tiny_model_dir, text_file, tmp_path):
+    from PySide6.QtWidgets import QMessageBox
+
+    adapter = made_on_disk(tiny_model_dir, text_file)
+    window.history.refresh()
+    assert window.history.select(str(adapter))
+    window.history.panel.evalDataEdit.setText(str(tmp_path / "missing.txt"))
+    with qtbot.waitSignal(window.history.evalEnded, timeout=RUN_TIMEOUT) as ended:
+        click(qtbot, widget(window, QPushButton, "historyEvaluateButton"))
+    assert ended.args == ["failed"]
+    dialog = window.findChild(QMessageBox, "errorDialog")
+    assert dialog is not None and "missing.txt" in dialog.text()
+    assert "Evaluation failed" in window.logView.toPlainText() and window.history.panel.evalTable.rowCount() == 0
+    assert not window.state.evaluating and widget(window, QPushButton, "historyEvaluateButton").isEnabled()
