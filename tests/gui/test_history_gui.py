@@ -100,6 +100,10 @@ def test_a_run_is_listed_and_a_new_window_reopens_it_and_keeps_it_after_a_cancel
     with qtbot.waitSignal(window.exported, timeout=30_000) as exported:
         assert window.export_adapter(str(tmp_path / "copy")) == str(tmp_path / "copy")
     assert (tmp_path / "copy" / "adapter_model.safetensors").is_file(), exported.args
+    with qtbot.waitSignal(window.exported, timeout=30_000):  # the run folder Launch would train
+        assert window.export_run(str(tmp_path / "run")) == str(tmp_path / "run")
+    exported_run = RunConfig.load(tmp_path / "run" / "run.toml")
+    assert exported_run.train.adapter == str(tmp_path / "run" / "adapter") and exported_run.lora.rank == 4
 
     # a second run, cancelled after its first layer: the reopened run stays shown and usable
     configure(window, tiny_model_dir, text_file, root() / "adapter-2")
