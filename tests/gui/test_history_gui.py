@@ -265,3 +265,35 @@ def test_an_evaluation_that_fails_says_why_in_a_dialog_and_the_log(qtbot, window
     assert dialog is not None and "missing.txt" in dialog.text()
     assert "Evaluation failed" in window.logView.toPlainText() and window.history.panel.evalTable.rowCount() == 0
     assert not window.state.evaluating and widget(window, QPushButton, "historyEvaluateButton").isEnabled()
+
+
+def test_a_stopped_training_on_disk_is_resumed_from_the_history(qtbot, window, tiny_model_dir, text_file):
+    from quailora_core.events import CancelToken, TrainStep
+    from quailora_core.train.export import export_run
+    from quailora_core.train.trainer import TrainingCancelled, run_train
+
+    adapter = made_on_disk(tiny_model_dir, text_file)
+    cfg = init_config(tiny_model_dir, text_file, adapter)
+    data = root() / "repeated.txt"
+    data.write_text(REPEATED, encoding="utf-8")
+    t = cfg.train
+    t.data, t.seq_len, t.batch_size, t.max_steps, t.eval_interval, t.save_interval = str(data), 32, 2, 4, 100, 100
+    run_dir = export_run(cfg, root() / "adapter-training")
+    cancel = CancelToken()
+    with pytest.raises(TrainingCancelled):  # as Stop, or a closed window, leaves it: checkpoint-2
+        run_train(RunConfig.load(run_dir / "run.toml"),
+                  lambda e: cancel.cancel() if isinstance(e, TrainStep) and e.step == 2 else None, cancel)  # fmt: skip
+    window.history.refresh()
+    assert window.history.select(str(run_dir / "output"))
+    resume = widget(window, QPushButton, "historyResumeButton")
+    window.training_env["OMP_NUM_THREADS"] = "1"
+    steps: list[TrainStep] = []
+    window.trainingStep.connect(steps.append)
+    with qtbot.waitSignal(window.trainingFinished, timeout=RUN_TIMEOUT) as finished:
+        click(qtbot, resume)
+        assert "--resume" in window.train_process.process.arguments()
+    assert [e.step for e in steps] == [3, 4] and finished.args[0].step == 4
+    xs, _ = window.trainingPanel.charts.loss_data()
+    assert xs == [1, 2, 3, 4]  # the curve read from disk, continued
+    row = window.history.selected()
+    assert row is not None and row.finished and row.steps_done == 4  # listed again after it finished
