@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,52 @@ def eval_verdict(report: Any) -> str:
                 f"({where}).")  # fmt: skip
     return (f"Quantization changes the loss too little to measure on this text ({where}): no share is given; "
             "use more samples or longer sequences.")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- opening a row
+@dataclass
+class OpenedRun:
+    """What Open read from disk for a row of the list (in the files lane: records are engine
+    files, never read on the GUI thread)."""
+
+    entry: RunEntry
+    init_path: str = ""  # the init run to show ("" when there is none)
+    stored: Any = None  # its StoredInitRun, None when the session holds it already (or none)
+    train: Any = None  # a training run's TrainSettings, from its run file (Resume continues with them)
+    curve: list[Any] = field(default_factory=list)  # its logged TrainStep / EvalResult events
+    notes: list[str] = field(default_factory=list)  # what could not be read, for the log
+
+
+def init_path_of(entry: RunEntry) -> str:
+    """The init run a row shows: the run itself, or the adapter a training started from."""
+    if entry.kind == INIT:
+        return entry.path
+    return entry.adapter if entry.adapter and (Path(entry.adapter) / METADATA_FILE).is_file() else ""
+
+
+def read_for_open(entry: RunEntry, known: bool) -> OpenedRun:
+    """Read what showing `entry` needs (`known`: the session holds its init run already).
+    An init run that cannot be read raises its InputError; for a training run, what cannot
+    be read is noted and the rest is shown."""
+    from quailora_core.config import RunConfig
+    from quailora_core.errors import InputError
+    from quailora_core.history import load_init_run, training_curve
+    from quailora_core.train.layout import RUN_FILE
+
+    opened = OpenedRun(entry, init_path_of(entry))
+    if opened.init_path and not known:
+        try:
+            opened.stored = load_init_run(opened.init_path)
+        except InputError as exc:
+            if entry.kind == INIT:
+                raise
+            opened.init_path = ""
+            opened.notes.append(f"The adapter this training started from cannot be shown: {exc.message}")
+    if entry.kind != INIT:
+        if entry.run_dir:
+            try:
+                opened.train = RunConfig.load(Path(entry.run_dir) / RUN_FILE).train
+            except InputError as exc:
+                opened.notes.append(f"The run file of {entry.run_dir} cannot be read: {exc.message}")
+        opened.curve = training_curve(entry.path)
+    return opened

@@ -7,6 +7,8 @@ it is one more way to choose what the centre shows, and the docks are for what r
 
 - the list comes from `quailora_core.history.scan_runs` (read from disk: a restart, or a run
   made with the command line, lists the same runs), refreshed after every run and training;
+  the records are read in the files lane of the task runner, as every engine file is, never
+  on the GUI thread (`refreshed`, `opened` say when the table or the run is shown);
 - Open makes an init run the shown run of the session (`ResultsArea.add_finished` /
   `show_run`): Export adapter, Export merged, Export run, Launch and Compare then work on it
   as on a run of this window; a training run opens the adapter it trained and lets Resume
@@ -19,6 +21,7 @@ it is one more way to choose what the centre shows, and the docks are for what r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +44,7 @@ from PySide6.QtWidgets import (
 
 from quailora_core.errors import InputError
 from quailora_core.events import Log, Stage
-from quailora_core.history import INIT, History, RunEntry, load_init_run, scan_runs, training_curve
+from quailora_core.history import INIT, History, RunEntry, scan_runs
 
 from ..controllers.app_state import Action, Phase
 from ..controllers.history import (
@@ -50,15 +53,19 @@ from ..controllers.history import (
     EVAL_DATA,
     EVAL_SAMPLES,
     EVAL_SEQ_LEN,
+    OpenedRun,
     entry_row,
     eval_blocker,
     eval_rows,
     eval_verdict,
+    init_path_of,
     open_blocker,
+    read_for_open,
     resume_blocker,
+    status_text,
 )
 from ..controllers.paths import next_free_output
-from ..controllers.tasks import eval_task, run_failure
+from ..controllers.tasks import eval_task, file_task, run_failure
 from .common import named, role_label, shrinkable
 from .dialogs import show_failure, show_input_error
 
@@ -180,6 +187,7 @@ class HistoryControl(QObject):
     """Drives the History tab for the window (see the module docstring)."""
 
     refreshed = Signal(object)  # quailora_core.history.History, after the table was filled
+    opened = Signal(object)  # the FinishedRun shown or added for Compare (None: a training run without it)
     evaluated = Signal(object)  # the core's EvalReport, after the table was filled
     evalEnded = Signal(str)  # "finished" | "failed" | "cancelled"
 
@@ -205,24 +213,36 @@ class HistoryControl(QObject):
         self.refresh()
 
     # ------------------------------------------------------------------ the list
-    def refresh(self) -> History:
-        """List the runs on disk again (small JSON files only: on the GUI thread)."""
-        selected = self.selected()
-        w = self.w  # this session's runs are listed also when written outside the output root
-        also = [run.output_dir for run in w.results_area.session.runs]
+    def refresh(self) -> bool:
+        """List the runs on disk again, in the files lane (records are engine files: none is
+        read on the GUI thread); `refreshed` fires when the table is filled. A newer refresh
+        supersedes one not delivered yet. Returns whether it started."""
+        w = self.w
+        if w.tasks.closed:
+            return False
+        also = [run.output_dir for run in w.results_area.session.runs]  # this session's runs, wherever written
         if w.training_control.run_dir:
             also.append(w.training_control.run_dir)
-        self.history = scan_runs(also=also)
-        self.panel.show_entries(self.history.entries, selected.path if selected else "")
-        n, skipped = len(self.history.entries), len(self.history.skipped)
+        w.tasks.start(file_task("list runs", lambda: scan_runs(also=also), on_done=self._on_listed,
+                                on_error=self._on_list_failed, supersede=True))  # fmt: skip
+        return True
+
+    def _on_listed(self, history: History) -> None:
+        selected = self.selected()
+        self.history = history
+        self.panel.show_entries(history.entries, selected.path if selected else "")
+        n, skipped = len(history.entries), len(history.skipped)
         text = f"{n} run{'s' if n != 1 else ''} on disk" + (f", {skipped} folders could not be read" if skipped else "")
         self.panel.historyStatusLabel.setText(text)
         self.panel.historyStatusLabel.setToolTip(
-            "\n".join(f"{s.path}: {s.reason}" for s in self.history.skipped) or "Runs under the output root."
+            "\n".join(f"{s.path}: {s.reason}" for s in history.skipped) or "Runs under the output root."
         )
         self._apply_state(self.w.state)
-        self.refreshed.emit(self.history)
-        return self.history
+        self.refreshed.emit(history)
+
+    def _on_list_failed(self, exc: BaseException, _details: str) -> None:
+        self.panel.historyStatusLabel.setText(f"The runs could not be listed: {exc}")
+        self.w.log(f"The runs on disk could not be listed: {exc}", "error")
 
     def selected(self) -> RunEntry | None:
         rows = self.panel.historyTable.selectionModel().selectedRows()
@@ -259,91 +279,93 @@ class HistoryControl(QObject):
         p.historyRefreshButton.setEnabled(state.phase is not Phase.CLOSED)
 
     # ------------------------------------------------------------------ open, compare, resume
-    def reopen(self, path: str, show: bool = True) -> Any:
-        """The session's FinishedRun of the init run in `path`, read from disk the first time;
-        shown (the window's shown run) unless `show` is False. None when it cannot be read."""
-        w = self.w
-        if not w.state.enabled(Action.REOPEN):
-            return None
-        area = w.results_area
-        run = area.session.find(path)
-        if run is None:
-            try:
-                stored = load_init_run(path)
-            except InputError as exc:
-                w.keep_dialog(show_input_error(w, exc, "Could not open the run"))
-                w.log(f"Could not open the run in {path}: {exc.message}", "error")
-                return None
-            run = area.add_finished(stored.config, stored, show=False)
-        if show:
-            area.show_run(run)
-            w.training_control.show_source(run)
-            w.state.note(has_run=True, has_results=bool(run.layers))
-            w.log(f"Opened {run.name} from {run.output_dir}")
-        return run
-
-    def open_selected(self) -> bool:
+    def open_selected(self, then: Callable[[], Any] | None = None) -> bool:
+        """Show the selected run: an init run becomes the shown run of the session; a training
+        run shows the adapter it trained and its curve, and Resume continues it. What it needs
+        is read in the files lane; `opened` fires when it is shown, after which `then` runs."""
         entry = self.selected()
-        if entry is None or open_blocker(entry) or not self.w.state.enabled(Action.REOPEN):
+        if entry is None or open_blocker(entry):
             return False
-        if entry.kind == INIT:
-            if self.reopen(entry.path) is None:
-                return False
-            self.w.tabs.setCurrentIndex(0)
-            return True
-        opened = False
-        if entry.adapter and Path(entry.adapter).is_dir():
-            opened = self.reopen(entry.adapter) is not None
-            if opened and entry.run_dir:  # a new Launch goes beside the run folder, not into it
-                self.w.trainingPanel.trainOutputEdit.setText(next_free_output(entry.run_dir))
-        if entry.run_dir:
-            self._resume_target(entry)
-            opened = True
-        curve = training_curve(entry.path)  # its loss curve on the Training tab; a resume continues it
-        if curve:
-            state = self.w.training_control.training
-            state.reset()
-            for event in curve:
-                state.on_event(event)
-            self.w.trainingPanel.show_state(state)
-            opened = True
-        self.w.tabs.setCurrentWidget(self.w.trainingPanel)
-        return opened
-
-    def _resume_target(self, entry: RunEntry) -> None:
-        from quailora_core.config import RunConfig
-        from quailora_core.train.layout import RUN_FILE
-
-        try:
-            train = RunConfig.load(Path(entry.run_dir) / RUN_FILE).train
-        except InputError as exc:
-            self.w.log(f"The run file of {entry.run_dir} cannot be read: {exc.message}", "warning")
-            train = None
-        control = self.w.training_control
-        if train is not None:
-            control.resume_from(entry.run_dir, train)
-        else:
-            control.run_dir = entry.run_dir
-            control.sync()
-        self.w.log(f"Training run {entry.run_dir}: {entry_row(entry)[5]}")
+        return self._open(entry, show=True, then=then)
 
     def compare_selected(self) -> bool:
+        """Put the selected init run in the compare list (read from disk the first time) and
+        overlay it on the shown run, without showing it."""
         entry = self.selected()
-        if entry is None or entry.kind != INIT:
-            return False
-        run = self.reopen(entry.path, show=False)
-        if run is None:
-            return False
-        combo = self.w.compareCombo
-        combo.setCurrentIndex(combo.findData(run.number))
-        return True
+        return entry is not None and entry.kind == INIT and self._open(entry, show=False)
 
     def resume_selected(self) -> bool:
+        """Open the selected training run, then Resume it (a new window knows its run folder)."""
         entry = self.selected()
         if entry is None or resume_blocker(entry):
             return False
-        self.open_selected()
-        return self.w.training_control.resume()
+        return self.open_selected(then=self.w.training_control.resume)
+
+    def _open(self, entry: RunEntry, show: bool, then: Callable[[], Any] | None = None) -> bool:
+        w = self.w
+        if not w.state.enabled(Action.REOPEN):
+            return False
+        path = init_path_of(entry)
+        known = bool(path) and w.results_area.session.find(path) is not None
+
+        def done(opened: OpenedRun) -> None:
+            self._on_read(opened, show)
+            if then is not None:
+                then()
+
+        w.tasks.start(file_task("open run", lambda: read_for_open(entry, known), on_done=done,
+                                on_error=lambda exc, details: self._on_open_failed(entry, exc, details)))  # fmt: skip
+        return True
+
+    def _on_read(self, opened: OpenedRun, show: bool) -> None:
+        w, entry, area = self.w, opened.entry, self.w.results_area
+        if not w.state.enabled(Action.REOPEN):  # a run started while the files were read
+            w.log(f"Not opened while {w.state.describe()}: {entry.path}", "warning")
+            return
+        for note in opened.notes:
+            w.log(note, "warning")
+        run = None
+        if opened.init_path:
+            run = area.session.find(opened.init_path)
+            if run is None:
+                run = area.add_finished(opened.stored.config, opened.stored, show=False)
+            if show:
+                area.show_run(run)
+                w.training_control.show_source(run)
+                w.state.note(has_run=True, has_results=bool(run.layers))
+                w.log(f"Opened {run.name} from {run.output_dir}")
+            else:
+                w.compareCombo.setCurrentIndex(w.compareCombo.findData(run.number))
+        if entry.kind != INIT and show:
+            control = w.training_control
+            if entry.run_dir:
+                if run is not None:  # a new Launch goes beside the run folder, not into it
+                    w.trainingPanel.trainOutputEdit.setText(next_free_output(entry.run_dir))
+                if opened.train is not None:
+                    control.resume_from(entry.run_dir, opened.train)
+                else:
+                    control.run_dir = entry.run_dir
+                    control.sync()
+            if opened.curve:  # its loss curve on the Training tab; a resume continues it
+                control.training.reset()
+                for event in opened.curve:
+                    control.training.on_event(event)
+                w.trainingPanel.show_state(control.training)
+            w.log(f"Training run {entry.path}: {status_text(entry)}")
+            w.tabs.setCurrentWidget(w.trainingPanel)
+        elif show:
+            w.tabs.setCurrentIndex(0)
+        self.opened.emit(run)
+
+    def _on_open_failed(self, entry: RunEntry, exc: BaseException, details: str) -> None:
+        w = self.w
+        if isinstance(exc, InputError):
+            w.keep_dialog(show_input_error(w, exc, "Could not open the run"))
+            w.log(f"Could not open the run in {entry.path}: {exc.message}", "error")
+        else:
+            failed = run_failure(exc, details)
+            w.keep_dialog(show_failure(w, failed, "Could not open the run"))
+            w.log(f"Could not open the run in {entry.path}: {failed.message}", "error")
 
     # ------------------------------------------------------------------ evaluate
     def evaluate_selected(self) -> bool:

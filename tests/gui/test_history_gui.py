@@ -60,9 +60,19 @@ def made_on_disk(model: Path, calibration: Path, name: str = "adapter") -> Path:
     return out
 
 
-def open_row(qtbot, window, path: Path) -> None:
+def listed(qtbot, window):
+    """List the runs on disk again and wait for the table (the files are read off the GUI thread)."""
+    with qtbot.waitSignal(window.history.refreshed, timeout=30_000) as blocker:
+        window.history.refresh()
+    return blocker.args[0]
+
+
+def open_row(qtbot, window, path: Path, button: str = "historyOpenButton"):
+    """Select the run in `path` and press `button`; wait until it is shown (or compared)."""
     assert window.history.select(str(path))
-    click(qtbot, widget(window, QPushButton, "historyOpenButton"))
+    with qtbot.waitSignal(window.history.opened, timeout=30_000) as blocker:
+        click(qtbot, widget(window, QPushButton, button))
+    return blocker.args[0]
 
 
 def test_a_run_is_listed_and_a_new_window_reopens_it_and_keeps_it_after_a_cancel(
@@ -77,7 +87,7 @@ def test_a_run_is_listed_and_a_new_window_reopens_it_and_keeps_it_after_a_cancel
         click(qtbot, first.runButton)
     assert ended.args == ["finished"], first.logView.toPlainText()
     adapter = str((root() / "adapter").resolve())
-    assert table.rowCount() == 1  # listed as soon as it finished
+    qtbot.waitUntil(lambda: table.rowCount() == 1)  # listed as soon as it finished
     assert [table.item(0, c).text() for c in (0, 1, 6)] == ["QuAILoRA / r4 / 4-bit NF4", "Initialization", adapter]
     first.shutdown()
     first.close()
@@ -85,7 +95,8 @@ def test_a_run_is_listed_and_a_new_window_reopens_it_and_keeps_it_after_a_cancel
     # a new window, as after a restart: the run is listed from disk, nothing is shown yet
     window = make_window()
     table = widget(window, QTableWidget, "historyTable")
-    assert table.rowCount() == 1 and table.item(0, 6).text() == adapter
+    qtbot.waitUntil(lambda: table.rowCount() == 1)
+    assert table.item(0, 6).text() == adapter
     assert not window.exportAdapterButton.isEnabled() and not window.exportRunButton.isEnabled()
     assert not widget(window, QPushButton, "historyOpenButton").isEnabled()  # no row selected
     open_row(qtbot, window, root() / "adapter")
@@ -136,8 +147,7 @@ def test_two_reopened_runs_can_be_compared(qtbot, window, tiny_model_dir, text_f
     with qtbot.waitSignal(window.history.refreshed):
         click(qtbot, widget(window, QPushButton, "historyRefreshButton"))
     open_row(qtbot, window, a)
-    assert window.history.select(str(b))
-    click(qtbot, widget(window, QPushButton, "historyCompareButton"))
+    open_row(qtbot, window, b, "historyCompareButton")
     assert window.displayed.output_dir == str(a.resolve())  # compared, not shown
     compared = window.results_area.session.get(window.compareCombo.currentData())
     assert compared.output_dir == str(b.resolve())
@@ -146,7 +156,7 @@ def test_two_reopened_runs_can_be_compared(qtbot, window, tiny_model_dir, text_f
 
 def test_evaluate_fills_the_table_in_the_engine_lane_and_can_be_cancelled(qtbot, window, tiny_model_dir, text_file):
     adapter = made_on_disk(tiny_model_dir, text_file)
-    window.history.refresh()
+    listed(qtbot, window)
     assert window.history.select(str(adapter))
     panel = window.history.panel
     panel.evalSamplesSpin.setValue(2)
@@ -194,7 +204,7 @@ def test_a_training_run_on_disk_resumes_only_below_its_step_budget(qtbot, window
     t.data, t.seq_len, t.batch_size, t.max_steps, t.eval_interval, t.save_interval = str(data), 32, 2, 2, 100, 100
     run_dir = export_run(cfg, root() / "adapter-training")
     run_train(RunConfig.load(run_dir / "run.toml"))
-    window.history.refresh()
+    listed(qtbot, window)
     table = widget(window, QTableWidget, "historyTable")
     assert window.history.select(str(run_dir / "output"))
     row = table.currentRow()
@@ -204,7 +214,7 @@ def test_a_training_run_on_disk_resumes_only_below_its_step_budget(qtbot, window
     assert not widget(window, QPushButton, "historyEvaluateButton").toolTip().startswith("The training has not")
 
     # Open: the adapter it trained is shown; Resume knows the run folder, but it is at its end
-    click(qtbot, widget(window, QPushButton, "historyOpenButton"))
+    assert open_row(qtbot, window, run_dir / "output") is window.displayed
     assert window.train_run_dir == str(run_dir) and window.displayed.output_dir == str((run_dir / "adapter").resolve())
     panel = window.trainingPanel
     assert panel.maxStepsSpin.value() == 2 and panel.trainOutputEdit.text() == f"{run_dir}-2"  # beside it, not in it
@@ -244,7 +254,8 @@ def test_the_evaluating_phase_excludes_every_other_engine_job():
 def test_a_run_written_outside_the_output_root_is_listed_too(qtbot, window, tiny_model_dir, text_file, tmp_path):
     configure(window, tiny_model_dir, text_file, tmp_path / "elsewhere" / "adapter")
     assert settle(qtbot, window).ok
-    with qtbot.waitSignal(window.history.refreshed, timeout=RUN_TIMEOUT) as refreshed:
+    with qtbot.waitSignal(window.history.refreshed, timeout=RUN_TIMEOUT,
+                          check_params_cb=lambda history: bool(history.entries)) as refreshed:  # fmt: skip
         click(qtbot, window.runButton)
     assert [e.path for e in refreshed.args[0].entries] == [str((tmp_path / "elsewhere" / "adapter").resolve())]
     table = widget(window, QTableWidget, "historyTable")
@@ -255,7 +266,7 @@ def test_an_evaluation_that_fails_says_why_in_a_dialog_and_the_log(qtbot, window
     from PySide6.QtWidgets import QMessageBox
 
     adapter = made_on_disk(tiny_model_dir, text_file)
-    window.history.refresh()
+    listed(qtbot, window)
     assert window.history.select(str(adapter))
     window.history.panel.evalDataEdit.setText(str(tmp_path / "missing.txt"))
     with qtbot.waitSignal(window.history.evalEnded, timeout=RUN_TIMEOUT) as ended:
@@ -283,17 +294,18 @@ def test_a_stopped_training_on_disk_is_resumed_from_the_history(qtbot, window, t
     with pytest.raises(TrainingCancelled):  # as Stop, or a closed window, leaves it: checkpoint-2
         run_train(RunConfig.load(run_dir / "run.toml"),
                   lambda e: cancel.cancel() if isinstance(e, TrainStep) and e.step == 2 else None, cancel)  # fmt: skip
-    window.history.refresh()
+    listed(qtbot, window)
     assert window.history.select(str(run_dir / "output"))
     resume = widget(window, QPushButton, "historyResumeButton")
     window.training_env["OMP_NUM_THREADS"] = "1"
     steps: list[TrainStep] = []
     window.trainingStep.connect(steps.append)
     with qtbot.waitSignal(window.trainingFinished, timeout=RUN_TIMEOUT) as finished:
-        click(qtbot, resume)
+        with qtbot.waitSignal(window.trainingStarted, timeout=30_000):  # once the run is opened
+            click(qtbot, resume)
         assert "--resume" in window.train_process.process.arguments()
     assert [e.step for e in steps] == [3, 4] and finished.args[0].step == 4
     xs, _ = window.trainingPanel.charts.loss_data()
     assert xs == [1, 2, 3, 4]  # the curve read from disk, continued
-    row = window.history.selected()
-    assert row is not None and row.finished and row.steps_done == 4  # listed again after it finished
+    qtbot.waitUntil(lambda: window.history.selected() is not None and window.history.selected().finished)
+    assert window.history.selected().steps_done == 4  # listed again after it finished
