@@ -8,6 +8,7 @@ drift apart.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -53,3 +54,12 @@ def checkpoints(output: str | os.PathLike[str]) -> list[Path]:
         if m and p.is_dir() and (p / "trainer_state.json").is_file() and (p / "adapter_model.safetensors").is_file():
             found.append((int(m.group(1)), p))
     return [p for _, p in sorted(found)]
+
+
+def checkpoint_step(checkpoint: str | os.PathLike[str]) -> int:
+    """The Trainer step a checkpoint was saved at (its trainer_state.json's `global_step`).
+
+    Resume continues from it only while it is below max_steps: the app greys Resume out
+    with this rule, the trainer refuses with it (`settings.check_output`)."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    return int(state.get("global_step", 0))

@@ -12,7 +12,7 @@ from quailora_core.adapter.record import AdapterRecord
 from quailora_core.config import DEMO_MODEL, RunConfig, TrainSettings
 from quailora_core.errors import InputError
 from quailora_core.sources.references import check_data_source, resolve_model_path
-from quailora_core.train.layout import RUN_RECORD, adapter_dir, checkpoints, output_dir
+from quailora_core.train.layout import RUN_RECORD, adapter_dir, checkpoint_step, checkpoints, output_dir
 
 
 def config_from_adapter(adapter: str) -> RunConfig:
@@ -85,7 +85,7 @@ def check_output(config: RunConfig, adapter: str, fingerprint: str | None) -> tu
                 "Resume with the run file that started it, or choose another --output.",
             )
     last = found[-1]
-    step = int(json.loads((last / "trainer_state.json").read_text(encoding="utf-8")).get("global_step", 0))
+    step = checkpoint_step(last)
     if t.epochs == 0 and step >= t.max_steps:
         raise InputError(
             f"The last checkpoint ({last.name}) is already at step {step}, max_steps is {t.max_steps}.",

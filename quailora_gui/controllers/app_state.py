@@ -3,8 +3,9 @@
 One object replaces the loose flags the window used to keep (`running`, `training_active`,
 `exporting`, the checker's generation counter). It has three parts:
 
-- the *phase*, one at a time: idle, running (an initialization), cancelling, training
-  (the child process), stopping, closed; `TRANSITIONS` lists the allowed moves;
+- the *phase*, one at a time: idle, running (an initialization), cancelling, evaluating
+  (`quailora eval` of a run), cancelling it, training (the child process), stopping, closed;
+  the initialization and the evaluation share the engine lane, so one excludes the other; `TRANSITIONS` lists the allowed moves;
 - the *export* under way, if any (an adapter copy, a run folder, the run folder Launch
   trains in): it overlaps with the phase, since Run stays allowed while a folder is copied
   and an adapter can be exported while a training runs, as before;
@@ -32,6 +33,8 @@ class Phase(Enum):
     IDLE = "idle"
     RUNNING = "running"  # an initialization runs in the engine thread
     CANCELLING = "cancelling"  # Cancel was asked: the engine stops after the current layer
+    EVALUATING = "evaluating"  # `quailora eval` of a run in the history runs in the engine thread
+    EVAL_CANCELLING = "cancelling the evaluation"  # Cancel was asked: it stops after the current batch
     TRAINING = "training"  # the training child process runs
     STOPPING = "stopping"  # Stop was asked: the trainer checkpoints at the end of the step
     CLOSED = "closed"  # the window shut down: nothing more is shown
@@ -70,6 +73,8 @@ class Action(Enum):
     DROP_INPUT = "drop input"  # a model folder or calibration data dropped on the window
     EDIT_FORM = "edit form"
     EDIT_TRAINING = "edit training settings"
+    REOPEN = "reopen a run"  # show a run of the history (its charts, its adapter to export and train)
+    EVALUATE = "evaluate"  # the perplexity table of `quailora eval`, in the engine lane
 
 
 # The form's error keys (top to bottom) as the status line names them.
@@ -85,15 +90,19 @@ class TransitionError(RuntimeError):
 
 # phase -> {event: next phase}. Every other (phase, event) pair is illegal.
 TRANSITIONS: dict[Phase, dict[str, Phase]] = {
-    Phase.IDLE: {"start_run": Phase.RUNNING, "start_training": Phase.TRAINING, "close": Phase.CLOSED},
+    Phase.IDLE: {"start_run": Phase.RUNNING, "start_training": Phase.TRAINING, "start_eval": Phase.EVALUATING,
+                 "close": Phase.CLOSED},
     Phase.RUNNING: {"cancel": Phase.CANCELLING, "end_run": Phase.IDLE, "close": Phase.CLOSED},
     Phase.CANCELLING: {"end_run": Phase.IDLE, "close": Phase.CLOSED},
+    Phase.EVALUATING: {"cancel": Phase.EVAL_CANCELLING, "end_eval": Phase.IDLE, "close": Phase.CLOSED},
+    Phase.EVAL_CANCELLING: {"end_eval": Phase.IDLE, "close": Phase.CLOSED},
     Phase.TRAINING: {"stop": Phase.STOPPING, "end_training": Phase.IDLE, "close": Phase.CLOSED},
     Phase.STOPPING: {"end_training": Phase.IDLE, "close": Phase.CLOSED},
     Phase.CLOSED: {},
 }
 # the action a move needs enabled, beyond the phase allowing it
-GUARDS: dict[str, Action] = {"start_run": Action.RUN, "cancel": Action.CANCEL, "stop": Action.STOP}
+GUARDS: dict[str, Action] = {"start_run": Action.RUN, "cancel": Action.CANCEL, "stop": Action.STOP,
+                             "start_eval": Action.EVALUATE}
 FACTS = ("has_run", "has_results", "train_output", "resumable")
 EXPORT_ACTIONS: dict[Export, Action] = {
     Export.ADAPTER: Action.EXPORT_ADAPTER,
@@ -158,6 +167,12 @@ class AppState:
 
     def start_training(self) -> None:
         self.move("start_training")
+
+    def start_eval(self) -> None:
+        self.move("start_eval")
+
+    def end_eval(self) -> None:
+        self.move("end_eval")
 
     def stop(self) -> None:
         self.move("stop")
@@ -226,6 +241,11 @@ class AppState:
         return self.phase in (Phase.RUNNING, Phase.CANCELLING)
 
     @property
+    def evaluating(self) -> bool:
+        """An evaluation runs (cancelled or not)."""
+        return self.phase in (Phase.EVALUATING, Phase.EVAL_CANCELLING)
+
+    @property
     def training(self) -> bool:
         """The training process runs (stopping or not)."""
         return self.phase in (Phase.TRAINING, Phase.STOPPING)
@@ -238,7 +258,7 @@ class AppState:
         free = idle and self.exporting is None  # nothing runs and nothing is written
         rules = {
             Action.RUN: idle and self.checks is Checks.PASSED,
-            Action.CANCEL: phase is Phase.RUNNING,
+            Action.CANCEL: phase in (Phase.RUNNING, Phase.EVALUATING),
             Action.EXPORT_ADAPTER: self.has_run and not self.running and self.exporting is None,
             Action.EXPORT_MERGED: self.has_run and not self.running and self.exporting is None,
             Action.EXPORT_GGUF: self.has_run and not self.running and self.exporting is None,
@@ -253,6 +273,8 @@ class AppState:
             Action.DROP_INPUT: not self.running,
             Action.EDIT_FORM: idle,
             Action.EDIT_TRAINING: not self.training,
+            Action.REOPEN: not self.running and not self.training and self.exporting is None,
+            Action.EVALUATE: idle,
         }
         return rules[action]
 
@@ -272,6 +294,8 @@ class AppState:
             return "Running…"
         if self.training:
             return "Training is running (see the Training tab)."
+        if self.evaluating:
+            return "Evaluating (see the History tab)…"
         if self.report is None:
             return "Checking the settings…"
         if self.report.ok:

@@ -8,6 +8,8 @@ the others: buttons, charts, labels.
 
 from __future__ import annotations
 
+from quailora_core.history import METHOD_SHORT as _METHOD_SHORT
+
 from .form_fields import config_tooltip
 
 METHOD_LABELS: dict[str, str] = {
@@ -16,7 +18,7 @@ METHOD_LABELS: dict[str, str] = {
     "loftq": "LoftQ (uncalibrated SVD)",
     "qlora": "Plain QLoRA (B = 0)",
 }
-METHOD_SHORT: dict[str, str] = {"quailora": "QuAILoRA", "exact": "exact", "loftq": "LoftQ", "qlora": "QLoRA"}
+METHOD_SHORT = _METHOD_SHORT  # the core's short names: a run is named the same in the History and the compare list
 
 INPUT_LABELS: dict[str, str] = {
     "fp": "Full-precision inputs",

@@ -1,13 +1,16 @@
-"""Finished runs of this session, kept so that one can be overlaid on another."""
+"""Finished runs of this session, kept so that one can be overlaid on another: the runs made
+in this window and those reopened from the history (`quailora_core.history`)."""
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from quailora_core.history import run_label
+
 from .formatting import fmt_duration, fmt_err, fmt_pct
-from .labels import METHOD_SHORT
 from .results import RunResults
 
 # Known summary keys of quailora_core.init.metrics.summarize, with their row labels; any other
@@ -35,11 +38,10 @@ SUMMARY_LABELS: dict[str, str] = {
 
 
 def run_name(config: Any, number: int) -> str:
-    """'#2 QuAILoRA / r16 / 4-bit NF4': method, rank and bits, as the compare list shows it."""
+    """'#2 QuAILoRA / r16 / 4-bit NF4': method, rank and bits, as the compare list shows it
+    (the core's label of a run, as the History tab lists it, numbered in the session)."""
     q = config.quantization
-    bits = f"{q.bits}-bit" + (f" {q.quant_type.upper()}" if q.bits == 4 else "")
-    method = METHOD_SHORT.get(config.init.method, config.init.method)
-    return f"#{number} {method} / r{config.lora.rank} / {bits}"
+    return f"#{number} {run_label(config.init.method, config.lora.rank, q.bits, q.quant_type)}"
 
 
 def format_summary_value(key: str, value: Any) -> str:
@@ -67,6 +69,7 @@ class FinishedRun:
     layers: list[Any]
     summary: dict[str, Any]
     output_dir: str
+    serving: list[Any] = field(default_factory=list)  # the adapter's serving verdicts (StackVerdict)
     results: RunResults = field(init=False)
 
     def __post_init__(self) -> None:
@@ -83,10 +86,20 @@ class Session:
     def __init__(self) -> None:
         self.runs: list[FinishedRun] = []
 
-    def add(self, config: Any, layers: list[Any], summary: dict[str, Any], output_dir: str) -> FinishedRun:
-        run = FinishedRun(len(self.runs) + 1, copy.deepcopy(config), list(layers), dict(summary), output_dir)
+    def add(self, config: Any, layers: list[Any], summary: dict[str, Any], output_dir: str,
+            serving: list[Any] | None = None) -> FinishedRun:  # fmt: skip
+        run = FinishedRun(len(self.runs) + 1, copy.deepcopy(config), list(layers), dict(summary), output_dir,
+                          list(serving or []))  # fmt: skip
         self.runs.append(run)
         return run
+
+    def find(self, output_dir: str) -> FinishedRun | None:
+        """The run of this session whose adapter is in `output_dir` (reopening it twice shows it again)."""
+        want = Path(output_dir).expanduser().resolve()
+        for run in self.runs:
+            if Path(run.output_dir).expanduser().resolve() == want:
+                return run
+        return None
 
     def get(self, number: int) -> FinishedRun | None:
         for run in self.runs:

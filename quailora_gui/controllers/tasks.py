@@ -1,7 +1,7 @@
 """Background jobs as plain data: what runs off the GUI thread, and what its outcome means.
 
-Every job of the app (the initialization run, the engine warm-up, the form checks, the
-adapter and run-folder exports) is a `Task`: a name, the lane it runs in, a job function
+Every job of the app (the initialization run, the evaluation, the engine warm-up, the form
+checks, the adapter and run-folder exports) is a `Task`: a name, the lane it runs in, a job function
 and its callbacks. `views.runner.TaskRunner` runs tasks, one at a time per lane, each lane in
 its own thread (the model is Orange3's ConcurrentMixin: start, cancel, partial results,
 done, exception, one mechanism for every job), and calls the callbacks on the GUI thread.
@@ -167,6 +167,20 @@ def gguf_task(adapter: str, output: str, gguf_type: str, gguf_output: str, **cal
         return merge_to_gguf(adapter, output, gguf_type, gguf_output, None, None, context.emit, context.token)
 
     return Task("export gguf", job, FILES, **callbacks)
+
+
+def eval_task(adapter: str, data: str, samples: int, seq_len: int, device: str = "auto", **callbacks: Any) -> Task:
+    """`quailora eval` of an adapter in the engine lane (it loads three models, like a run
+    and never beside one): the engine's events reach `on_event`, the result is the core's
+    EvalReport; Cancel stops it between batches (`on_cancelled`)."""
+
+    def job(context: TaskContext) -> Any:
+        from quailora_core.evaluate import evaluate_adapter
+
+        return evaluate_adapter(adapter, data, None, samples, seq_len, "text", 4, device, 0, context.emit,
+                                context.token)  # fmt: skip
+
+    return Task("evaluate", job, ENGINE, **callbacks)
 
 
 def file_task(name: str, job: Callable[[], Any], **callbacks: Any) -> Task:

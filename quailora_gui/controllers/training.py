@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from quailora_core.events import EvalResult, Failed, Finished, TrainStep
-from quailora_core.train.layout import OUTPUT_DIR, RUN_FILE, checkpoints
+from quailora_core.train.layout import OUTPUT_DIR, RUN_FILE, checkpoint_step, checkpoints
 
 from .formatting import fmt_duration, fmt_gib
 from .wording import app_words
@@ -122,6 +122,25 @@ def has_checkpoint(run_dir: str | Path | None) -> bool:
     """Whether the run folder's training output holds a complete checkpoint to resume from
     (the core's rule: `quailora_core.train.layout.checkpoints`)."""
     return bool(run_dir) and bool(checkpoints(Path(run_dir) / TRAIN_OUTPUT))
+
+
+def resume_blocker(run_dir: str | Path | None, max_steps: int, epochs: float = 0.0) -> str:
+    """Why Resume cannot continue the run folder now ("" when it can), in the core's rule:
+    a complete checkpoint, below the Max steps the resumed run gets (`--max-steps`). Said
+    before the click, instead of a child process that loads the model for ~20 s to refuse."""
+    if not run_dir:
+        return "Nothing to resume: launch a training, or open a training run in the History tab."
+    found = checkpoints(Path(run_dir) / TRAIN_OUTPUT)
+    if not found:
+        return "Nothing to resume: the run holds no complete checkpoint yet."
+    try:
+        step = checkpoint_step(found[-1])
+    except (OSError, ValueError):
+        return f"The last checkpoint ({found[-1].name}) cannot be read."
+    if not epochs and step >= max_steps:
+        return (f"The last checkpoint ({found[-1].name}) is at step {step}, Max steps is {max_steps}: "
+                f"raise Max steps above {step} to train further.")  # fmt: skip
+    return ""
 
 
 # ---------------------------------------------------------------------------- the stream

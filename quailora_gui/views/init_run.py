@@ -32,6 +32,7 @@ class InitRun(QObject):
         self.tracker = ProgressTracker()
         self.handle: Any = None  # the TaskHandle of the run under way
         self.config: Any = None  # the RunConfig it runs
+        self.previous: Any = None  # the finished run shown before it: shown again if it ends without one
         self._clock = QTimer(self)
         self._clock.setInterval(CLOCK_MS)
         self._clock.timeout.connect(self.update_progress)
@@ -47,6 +48,7 @@ class InitRun(QObject):
         w.prefs.save_last_config(config)
         w.remember_model(config.model.path)
         w.remember_calibration(config.calibration.source)
+        self.previous = w.results_area.displayed
         w.results_area.clear()
         w.state.note(has_run=False, has_results=False)
         w.state.start_run()
@@ -117,9 +119,15 @@ class InitRun(QObject):
 
     # ------------------------------------------------------------------ the end
     def _end(self, has_run: bool) -> None:
+        """The run is over; one that wrote nothing (cancelled, failed) gives the window back
+        the finished run shown before it, with its exports, Launch and Compare."""
         w = self.w
         self.handle = None
         self._clock.stop()
+        if not has_run and self.previous is not None:
+            w.results_area.show_run(self.previous)
+            has_run = True
+        self.previous = None
         w.results_area.refresh(everything=True)
         w.state.note(has_run=has_run, has_results=len(w.results_area.results) > 0)
         w.state.end_run()
@@ -159,8 +167,9 @@ class InitRun(QObject):
 
     def _on_cancelled(self) -> None:
         w = self.w
+        done = len(w.results_area.results)
         self._end(has_run=False)
-        w.progressPanel.set_idle(f"Cancelled after {len(w.results_area.results)} layers; nothing was written.")
+        w.progressPanel.set_idle(f"Cancelled after {done} layers; nothing was written.")
         w.progressPanel.etaLabel.setText("")
         w.log("Run cancelled; nothing was written to disk.", "warning")
         w.request_check()

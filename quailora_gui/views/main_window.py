@@ -6,7 +6,8 @@ the parts move it. Every background job goes through the one task runner (`runne
 the initialization (`init_run.InitRun`), the engine warm-up and the form checks
 (`checking.FormChecks`), the exports (`export_actions.ExportActions`); training is a child
 process (`training_control.TrainingControl`), and so is the job queue's runner
-(`queue_view.QueueControl`, the Queue tab). The centre is `results_view.ResultsArea`.
+(`queue_view.QueueControl`, the Queue tab). The centre is `results_view.ResultsArea`; its
+History tab (`history_view.HistoryControl`) lists, reopens and evaluates the runs on disk.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .common import app_icon, named, role_label, shrinkable
 from .dialogs import show_input_error
 from .export_actions import ExportActions
 from .form_view import RunForm
+from .history_view import HistoryControl
 from .init_run import InitRun
 from .menus import build_menus
 from .panels import ProgressPanel
@@ -119,6 +121,7 @@ class MainWindow(QMainWindow):
         self.exports = ExportActions(self)
         self.training_control = TrainingControl(self, self.trainingPanel)
         self.queue_control = QueueControl(self, self.queuePanel)
+        self.history = HistoryControl(self)  # the History tab: runs on disk, reopened and evaluated
         self.state.subscribe(self._apply_state)
 
         self.form.changed.connect(self.checks.form_changed)
@@ -224,7 +227,10 @@ class MainWindow(QMainWindow):
         self.init_run.start()
 
     def cancel_run(self) -> None:
-        self.init_run.cancel()
+        if self.state.evaluating:
+            self.history.cancel_eval()
+        else:
+            self.init_run.cancel()
 
     def request_check(self) -> None:
         """Check the form's config now (off the GUI thread); `checksFinished` reports it."""

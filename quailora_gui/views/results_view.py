@@ -126,16 +126,34 @@ class ResultsArea(QWidget):
     def expect_layers(self, n_layers: int, n_blocks: int) -> None:
         self.layerErrorChart.expect_layers(n_layers, n_blocks)
 
-    def add_finished(self, config: Any, result: Any) -> FinishedRun:
-        """A run finished: keep it in the session, show it, offer it for comparison."""
-        run = self.session.add(config, result.layers, result.summary, result.output_dir)
-        self.displayed = run
-        self.servingLabel.setText(serving_verdicts_html(result.serving))
-        self.servingLabel.setToolTip(serving_verdicts_tooltip(result.serving))
-        self.servingLabel.setVisible(bool(result.serving))
+    def add_finished(self, config: Any, result: Any, show: bool = True) -> FinishedRun:
+        """A run finished (or was read back from disk: `result` is then the core's
+        StoredInitRun): keep it in the session, offer it for comparison, show it unless
+        `show` is False (a run reopened only to be compared)."""
+        run = self.session.add(config, result.layers, result.summary, result.output_dir, result.serving)
         self.compareCombo.addItem(run.name, run.number)
+        if show:
+            self.displayed = run
+            self._show_serving(run.serving)
         self.on_compare_changed()
         return run
+
+    def show_run(self, run: FinishedRun) -> None:
+        """Show a finished run of the session again (reopened from the history, or the one
+        shown before a run that was cancelled or failed): its layers, summary and verdicts."""
+        self.results = RunResults(run.layers)
+        self.resultsTableWidget.model.set_layers(self.results.layers)
+        self.layerErrorChart.set_results(self.results)
+        self.heatMap.set_results(self.results)
+        self.displayed = run
+        self._show_serving(run.serving)
+        self.on_compare_changed()
+        self.refresh(everything=True)
+
+    def _show_serving(self, serving: list[Any]) -> None:
+        self.servingLabel.setText(serving_verdicts_html(serving))
+        self.servingLabel.setToolTip(serving_verdicts_tooltip(serving))
+        self.servingLabel.setVisible(bool(serving))
 
     def stop(self) -> None:
         self._refresh_timer.stop()

@@ -28,6 +28,7 @@ from ..controllers.training import (
     installed_trackers,
     parse_line,
     plain_line,
+    resume_blocker,
     source_error,
     train_command,
     training_config,
@@ -68,6 +69,9 @@ class TrainingControl(QObject):
         panel.validationDataEdit.textChanged.connect(lambda text: self.check_source("train.validation_data", text))
         window.engineReady.connect(lambda: panel.set_installed_trackers(installed_trackers()))
         self.check_source("train.data", panel.trainDataEdit.text())
+        panel.maxStepsSpin.valueChanged.connect(lambda _value: self.sync())  # Resume continues up to it
+        panel.epochsSpin.valueChanged.connect(lambda _value: self.sync())
+        self._resume_tip = panel.resumeTrainingButton.toolTip()
 
     def check_source(self, field: str, text: str) -> str:
         """Show why the training or validation data cannot be used under its field ("" when it can)."""
@@ -86,9 +90,20 @@ class TrainingControl(QObject):
         self.panel.set_settings(config.train)
 
     def sync(self) -> None:
-        """Tell the state what the panel and the disk say: an output folder, a checkpoint."""
-        self.w.state.note(train_output=bool(self.panel.trainOutputEdit.text().strip()),
-                          resumable=has_checkpoint(self.run_dir))  # fmt: skip
+        """Tell the state what the panel and the disk say: an output folder, a checkpoint
+        below Max steps (the Resume button's tooltip says why not, otherwise)."""
+        p = self.panel
+        why = resume_blocker(self.run_dir, p.maxStepsSpin.value(), p.epochsSpin.value())
+        p.resumeTrainingButton.setToolTip(why or self._resume_tip)
+        self.w.state.note(train_output=bool(p.trainOutputEdit.text().strip()), resumable=not why)
+
+    def resume_from(self, run_dir: str, train: Any) -> None:
+        """A training run of the history (after a restart): Resume continues it; the panel
+        shows its settings (Max steps from its run file)."""
+        self.run_dir = run_dir
+        self.panel.set_settings(train)
+        self.panel.trainStatusLabel.setText(f"Resume continues <code>{escape(run_dir)}</code>")
+        self.sync()
 
     def show_source(self, run: Any) -> None:
         """The finished run whose adapter Export run / Launch train; a free output folder for it."""

@@ -297,7 +297,7 @@ def test_state_machine_moves_through_its_phases_and_refuses_illegal_moves():
     unsubscribe = state.subscribe(lambda s: seen.append((s.phase, s.checks)))
     assert state.phase is Phase.IDLE and state.checks is Checks.CHECKING
     assert state.actions() == {Action.OPEN_RUN, Action.SAVE_RUN, Action.DROP_INPUT, Action.EDIT_FORM,
-                               Action.EDIT_TRAINING}  # fmt: skip
+                               Action.EDIT_TRAINING, Action.REOPEN, Action.EVALUATE}  # fmt: skip
     assert state.run_status() == "Checking the settings…" and "pending" in state.blockers()
     with pytest.raises(TransitionError, match="cannot start run while idle"):
         state.start_run()  # no report yet: Run is disabled, so the move is illegal
