@@ -6,7 +6,8 @@
 training-panel-running.png). It runs LoftQ, then QuAILoRA on the demo model (shipped in
 resources/, no download), grabs the window half-way through the second run
 (main-window-running.png), then once it has finished with the LoftQ run overlaid
-(main-window-finished.png), and the heat map tab (main-window-heatmap.png). Settings and
+(main-window-finished.png), the heat map and compare tabs, and the History tab with the
+QuAILoRA run evaluated (main-window-history.png). Settings and
 outputs go to a temporary folder, never to the user's.
 """
 
@@ -51,6 +52,17 @@ def main() -> int:
     grab(app, window, "main-window-heatmap.png")
     window.tabs.setCurrentWidget(window.comparePanel)
     grab(app, window, "main-window-compare.png")
+
+    # the History tab: both runs read back from disk, the QuAILoRA run evaluated
+    window.tabs.setCurrentWidget(window.history.panel)
+    window.history.refresh()
+    wait_for(window, window.history.refreshed)
+    if not window.history.select(window.session.latest.output_dir):
+        raise SystemExit("the finished run is not in the History")
+    window.history.panel.historyEvaluateButton.click()
+    if wait_for(window, window.history.evalEnded)[0] != "finished":
+        raise SystemExit(f"the evaluation failed: {window.logView.toPlainText()}")
+    grab(app, window, "main-window-history.png")
     window.shutdown()
     window.close()
     return 0
