@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QTabWidget,
     QVBoxLayout,
     QWidget,
@@ -54,6 +55,8 @@ class ResultsArea(QWidget):
         self.compareCombo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.compareCombo.setMinimumContentsLength(9)
         self.compareCombo.view().setMinimumWidth(320)
+        self.compareCombo.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.compareCombo.setMaximumWidth(300)  # a wide window shows the whole run name
         self.compareCombo.currentIndexChanged.connect(self.on_compare_changed)
         self.exportAdapterButton = named(QPushButton("Export adapter…"), "exportAdapterButton")
         self.exportChartsButton = named(QPushButton("Charts…"), "exportChartsButton")
@@ -71,7 +74,7 @@ class ResultsArea(QWidget):
         tools = QHBoxLayout()
         tools.setContentsMargins(6, 2, 6, 2)
         tools.addWidget(QLabel("Compare"))
-        tools.addWidget(self.compareCombo)
+        tools.addWidget(self.compareCombo, 1)
         tools.addWidget(self.logScaleCheck)
         tools.addStretch(1)
         for button in (self.exportChartsButton, self.exportCsvButton, self.exportAdapterButton):
