@@ -52,7 +52,7 @@ def test_run_folder_is_complete_and_relative(demo_model, adapter, tmp_path):
     launcher = run_dir / "launch.sh"
     assert launcher.stat().st_mode & stat.S_IXUSR
     text = launcher.read_text()
-    assert 'accelerate launch --num_processes "${NUM_PROCESSES:-1}" -m quailora_core.train "$HERE/run.toml" "$@"' in text
+    assert 'accelerate launch --num_processes "${NUM_PROCESSES:-1}" $MULTI -m quailora_core.train "$HERE/run.toml" "$@"' in text
     assert '-m quailora_core.train "$HERE/run.toml" --check "$@"' in text.split("accelerate launch")[-2]  # first
     assert "NUM_PROCESSES" in text.split("set -euo")[0] and "--resume" in text  # explained in comments
     assert str(tmp_path) not in text

@@ -23,6 +23,7 @@ from quailora_core.config import RunConfig
 from quailora_core.errors import InputError
 from quailora_core.events import CancelToken, EvalResult, Finished, TrainStep
 from quailora_core.train.examples import IGNORE_INDEX, encode_conversation
+from quailora_core.train.processes import weights_digest
 from quailora_core.train.trainer import TrainingCancelled, run_train
 
 REPEATED = "The quick brown fox jumps over the lazy dog, and the dog sleeps in the sun. " * 40
@@ -74,6 +75,7 @@ def test_training_moves_the_adapter_and_events_stream(trained, adapter):
     assert metrics["global_step"] == 12 and metrics["eval_loss"] == pytest.approx(evals[-1].loss)
     assert metrics["first_eval_loss"] == pytest.approx(evals[0].loss) and metrics["optim"] == "adamw_torch"
     assert metrics["data"]["format"] == "text" and metrics["data"]["eval_examples"] >= 1
+    assert metrics["processes"] == 1 and metrics["adapter_digests"] == [weights_digest(after)]
 
 
 def test_trained_adapter_loads_with_peft_on_the_quantized_base(trained, adapter, demo_model):

@@ -1,6 +1,12 @@
 """The one error and signal path of every command: events to the terminal or as JSON lines,
 an InputError as one line and exit 2, a failure as one line and exit 1, SIGINT/SIGTERM
-cancelling the run at its next check (a second one interrupts at once)."""
+cancelling the run at its next check (a second one interrupts at once).
+
+Under `accelerate launch --num_processes N` every rank runs the command; only the main process
+(rank 0) writes JSON lines on stdout (events and Failed), so that the stream has one copy of
+each (but a rank's own failure, the cause of what the others then report). A signal to the launcher (Ctrl-C in its terminal, the app's SIGTERM to its process group)
+reaches each rank once: torchrun's agent starts every rank in a session of its own and forwards
+the signal to them; the ranks then stop together (`train.processes`)."""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import traceback
 from typing import Any
 
 from quailora_core.cli.progress import clear_status
-from quailora_core.errors import InputError, QuailoraError
+from quailora_core.errors import Cancelled, InputError, QuailoraError
 
 
 def _no_progress_bars() -> None:
@@ -42,9 +48,14 @@ def run_reporting(args: argparse.Namespace, work, progress=None) -> tuple[int, A
     import threading
 
     from quailora_core.events import CancelToken, Failed, event_to_json
+    from quailora_core.train.processes import is_main_process
 
     out = sys.stdout
-    if args.json:
+    speaks = is_main_process()
+    if args.json and not speaks:
+        _no_progress_bars()
+        on_event = lambda event: None  # noqa: E731 - the main process speaks for the run
+    elif args.json:
         # a reader of JSON lines (the app's log, a remote runner) cannot draw progress bars:
         # transformers' "Loading weights" bars would reach it as lines of carriage returns
         _no_progress_bars()
@@ -72,12 +83,12 @@ def run_reporting(args: argparse.Namespace, work, progress=None) -> tuple[int, A
         print("interrupted.", file=sys.stderr)
         return 1, None
     except QuailoraError as exc:
-        if args.json:
+        if args.json and (speaks or not isinstance(exc, Cancelled)):  # all ranks stop together: rank 0 says it
             print(event_to_json(Failed(exc.message, exc.hint)), file=out, flush=True)
         print(f"{clear_status()}error: {exc.one_line()}", file=sys.stderr)
         return (2 if isinstance(exc, InputError) else 1), None
     except Exception as exc:  # a failure during the run: one line, details on request
-        if args.json:
+        if args.json:  # from any rank: a crash of rank 1 is the cause of what rank 0 then reports
             print(event_to_json(Failed(str(exc), "", traceback.format_exc())), file=out, flush=True)
         print(f"{clear_status()}error: {type(exc).__name__}: {exc}", file=sys.stderr)
         if os.environ.get("QUAILORA_DEBUG"):

@@ -48,7 +48,12 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PYTHON="${PYTHON:-$(command -v python || command -v python3 || echo python)}"
 "$PYTHON" -m quailora_core.train "$HERE/run.toml" --check "$@"
-exec accelerate launch --num_processes "${NUM_PROCESSES:-1}" -m quailora_core.train "$HERE/run.toml" "$@"
+# Several processes: accelerate starts them (torchrun) only with --multi_gpu, else it starts one;
+# without a GPU they train on the CPU (gloo). A stop (Ctrl-C, SIGTERM) reaches every process, which
+# finish the step and save a checkpoint; the launcher kills them after TORCH_ELASTIC_SHUTDOWN_TIMEOUT s.
+MULTI=""; if [ "${NUM_PROCESSES:-1}" -gt 1 ]; then MULTI="--multi_gpu"; fi
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-300}"
+exec accelerate launch --num_processes "${NUM_PROCESSES:-1}" $MULTI -m quailora_core.train "$HERE/run.toml" "$@"
 """
 
 

@@ -5,7 +5,6 @@ folder and what resuming continues from."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from quailora_core.adapter.record import AdapterRecord
@@ -13,6 +12,7 @@ from quailora_core.config import DEMO_MODEL, RunConfig, TrainSettings
 from quailora_core.errors import InputError
 from quailora_core.sources.references import check_data_source, resolve_model_path
 from quailora_core.train.layout import RUN_RECORD, adapter_dir, checkpoint_step, checkpoints, output_dir
+from quailora_core.train.processes import is_main_process
 
 
 def config_from_adapter(adapter: str) -> RunConfig:
@@ -96,4 +96,4 @@ def check_output(config: RunConfig, adapter: str, fingerprint: str | None) -> tu
 
 def _is_main_process() -> bool:
     """False in the other processes of a multi-process (`accelerate launch`) run."""
-    return int(os.environ.get("RANK", "0")) == 0
+    return is_main_process()

@@ -22,6 +22,11 @@ the newest complete checkpoint. A `TrainerCallback` turns the Trainer's logs int
 `TrainStep` / `EvalResult` events and stops at the next step end when the `CancelToken`
 is cancelled (saving a checkpoint there, so that `--resume` continues from it).
 
+Under `accelerate launch --num_processes N` (data parallel) every rank runs this; only rank 0
+emits events and writes the run's files, the ranks decide a stop together (a stop that
+reaches one rank stops all at the same step) and compare their trained weights before the
+adapter is saved (`train.processes`).
+
 The output folder holds the Trainer's `checkpoint-N/` folders, `adapter/` (the trained peft
 adapter with `quailora.json` plus a "training" section, renamed into place only when
 complete), `logs/` (the experiment tracker's files: TensorBoard event files by default, through
@@ -66,7 +71,8 @@ from quailora_core.model.fingerprint import check_base
 from quailora_core.sources.training_data import load_training_data
 from quailora_core.train.examples import IGNORE_INDEX, _count, _split, encode
 from quailora_core.train.layout import FINAL_ADAPTER, LOGS_DIR, METRICS_FILE, RUN_RECORD, adapter_dir
-from quailora_core.train.settings import _is_main_process, check_output, check_quantization
+from quailora_core.train.processes import any_process, gathered, is_main_process, weights_digest
+from quailora_core.train.settings import check_output, check_quantization
 from quailora_core.train.tracking import (
     TrackingInfo,
     check_installed,
@@ -172,6 +178,8 @@ def run_train(
     taken as they are (relative to the working directory); `RunConfig.load` resolves a run
     file's paths against its folder."""
     cancel = cancel or CancelToken()
+    if not is_main_process():
+        on_event = ignore_events  # the other ranks of `accelerate launch` run the same, silently
     on_event(Stage("load"))
     plan = preflight_train(config, on_event)
     return _Training(plan, on_event, cancel).run()
@@ -185,7 +193,7 @@ class _Training:
         import datasets
         import torch
         import transformers
-        from peft import PeftModel, prepare_model_for_kbit_training
+        from peft import PeftModel, get_peft_model_state_dict, prepare_model_for_kbit_training
         from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
         from transformers.trainer_callback import PrinterCallback
 
@@ -220,7 +228,7 @@ class _Training:
         plan.output.mkdir(parents=True, exist_ok=True)
         logs = plan.output / LOGS_DIR
         self.tracking = tracking_info(t.tracking, logs)
-        if not plan.resume_from and _is_main_process():
+        if not plan.resume_from and is_main_process():
             _write_json(plan.output / RUN_RECORD, {
                 "adapter": str(plan.adapter),
                 "base_model": plan.model_path,
@@ -279,6 +287,10 @@ class _Training:
         state = trainer.state
         if bridge.cancelled_at is not None:
             raise TrainingCancelled(bridge.cancelled_at, str(plan.output))
+        digests = self._digests(trainer, get_peft_model_state_dict)
+        if len(set(digests)) > 1:  # data parallelism keeps them equal: anything else is a bug to report
+            raise QuailoraError(f"The {len(digests)} training processes ended with different adapters.",
+                                "Please report this with the run's training_run.json.")  # fmt: skip
         eval_metrics: dict[str, Any] = {}
         if has_eval:
             last = [h for h in state.log_history if "eval_loss" in h]
@@ -288,6 +300,8 @@ class _Training:
                 eval_metrics = trainer.evaluate()
         self.emit(Stage("export"))
         metrics = self._metrics(state, output.metrics, eval_metrics, started, cuda, bf16, optim)
+        metrics["processes"] = trainer.accelerator.num_processes
+        metrics["adapter_digests"] = digests  # one per process, all equal (none when sharded)
         if trainer.is_world_process_zero():
             self._write(trainer.model, metrics)
         trainer.accelerator.wait_for_everyone()
@@ -295,6 +309,15 @@ class _Training:
                              self.tracking)  # fmt: skip
         self.emit(Finished(result.output_dir, {k: v for k, v in metrics.items() if k != "log_history"}))
         return result
+
+    @staticmethod
+    def _digests(trainer, state_dict) -> list[str]:
+        """Each process's digest of its trained LoRA weights (equal under data parallelism);
+        none where the weights are sharded across the processes (FSDP, DeepSpeed ZeRO), whose
+        ranks each hold a part."""
+        if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+            return []
+        return gathered(weights_digest(state_dict(trainer.model)))
 
     def _metrics(self, state, train_metrics, eval_metrics, started, cuda, bf16, optim) -> dict[str, Any]:
         history = list(state.log_history)
@@ -346,7 +369,12 @@ class _Training:
 
 class EventBridge(TrainerCallback):
     """Trainer logs -> TrainStep / EvalResult events; CancelToken -> stop at the step end, with a
-    checkpoint there so that --resume continues from it. Only the main process emits."""
+    checkpoint there so that --resume continues from it. Only the main process emits.
+
+    With several processes the stop is decided together (`processes.any_process`) at the same
+    points on every rank (each step end, each training log, each evaluation after step 0: the
+    Trainer calls these callbacks on every rank), so that every rank stops at the same step and
+    saves the same checkpoint even when only one of them was asked to stop."""
 
     def __init__(self, emit: EventCallback, cancel: CancelToken, cuda: bool) -> None:
         self.emit, self.cancel, self.cuda = emit, cancel, cuda
@@ -365,18 +393,25 @@ class EventBridge(TrainerCallback):
         if self._t0 is not None:
             self._step_seconds += time.perf_counter() - self._t0
             self._t0 = None
-        self._check_cancel(state, control)
+        self._check_cancel(args, state, control)
         return control
 
-    def _check_cancel(self, state, control) -> None:
-        if self.cancel.cancelled and self.cancelled_at is None:
+    def _check_cancel(self, args, state, control) -> None:
+        """Stop at this step when any rank's token is cancelled; a collective with several
+        processes, so called at the same points on every rank (and no more once decided, on all)."""
+        if self.cancelled_at is None and any_process(self.cancel.cancelled, args.device):
             self.cancelled_at = state.global_step
             control.should_training_stop = True
             control.should_save = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or "loss" not in logs or not state.is_world_process_zero:
+        if not logs or "loss" not in logs:
             return
+        if state.is_world_process_zero:
+            self._emit_step(state, logs)
+        self._check_cancel(args, state, control)  # a cancel from this event's handler stops at this step
+
+    def _emit_step(self, state, logs) -> None:
         import torch
 
         # tokens per second of training steps only (evaluation and checkpoint time left out)
@@ -386,15 +421,15 @@ class EventBridge(TrainerCallback):
         memory = torch.cuda.max_memory_allocated() / 2**30 if self.cuda else None
         self.emit(TrainStep(state.global_step, state.max_steps, float(logs["loss"]),
                             float(logs.get("learning_rate", 0.0)), rate, memory))  # fmt: skip
-        self._check_cancel(state, control)  # a cancel from this event's handler stops at this step
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if not metrics or "eval_loss" not in metrics or not state.is_world_process_zero:
+        if not metrics or "eval_loss" not in metrics:
             return
-        loss = float(metrics["eval_loss"])
-        self.emit(EvalResult(state.global_step, loss, perplexity(loss)))
+        if state.is_world_process_zero:
+            loss = float(metrics["eval_loss"])
+            self.emit(EvalResult(state.global_step, loss, perplexity(loss)))
         if state.global_step > 0:
-            self._check_cancel(state, control)
+            self._check_cancel(args, state, control)
 
 
 def _logging_dir(arguments: type, tracker: str, logs: Path) -> dict[str, str]:
