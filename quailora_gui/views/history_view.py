@@ -209,6 +209,8 @@ class HistoryControl(QObject):
         p.historyTable.itemDoubleClicked.connect(lambda _item: self.open_selected())
         for signal in (window.runFinished, window.trainingFinished, window.trainingStopped, window.trainingFailed):
             signal.connect(lambda *_: self.refresh())
+        self.queued_outputs: list[str] = []  # folders the queue's jobs filled (listed wherever they are)
+        window.queue_control.jobEvent.connect(self._on_job_event)
         window.state.subscribe(self._apply_state)
         self.refresh()
 
@@ -223,9 +225,19 @@ class HistoryControl(QObject):
         also = [run.output_dir for run in w.results_area.session.runs]  # this session's runs, wherever written
         if w.training_control.run_dir:
             also.append(w.training_control.run_dir)
+        also += self.queued_outputs
         w.tasks.start(file_task("list runs", lambda: scan_runs(also=also), on_done=self._on_listed,
                                 on_error=self._on_list_failed, supersede=True))  # fmt: skip
         return True
+
+    def _on_job_event(self, event: Any) -> None:
+        """A job of the queue's runner finished: its run belongs in the History at once."""
+        from quailora_core.events import JobUpdate
+
+        if isinstance(event, JobUpdate) and event.state == "done":
+            if event.output and event.output not in self.queued_outputs:
+                self.queued_outputs.append(event.output)
+            self.refresh()
 
     def _on_listed(self, history: History) -> None:
         selected = self.selected()

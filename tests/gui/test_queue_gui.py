@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from gui_helpers import configure
 from PySide6.QtCore import Qt
@@ -56,6 +57,9 @@ def test_runs_added_from_the_form_and_a_terminal_run_in_the_child(qtbot, window,
     assert (tmp_path / "a" / "adapter_config.json").is_file() and (tmp_path / "b" / "adapter_config.json").is_file()
     log = window.logView.toPlainText()
     assert "Queue: from a terminal: done" in log
+    # the queue's finished runs are in the History (outside the output root too)
+    qtbot.waitUntil(lambda: {str(Path(e.path).resolve()) for e in window.history.history.entries}
+                    >= {str((tmp_path / n).resolve()) for n in ("a", "b")}, timeout=60_000)  # fmt: skip
     # the queue survives the window: a new one reads the same jobs
     assert [j.state for j in JobQueue(default_queue_path()).jobs()] == ["done", "done"]
 
