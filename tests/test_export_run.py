@@ -53,10 +53,10 @@ def test_run_folder_is_complete_and_relative(demo_model, adapter, tmp_path):
     launcher = run_dir / "launch.sh"
     assert launcher.stat().st_mode & stat.S_IXUSR
     text = launcher.read_text()
-    assert 'launch --config_file "$HERE/accelerate_config.yaml" --num_processes 1' in text  # a single-process run
+    assert 'launch --config_file "$HERE/accelerate_config.yaml" --num_processes "${NUM_PROCESSES:-1}"' in text
     assert '-m quailora_core.train "$HERE/run.toml" "$@"' in text.split("--check")[-1]
     assert '-m quailora_core.train "$HERE/run.toml" --check "$@"' in text.split('exec "$ACCELERATE"')[-2]  # first
-    assert "--launch ddp" in text.split("set -euo")[0] and "--resume" in text  # explained in comments
+    assert "NUM_PROCESSES" in text.split("set -euo")[0] and "--resume" in text  # explained in comments
     assert str(tmp_path) not in text
     assert subprocess.run(["bash", "-n", str(launcher)]).returncode == 0
     assert "launch.sh" in (run_dir / "README.md").read_text()

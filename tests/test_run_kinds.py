@@ -205,8 +205,8 @@ LAYOUT = {"NUM_PROCESSES": "4", "NUM_MACHINES": "2", "MACHINE_RANK": "1", "MAIN_
           "MAIN_PROCESS_PORT": "29555"}  # fmt: skip
 
 
-def test_single_run_launches_one_process_and_refuses_a_process_count(demo_model, demo_adapter, tmp_path,
-                                                                       monkeypatch):  # fmt: skip
+def test_single_run_launches_one_process_or_data_parallel_ones_on_this_machine(demo_model, demo_adapter, tmp_path,
+                                                                              monkeypatch):  # fmt: skip
     from accelerate.commands.config.config_args import load_config_from_file
 
     run_dir = export_run(train_run(demo_model, demo_adapter, tmp_path, "single"), tmp_path / "run")
@@ -218,7 +218,11 @@ def test_single_run_launches_one_process_and_refuses_a_process_count(demo_model,
     assert argv[-3:] == ["-m", "quailora_core.train", str(run_dir / "run.toml")]
     args, _ = _launcher_view(argv, monkeypatch)
     assert args.num_processes == 1 and not (args.multi_gpu or args.use_fsdp or args.use_deepspeed)
-    proc = _launch(run_dir, {"NUM_PROCESSES": "2"})
+    proc = _launch(run_dir, {"NUM_PROCESSES": "2"})  # as before run kinds: data parallel on this machine
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    args, _ = _launcher_view(shlex.split(proc.stdout), monkeypatch)
+    assert args.multi_gpu and (args.nproc_per_node, args.num_machines) == ("2", 1)
+    proc = _launch(run_dir, {"NUM_MACHINES": "2"})
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and "--launch ddp" in lines[0], proc.stderr
 

@@ -155,9 +155,14 @@ _KIND_TEXT = {
 def _cluster_text(launch: str) -> str:
     """How to start the run on one machine with several GPUs and on a cluster, for its kind."""
     if launch == "single":
-        return """This run is single-process (`[train] launch = "single"`). For several GPUs or machines,
-export it again with `--launch ddp` (a copy of the 4-bit model per GPU), `--launch fsdp` or
-`--launch deepspeed` (the base sharded over the GPUs: for a model that does not fit one card).
+        return """```bash
+NUM_PROCESSES=4 ./launch.sh    # data parallel: one process per GPU on a 4-GPU machine (the default is 1)
+```
+
+This run is for one machine (`[train] launch = "single"`). For several machines, export it again
+with `--launch ddp` (a copy of the 4-bit model per GPU), or `--launch fsdp` / `--launch deepspeed`
+(the base sharded over the GPUs: for a model that does not fit one card); their README shows the
+`accelerate launch` and Slurm commands.
 """
     deepspeed = (" and `--deepspeed_config_file ds_config.json`" if launch == "deepspeed" else "")
     needs = ("\nThe deepspeed kind needs `pip install deepspeed` on every machine; `launch.sh` says so "

@@ -2,7 +2,7 @@
 
 `[train] launch` names one of four kinds (`config.RUN_KINDS`):
 
-    single      one process, one GPU (or the CPU)
+    single      one machine: one process (one GPU, or the CPU), or NUM_PROCESSES data-parallel ones
     ddp         data parallel: one process per GPU, each with the whole 4-bit model
     fsdp        FSDP-QLoRA: the 4-bit base sharded over the GPUs (FULL_SHARD), for a model
                 that does not fit one card (peft's and Answer.AI's 70B on 2 x 24 GB)
@@ -163,12 +163,20 @@ ACCELERATE="${{ACCELERATE:-accelerate}}"
 
 _CHECK = '"$PYTHON" -m quailora_core.train "$HERE/run.toml" --check "$@"\n'
 
-_SINGLE = """if [ "${NUM_PROCESSES:-1}" != 1 ] || [ "${NUM_MACHINES:-1}" != 1 ]; then
-  echo "error: this run is single-process ([train] launch = \\"single\\"); export it with --launch ddp (or fsdp, deepspeed) to use NUM_PROCESSES / NUM_MACHINES." >&2
+_SINGLE = """if [ "${NUM_MACHINES:-1}" != 1 ]; then
+  echo "error: this run is for one machine ([train] launch = \\"single\\"); export it with --launch ddp (or fsdp, deepspeed) to use NUM_MACHINES." >&2
   exit 2
 fi
-{check}exec "$ACCELERATE" launch --config_file "$HERE/accelerate_config.yaml" --num_processes 1 \\
-  -m quailora_core.train "$HERE/run.toml" "$@"
+{check}# Several processes: accelerate starts them (torchrun) only with --multi_gpu, else it starts one;
+# without a GPU they train on the CPU (gloo).
+MULTI=(); if [ "${NUM_PROCESSES:-1}" -gt 1 ]; then MULTI=(--multi_gpu); fi
+{stop}exec "$ACCELERATE" launch --config_file "$HERE/accelerate_config.yaml" --num_processes "${NUM_PROCESSES:-1}" \\
+  ${MULTI[@]+"${MULTI[@]}"} -m quailora_core.train "$HERE/run.toml" "$@"
+"""
+
+_STOP = """# A stop (Ctrl-C, SIGTERM) reaches every process, which finish the step and save a checkpoint;
+# the launcher kills them after TORCH_ELASTIC_SHUTDOWN_TIMEOUT s.
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-300}"
 """
 
 _MULTI = """{check}NUM_MACHINES="${{NUM_MACHINES:-1}}"
@@ -180,11 +188,11 @@ ARGS=(--config_file "$HERE/accelerate_config.yaml" --num_processes "$NUM_PROCESS
       --num_machines "$NUM_MACHINES" --machine_rank "${{MACHINE_RANK:-0}}")
 if [ -n "${{MAIN_PROCESS_IP:-}}" ]; then ARGS+=(--main_process_ip "$MAIN_PROCESS_IP"); fi
 if [ -n "${{MAIN_PROCESS_PORT:-}}" ]; then ARGS+=(--main_process_port "$MAIN_PROCESS_PORT"); fi
-{extra}exec "$ACCELERATE" launch "${{ARGS[@]}}" -m quailora_core.train "$HERE/run.toml" "$@"
+{extra}{stop}exec "$ACCELERATE" launch "${{ARGS[@]}}" -m quailora_core.train "$HERE/run.toml" "$@"
 """
 
 _WHAT = {
-    "single": "one process",
+    "single": "one machine: one process, or NUM_PROCESSES data-parallel ones",
     "ddp": "data parallel, one process per GPU, each with the whole 4-bit model",
     "fsdp": "FSDP-QLoRA, the 4-bit base sharded over the GPUs",
     "deepspeed": "DeepSpeed ZeRO-3 + QLoRA, the 4-bit base sharded over the GPUs",
@@ -202,8 +210,11 @@ def launch_script(launch: str) -> str:
     """launch.sh for a run kind: the cheap check, then `accelerate launch` with the kind's config."""
     files = ACCELERATE_CONFIG + (f" and {DEEPSPEED_CONFIG}" if launch == "deepspeed" else "")
     if launch == "single":
-        usage = "#   (one process; for several GPUs export the run with --launch ddp, fsdp or deepspeed)\n"
-        return _HEADER.format(launch=launch, what=_WHAT[launch], files=files, usage=usage) + _SINGLE.replace("{check}", _CHECK)
+        usage = ("#   NUM_PROCESSES=4 ./launch.sh      data-parallel on 4 GPUs of this machine: one process per GPU\n"
+                 "#                                    (the default is 1); the batch size in run.toml is per GPU.\n"
+                 "#                                    Several machines: export with --launch ddp, fsdp or deepspeed\n")
+        body = _SINGLE.replace("{check}", _CHECK).replace("{stop}", _STOP)
+        return _HEADER.format(launch=launch, what=_WHAT[launch], files=files, usage=usage) + body
     extra = 'ARGS+=(--deepspeed_config_file "$HERE/ds_config.json")\n' if launch == "deepspeed" else ""
     return (_HEADER.format(launch=launch, what=_WHAT[launch], files=files, usage=_MULTI_USAGE)
-            + _MULTI.format(check=_CHECK, extra=extra))  # fmt: skip
+            + _MULTI.format(check=_CHECK, extra=extra, stop=_STOP))  # fmt: skip
