@@ -317,3 +317,26 @@ def _echoed_arguments(run_dir: Path, env: dict[str, str]) -> list[str]:
 def _launch_script(script: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     full = {**os.environ, "PYTHON": sys.executable, "ACCELERATE": "echo", **env}
     return subprocess.run(["bash", str(script)], env=full, capture_output=True, text=True, timeout=60)
+
+
+# ---------------------------------------------------------------------------- the training process
+def test_a_sharded_run_keeps_every_parameter_in_the_storage_dtype(demo_model, sharded_adapter):
+    """FSDP flattens a block's parameters into one tensor of one dtype: peft's usual preparation
+    upcasts the norms to float32 beside the bfloat16-stored 4-bit weights; the sharded kinds'
+    does not, and the LoRA pairs still train."""
+    from peft import PeftModel
+
+    from quailora_core.model.base import load_quantized_base
+    from quailora_core.train.run_kinds import optimizer_name, prepare_for_training
+
+    record = AdapterRecord.load(sharded_adapter)
+    usual = prepare_for_training(load_quantized_base(str(demo_model), record), "ddp", gradient_checkpointing=False)
+    assert torch.float32 in {p.dtype for p in usual.parameters()}  # what would break FSDP's flattening
+    model = prepare_for_training(load_quantized_base(str(demo_model), record), "fsdp", gradient_checkpointing=True)
+    blocks = find_decoder_blocks(model).blocks
+    assert {p.dtype for p in blocks.parameters()} == {torch.bfloat16}  # 4-bit weights stored as bf16, norms bf16
+    assert not any(p.requires_grad for p in model.parameters()) and model.is_gradient_checkpointing
+    peft = PeftModel.from_pretrained(model, str(sharded_adapter), is_trainable=True)
+    trainable = [n for n, p in peft.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert optimizer_name("fsdp", cuda=True) == "adamw_torch" and optimizer_name("single", cuda=True) == "paged_adamw_8bit"

@@ -29,7 +29,7 @@ import importlib.util
 from typing import Any
 
 from quailora_core.adapter.record import AdapterRecord
-from quailora_core.config import RUN_KINDS, sharded_storage_problem
+from quailora_core.config import RUN_KINDS, SHARDED_RUN_KINDS, sharded_storage_problem
 from quailora_core.errors import InputError
 
 ACCELERATE_CONFIG = "accelerate_config.yaml"
@@ -218,3 +218,38 @@ def launch_script(launch: str) -> str:
     extra = 'ARGS+=(--deepspeed_config_file "$HERE/ds_config.json")\n' if launch == "deepspeed" else ""
     return (_HEADER.format(launch=launch, what=_WHAT[launch], files=files, usage=_MULTI_USAGE)
             + _MULTI.format(check=_CHECK, extra=extra, stop=_STOP))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- the training process
+def optimizer_name(launch: str, cuda: bool) -> str:
+    """The Trainer's `optim` for a run kind: paged 8-bit AdamW on CUDA (QLoRA's), except in a
+    sharded run, where peft's FSDP guide reports it failing to save a checkpoint: AdamW there
+    (the optimizer state is sharded with the LoRA weights, which are few)."""
+    if not cuda:
+        return "adamw_torch"
+    return "adamw_torch" if launch in SHARDED_RUN_KINDS else "paged_adamw_8bit"
+
+
+def prepare_for_training(model: Any, launch: str, gradient_checkpointing: bool) -> Any:
+    """The quantized base made ready for LoRA training, as the run kind needs it.
+
+    One process or data parallel: peft's `prepare_model_for_kbit_training` (the frozen base,
+    its norms and embeddings upcast to float32 for stability, gradient checkpointing). A sharded
+    run must keep every parameter in the storage dtype, since FSDP and ZeRO-3 flatten a block's
+    parameters into one tensor of one dtype (float32 norms beside bfloat16-stored 4-bit weights
+    are the "mixed dtypes" failure): the base is frozen and checkpointed, nothing is cast, as
+    TRL does for sharded QLoRA.
+    """
+    kwargs = {"use_reentrant": False}
+    if launch not in SHARDED_RUN_KINDS:
+        from peft import prepare_model_for_kbit_training
+
+        return prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing, gradient_checkpointing_kwargs=kwargs
+        )
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        model.enable_input_require_grads()
+    return model
