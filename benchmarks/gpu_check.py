@@ -13,6 +13,10 @@ times out or is skipped still appears there, with its status and the tail of its
     adapter_load the trained adapter on the 4-bit base as a user loads it (transformers +
                  BitsAndBytesConfig from quailora.json + peft); perplexity, finite logits
     eval         `quailora eval` on the trained adapter
+    fsdp         FSDP-QLoRA through the exported run folder: `quailora init` with the 4-bit weights
+                 stored as bfloat16 (and its self-check), `export-run --launch fsdp`, then its
+                 launch.sh with NUM_PROCESSES = 2 (1 on a one-GPU machine): 10 steps
+    deepspeed    the same with `--launch deepspeed` (ZeRO-3), when DeepSpeed is installed
     report       the result file
 
 (The engine step is `gpu_llama8b.py --blocks 4 --json ...`, run by the shell script.)
@@ -40,7 +44,11 @@ from _common import ROOT, machine  # noqa: E402
 from gpu_llama8b import TINY  # noqa: E402
 
 # The order of the steps in the result file; gpu_check.sh runs them in this order.
-STEPS = ["preflight", "tests", "engine", "train_init", "train", "adapter_load", "eval"]
+STEPS = ["preflight", "tests", "engine", "train_init", "train", "adapter_load", "eval", "fsdp", "deepspeed"]
+
+# The reason gpu_check.sh gives a step this machine cannot run (no CUDA for FSDP, no DeepSpeed):
+# skipped, but not a failure of the check.
+NOT_HERE = "not on this machine: "
 
 # A 1B-shaped Llama (Llama-3.2-1B's widths, 16 blocks, a 32000-word vocabulary, untied
 # embeddings): ~1.1 B parameters, ~2.2 GB in bf16.
@@ -69,12 +77,12 @@ def _quailora(*args: str) -> list[str]:
     return [sys.executable, "-m", "quailora_core", *args]
 
 
-def _events(cmd: list[str], log) -> tuple[int, list[tuple[float, dict]]]:
-    """Run a `quailora ... --json` command; (exit code, [(seconds since start, event)]).
-    Its stderr and any stdout line that is not JSON go to `log`."""
+def _events(cmd: list[str], log, env: dict[str, str] | None = None) -> tuple[int, list[tuple[float, dict]]]:
+    """Run a `quailora ... --json` command (in `env`, else this environment); (exit code,
+    [(seconds since start, event)]). Its stderr and any stdout line that is not JSON go to `log`."""
     t0 = time.perf_counter()
     events = []
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT) as proc:
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT, env=env) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             try:
@@ -258,6 +266,75 @@ def step_train(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- sharded runs
+SHARDED = dict(init_samples=8, init_seq_len=256, rank=16, steps=10, batch=2, seq_len=512)
+
+
+def step_sharded(args) -> int:
+    """A sharded QLoRA run (`--kind fsdp` or `deepspeed`) of train_init's 1B-shaped model, as a
+    user starts one: an adapter computed with bnb_4bit_quant_storage = bfloat16 (self-checked),
+    the run folder of `export-run --launch KIND`, and its launch.sh on 2 GPUs (1 when the machine
+    has one: the wrapping, the flattened bf16 storage and the sharded checkpoint still run)."""
+    import torch
+
+    kind, s = args.kind, SHARDED
+    gpus = torch.cuda.device_count()
+    nproc = max(1, min(2, gpus))
+    src, work = Path(args.work) / "train", Path(args.work) / kind
+    work.mkdir(parents=True, exist_ok=True)
+    out: dict = {"kind": kind, "gpus": gpus, "num_processes": nproc}
+    init = _quailora(
+        "init", "--model", str(src / "model"), "--calibration", str(src / "calibration.txt"),
+        "--samples", str(s["init_samples"]), "--seq-len", str(s["init_seq_len"]), "--heldout", "0",
+        "--rank", str(s["rank"]), "--alpha", str(s["rank"]), "--dtype", "bfloat16", "--quant-storage", "bfloat16",
+        "--device", "auto", "--verify", "sample", "--output", str(work / "adapter"), "--overwrite", "--json",
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    rc, events = _events(init, sys.stderr)
+    out.update(init_exit_code=rc, init_seconds=time.perf_counter() - t0, init_error=_failed(events))
+    if rc:
+        _write(args.out, out)
+        return rc
+    record = json.loads((work / "adapter" / "quailora.json").read_text(encoding="utf-8"))
+    out["quant_storage"] = record["quantization"].get("quant_storage")
+    out["self_check_passed"] = record.get("verification", {}).get("passed")
+    run = work / "run"
+    export = _quailora(
+        "export-run", "--adapter", str(work / "adapter"), "--data", str(src / "train.txt"), "--launch", kind,
+        "--max-steps", str(s["steps"]), "--batch-size", str(s["batch"]), "--seq-len", str(s["seq_len"]),
+        "--eval-interval", str(s["steps"]), "--save-interval", str(s["steps"]), "--log-interval", "1",
+        "--validation-fraction", "0.1", "--output", str(run), "--overwrite", "--json",
+    )  # fmt: skip
+    rc, events = _events(export, sys.stderr)
+    out.update(export_exit_code=rc, export_error=_failed(events))
+    if rc:
+        _write(args.out, out)
+        return rc
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "NUM_PROCESSES": str(nproc), "PYTHON": sys.executable,
+           "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    for name in ("NUM_MACHINES", "MACHINE_RANK", "MAIN_PROCESS_IP", "MAIN_PROCESS_PORT"):
+        env.pop(name, None)
+    launch = ["bash", str(run / "launch.sh"), "--json"]
+    t0 = time.perf_counter()
+    rc, events = _events(launch, sys.stderr, env)
+    metrics_file = run / "output" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    out.update(launch_exit_code=rc, launch_seconds=time.perf_counter() - t0, **train_summary(events, metrics),
+               error=_failed(events),
+               trained_adapter=(run / "output" / "adapter" / "adapter_model.safetensors").is_file(),
+               checkpoints=sorted(p.name for p in (run / "output").glob("checkpoint-*")))  # fmt: skip
+    _write(args.out, out)
+    print(json.dumps(out, indent=1, default=str))
+    if rc:
+        return rc
+    if not (out["trained_adapter"] and out.get("final_loss_finite") and out["self_check_passed"]):
+        print("the sharded run ended without a trained adapter, a finite loss or a passed self-check",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
 # ---------------------------------------------------------------------------- the adapter loaded back
 def step_adapter_load(args) -> int:
     """Load the trained adapter as a user would, from its files alone: the base with
@@ -400,7 +477,7 @@ def build_report(work: Path, tiny: bool, total_seconds: float | None = None, bud
         "machine": machine(),
         "total_seconds": total_seconds,
         "budget_seconds": budget_s,
-        "all_ok": all(s["status"] == "ok" for s in steps),
+        "all_ok": all(s["status"] == "ok" or str(s.get("reason", "")).startswith(NOT_HERE) for s in steps),
         "steps": steps,
         "summary": summarize(steps),
     }
@@ -441,6 +518,9 @@ def summarize(steps: list[dict]) -> dict:
             "perplexity_with_adapter", "perplexity_base_only", "logits_finite", "lora_b_matches_file",
             "base_layer_type", "peak_gpu_allocated_gib")},  # fmt: skip
         "eval": _get(r["eval"], "report"),
+        **{kind: {k: _get(r.get(kind), k) for k in (
+            "num_processes", "quant_storage", "self_check_passed", "steps_reported", "final_loss",
+            "final_loss_finite", "peak_gpu_allocated_gib", "trained_adapter")} for kind in ("fsdp", "deepspeed")},
     }
 
 
@@ -484,6 +564,13 @@ def report_md(report: dict) -> str:
         f" (base only {_fmt(a['perplexity_base_only'])}), logits finite: {_fmt(a['logits_finite'])}, trained "
         f"weights loaded: {_fmt(a['lora_b_matches_file'])}",
     ]  # fmt: skip
+    for kind in ("fsdp", "deepspeed"):
+        k = s[kind]
+        if k["num_processes"] is not None:
+            lines.append(f"- {kind} (launch.sh, {_fmt(k['num_processes'])} processes, quant storage "
+                         f"{_fmt(k['quant_storage'])}, self-check passed: {_fmt(k['self_check_passed'])}): "
+                         f"{_fmt(k['steps_reported'])} step events, final loss {_fmt(k['final_loss'], '.4f')} "
+                         f"(finite: {_fmt(k['final_loss_finite'])}), trained adapter: {_fmt(k['trained_adapter'])}")
     ev = s["eval"]
     if ev:
         lines.append(f"- `quailora eval`: perplexity fp {_fmt(ev.get('fp_perplexity'))}, quantized "
@@ -510,7 +597,9 @@ def step_report(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("step", choices=["preflight", "tests", "train_init", "train", "adapter_load", "eval", "report"])
+    p.add_argument("step", choices=["preflight", "tests", "train_init", "train", "adapter_load", "eval", "sharded",
+                                    "report"])  # fmt: skip
+    p.add_argument("--kind", choices=["fsdp", "deepspeed"], default="fsdp", help="sharded: the run kind")
     p.add_argument("--work", required=True, help="the check's work folder")
     p.add_argument("--out", help="where the step writes its figures (JSON)")
     p.add_argument("--tiny", action="store_true")

@@ -43,6 +43,11 @@ QUANT_TYPES = ("nf4", "fp4")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TRAIN_FORMATS = ("auto", "text", "prompt_response")
 TRACKERS = ("tensorboard", "wandb", "mlflow", "none")  # train.tracking: the Trainer's report_to
+QUANT_STORAGES = ("uint8", "bfloat16", "float16", "float32")  # bnb_4bit_quant_storage
+# train.launch: one process; data parallel (a full copy of the 4-bit model per GPU); FSDP and
+# DeepSpeed ZeRO-3, which shard the base over the GPUs (train/launch.py writes their configs).
+RUN_KINDS = ("single", "ddp", "fsdp", "deepspeed")
+SHARDED_RUN_KINDS = ("fsdp", "deepspeed")
 # DEMO_MODEL / DEMO_CALIBRATION ("demo") are the references' names (demo/shipped.py and
 # sources/references.py), imported above and offered here too, where the settings that take
 # them are declared.
@@ -130,7 +135,9 @@ class QuantConfig:
     double_quant: bool = option(True, usual="on", help="Quantize the quantization constants too, as QLoRA does")
     compute_dtype: str = option("auto", flag="--compute-dtype", usual="auto = the load dtype",
                                 help="Compute dtype of the 4-bit layers, bnb_4bit_compute_dtype")
-    quant_storage: str = option("uint8", help="Storage dtype of the packed 4-bit weights, bnb_4bit_quant_storage")
+    quant_storage: str = option("uint8", flag="--quant-storage", usual="uint8; the model dtype (bfloat16) for FSDP / DeepSpeed runs",
+                                help="Storage dtype of the packed 4-bit weights, bnb_4bit_quant_storage: "
+                                f"{', '.join(QUANT_STORAGES)}")  # fmt: skip
     blocksize: int = option(64, help="Weights per quantization block (bitsandbytes' Linear4bit always uses 64)")
 
 
@@ -216,6 +223,13 @@ class TrainSettings:
     tracking: str = option("tensorboard", flag="--tracking",
                            help="Experiment tracking of the run, written to logs/ in the output folder: "
                            f"{', '.join(TRACKERS)} (wandb and mlflow when installed)")  # fmt: skip
+    launch: str = option("single", flag="--launch", usual="single = one process",
+                         help="How the run is spread over processes: single, ddp (a copy of the 4-bit model "
+                         "per GPU), fsdp or deepspeed (ZeRO-3: the base sharded over the GPUs, for a model "
+                         "that outgrows one); launch.sh takes the number of GPUs and machines from its "
+                         "environment")  # fmt: skip
+    offload_params: bool = option(False, usual="off", help="FSDP / DeepSpeed runs: keep the sharded parameters "
+                                  "in CPU memory between uses (slower; fits a larger model)")  # fmt: skip
 
     def validate(self) -> TrainSettings:
         """Raise InputError on the first training setting that cannot work (its `field` is the
@@ -247,6 +261,8 @@ class TrainSettings:
             refuse("warmup_steps", f"warmup_steps must be >= 0, got {t.warmup_steps!r}.", "Use 0 or a few percent of the steps.")
         if t.tracking not in TRACKERS:
             refuse("tracking", f"Unknown tracking {t.tracking!r}.", f"Use one of {', '.join(TRACKERS)}.")
+        if t.launch not in RUN_KINDS:
+            refuse("launch", f"Unknown run kind {t.launch!r}.", f"Use one of {', '.join(RUN_KINDS)}.")
         return self
 
 
@@ -287,6 +303,13 @@ class RunConfig:
             if value not in DTYPES:
                 name = "model dtype" if path == "model.dtype" else "compute dtype"
                 refuse(path, f"Unknown {name} {value!r}.", f"Use one of {', '.join(DTYPES)}.")
+        if q.quant_storage not in QUANT_STORAGES:
+            refuse("quantization.quant_storage", f"Unknown quant storage {q.quant_storage!r}.",
+                   f"Use one of {', '.join(QUANT_STORAGES)}.")  # fmt: skip
+        if self.train.launch in RUN_KINDS:
+            problem = sharded_storage_problem(self.train.launch, q.bits, q.quant_storage, self.model.dtype)
+            if problem:
+                refuse("quantization.quant_storage", *problem)
         if not isinstance(lo.rank, int) or lo.rank < 1:
             refuse("lora.rank", f"rank must be at least 1, got {lo.rank}.", "Use --rank 8, 16 or 64.")
         if not lo.alpha > 0:
@@ -389,6 +412,30 @@ class RunConfig:
         cfg.calibration.source = _reference(cfg.calibration.source, base, hub.looks_like_dataset_id)
         cfg.model.path = _reference(cfg.model.path, base, hub.looks_like_model_id)
         return cfg
+
+
+def sharded_storage_problem(launch: str, bits: int, storage: str, load_dtype: str) -> tuple[str, str] | None:
+    """Why a run of kind `launch` cannot shard this quantization (message, hint), or None.
+
+    FSDP and DeepSpeed ZeRO-3 flatten each wrapped block's parameters into one tensor of one
+    dtype, the packed 4-bit weights included: bitsandbytes must store them in the model's own
+    dtype (`bnb_4bit_quant_storage`), as peft's FSDP-QLoRA and ZeRO-3-QLoRA guides say, or the
+    run fails, or trains on garbage. Q does not depend on the storage dtype (tests/test_run_kinds.py),
+    but an adapter records the storage it was computed for and training loads exactly that, so
+    the storage is chosen at init. `load_dtype` is the model dtype; `auto` (bfloat16 on a GPU,
+    float32 on a CPU) is refused for a sharded run, so that the adapter is computed in the
+    dtype the run will shard.
+    """
+    if launch not in SHARDED_RUN_KINDS:
+        return None
+    if bits != 4:
+        return (f"A {launch} run shards a 4-bit base only (QLoRA); this run is {bits}-bit.",
+                'Use [quantization] bits = 4, or [train] launch = "ddp".')  # fmt: skip
+    if load_dtype == "auto" or storage != load_dtype:
+        return (f"A {launch} run shards the 4-bit weights with the others, so they must be stored in the "
+                f"model dtype: quant_storage is {storage!r}, the model dtype {load_dtype!r}.",
+                'Set [model] dtype = "bfloat16" and [quantization] quant_storage = "bfloat16".')  # fmt: skip
+    return None
 
 
 SECTIONS: dict[str, type] = {

@@ -39,7 +39,8 @@ def run_config(demo_model: Path, adapter: Path, tmp: Path) -> RunConfig:
 
 def test_run_folder_is_complete_and_relative(demo_model, adapter, tmp_path):
     run_dir = export_run(run_config(demo_model, adapter, tmp_path), tmp_path / "run")
-    assert sorted(p.name for p in run_dir.iterdir()) == ["README.md", "adapter", "data", "launch.sh", "run.toml"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["README.md", "accelerate_config.yaml", "adapter", "data",
+                                                         "launch.sh", "run.toml"]  # fmt: skip
     assert sorted(p.name for p in (run_dir / "adapter").iterdir()) == sorted(p.name for p in adapter.iterdir())
     assert (run_dir / "data" / "pairs.jsonl").read_text() == (tmp_path / "pairs.jsonl").read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
@@ -52,8 +53,9 @@ def test_run_folder_is_complete_and_relative(demo_model, adapter, tmp_path):
     launcher = run_dir / "launch.sh"
     assert launcher.stat().st_mode & stat.S_IXUSR
     text = launcher.read_text()
-    assert 'accelerate launch --num_processes "${NUM_PROCESSES:-1}" $MULTI -m quailora_core.train "$HERE/run.toml" "$@"' in text
-    assert '-m quailora_core.train "$HERE/run.toml" --check "$@"' in text.split("accelerate launch")[-2]  # first
+    assert 'launch --config_file "$HERE/accelerate_config.yaml" --num_processes "${NUM_PROCESSES:-1}"' in text
+    assert '-m quailora_core.train "$HERE/run.toml" "$@"' in text.split("--check")[-1]
+    assert '-m quailora_core.train "$HERE/run.toml" --check "$@"' in text.split('exec "$ACCELERATE"')[-2]  # first
     assert "NUM_PROCESSES" in text.split("set -euo")[0] and "--resume" in text  # explained in comments
     assert str(tmp_path) not in text
     assert subprocess.run(["bash", "-n", str(launcher)]).returncode == 0

@@ -92,6 +92,21 @@ def test_no_time_left_skips_every_step_and_still_writes_the_result(tmp_path):
     assert reasons["eval"] == "needs train, which is skipped"
 
 
+@needs_bash
+def test_sharded_runs_are_skipped_without_cuda_and_do_not_fail_the_check(tmp_path):
+    """FSDP / DeepSpeed with bitsandbytes need CUDA: the tiny mode records them as not runnable
+    here, and such a skip (like DeepSpeed not installed on a GPU machine) fails nothing."""
+    done = run_script("--tiny", "--steps", "fsdp,deepspeed", "--out-dir", str(tmp_path), "--workdir",
+                      str(tmp_path / "w"))  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "gpu_check-tiny.json").read_text())
+    status = {s["step"]: s for s in report["steps"]}
+    for kind in ("fsdp", "deepspeed"):
+        assert status[kind]["status"] == "skipped" and status[kind]["reason"].startswith(gpu_check.NOT_HERE)
+        assert "CUDA" in status[kind]["reason"]
+    assert status["train"]["reason"] == "not selected (--steps)" and report["all_ok"] is False
+
+
 def test_report_keeps_failures_with_their_log_and_marks_steps_never_recorded(tmp_path):
     (tmp_path / "steps").mkdir()
     (tmp_path / "logs").mkdir()

@@ -11,7 +11,7 @@ from quailora_core.cli.flags import TRAIN_FLAGS, add_init_flags, build_config, b
 from quailora_core.cli.progress import TerminalProgress, TrainProgress
 from quailora_core.cli.queue import add_queue
 from quailora_core.cli.reporting import run_reporting
-from quailora_core.config import field_help
+from quailora_core.config import RunConfig, field_help
 from quailora_core.train.settings import check_before_loading
 
 
@@ -182,7 +182,9 @@ def cmd_export_run(args: argparse.Namespace) -> int:
 
     code, run_dir = run_reporting(args, work)
     if code == 0 and not args.json:
-        print(f"run folder written to {run_dir}\nstart it with: {run_dir}/launch.sh   (or NUM_PROCESSES=N for N GPUs)")
+        kind = RunConfig.load(run_dir / "run.toml", resolve=False).train.launch
+        many = "" if kind == "single" else f"   ({kind}: NUM_PROCESSES=N for N processes, see its README)"
+        print(f"run folder written to {run_dir}\nstart it with: {run_dir}/launch.sh{many}")
     return code
 
 

@@ -6,8 +6,11 @@ The folder holds everything a training run needs except the base model and the p
     adapter/     a copy of the initialized adapter (peft files + quailora.json)
     data/        copies of the local training / validation files (hub ids and `demo` stay as they are)
     launch.sh    `python -m quailora_core.train run.toml --check "$@"` (a bad setting: one line, exit 2), then
-                 `accelerate launch ... -m quailora_core.train run.toml "$@"`, from any working directory
-    README.md    what is here and how to run it
+                 `accelerate launch --config_file accelerate_config.yaml ... -m quailora_core.train run.toml "$@"`,
+                 from any working directory; processes and machines from its environment
+    accelerate_config.yaml   the accelerate config of the run kind (`[train] launch`, `train.run_kinds`)
+    ds_config.json           the DeepSpeed config (the deepspeed run kind only)
+    README.md    what is here and how to run it, here and on a cluster
 
 `quailora train` resolves relative paths in a run file against the file's folder, so the
 folder can be copied to another machine (with the base model at the path, or hub id,
@@ -19,6 +22,7 @@ into place when complete.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import stat
@@ -30,31 +34,15 @@ from quailora_core.errors import InputError
 from quailora_core.files import atomic_dir, check_output_dir
 from quailora_core.sources.training_data import check_training_source
 from quailora_core.train.layout import ADAPTER_DIR, DATA_DIR, LAUNCHER, OUTPUT_DIR, RUN_FILE, adapter_dir
-
-LAUNCH_SH = """#!/usr/bin/env bash
-# Fine-tune the QuAILoRA-initialized adapter of this run folder (see README.md).
-#
-#   ./launch.sh                      train as run.toml says; results go to output/ in this folder
-#   ./launch.sh --resume             continue from the last checkpoint in output/
-#   ./launch.sh --max-steps 500      any `quailora train` flag overrides run.toml (--json, --lr, ...)
-#   NUM_PROCESSES=4 ./launch.sh      data-parallel on 4 GPUs: one process per GPU (the default is 1);
-#                                    the batch size in run.toml is per GPU
-#
-# Works from any working directory: run.toml's paths are relative to this folder.
-# The run is checked first in one plain process (no model loaded): a bad setting is one
-# `error:` line and exit 2 here, where under accelerate it would be a traceback and exit 1.
-# PYTHON=/path/to/python picks the interpreter (default: python, else python3, on the PATH).
-set -euo pipefail
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PYTHON="${PYTHON:-$(command -v python || command -v python3 || echo python)}"
-"$PYTHON" -m quailora_core.train "$HERE/run.toml" --check "$@"
-# Several processes: accelerate starts them (torchrun) only with --multi_gpu, else it starts one;
-# without a GPU they train on the CPU (gloo). A stop (Ctrl-C, SIGTERM) reaches every process, which
-# finish the step and save a checkpoint; the launcher kills them after TORCH_ELASTIC_SHUTDOWN_TIMEOUT s.
-MULTI=""; if [ "${NUM_PROCESSES:-1}" -gt 1 ]; then MULTI="--multi_gpu"; fi
-export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-300}"
-exec accelerate launch --num_processes "${NUM_PROCESSES:-1}" $MULTI -m quailora_core.train "$HERE/run.toml" "$@"
-"""
+from quailora_core.train.run_kinds import (
+    ACCELERATE_CONFIG,
+    DEEPSPEED_CONFIG,
+    accelerate_config,
+    check_run_kind,
+    decoder_block_class,
+    deepspeed_config,
+    launch_script,
+)
 
 
 def _local(source: str) -> Path | None:
@@ -79,6 +67,7 @@ def export_run(config: RunConfig, run_dir: str | os.PathLike[str], overwrite: bo
     t.validate()
     adapter = adapter_dir(config)
     record = AdapterRecord.load(adapter)
+    check_run_kind(t.launch, record, adapter, installed=False)  # DeepSpeed is needed where the run trains
     if not t.data:
         raise InputError("No training data set.", "Set [train] data in the run file, or use --data PATH.")
     check_training_source(t.data, "train.data")
@@ -107,6 +96,7 @@ def export_run(config: RunConfig, run_dir: str | os.PathLike[str], overwrite: bo
         run.calibration.source = str(cal.resolve())
     from quailora_core.adapter.writer import copy_adapter  # imports torch and peft: after the checks
 
+    block = decoder_block_class(run.model.path, run.model.trust_remote_code) if t.launch == "fsdp" else None
     with atomic_dir(run_dir, overwrite) as tmp:
         copy_adapter(adapter, tmp / ADAPTER_DIR)
         for dest, src in copies.items():
@@ -118,10 +108,22 @@ def export_run(config: RunConfig, run_dir: str | os.PathLike[str], overwrite: bo
                 shutil.copy2(src, target)
         run.save(tmp / RUN_FILE)
         launcher = tmp / LAUNCHER
-        launcher.write_text(LAUNCH_SH, encoding="utf-8")
+        launcher.write_text(launch_script(t.launch), encoding="utf-8")
+        _write_accelerate_config(tmp / ACCELERATE_CONFIG, accelerate_config(t.launch, block, t.offload_params))
+        if t.launch == "deepspeed":
+            (tmp / DEEPSPEED_CONFIG).write_text(json.dumps(deepspeed_config(t.offload_params), indent=2) + "\n",
+                                                encoding="utf-8")  # fmt: skip
         launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
         (tmp / "README.md").write_text(_readme(run, record), encoding="utf-8")
     return Path(run_dir).expanduser().resolve()
+
+
+def _write_accelerate_config(path: Path, config: dict) -> None:
+    import yaml
+
+    head = ("# accelerate config of this run (written by `quailora export-run`; see README.md).\n"
+            "# launch.sh passes the number of processes and machines from its environment.\n")  # fmt: skip
+    path.write_text(head + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
 
 
 def _unique(name: str, taken: set[str]) -> str:
@@ -142,6 +144,68 @@ def _tracking_text(tracker: str) -> str:
     return f"`[train] tracking` is `{tracker}`; `output/training_run.json` says how to view them"
 
 
+_KIND_TEXT = {
+    "single": "single process: one GPU (or the CPU)",
+    "ddp": "data parallel: one process per GPU, each holding the whole 4-bit model",
+    "fsdp": "FSDP-QLoRA: the 4-bit base sharded over the GPUs (FULL_SHARD, one decoder block per FSDP unit)",
+    "deepspeed": "DeepSpeed ZeRO-3 + QLoRA: the 4-bit base sharded over the GPUs",
+}
+
+
+def _cluster_text(launch: str) -> str:
+    """How to start the run on one machine with several GPUs and on a cluster, for its kind."""
+    if launch == "single":
+        return """```bash
+NUM_PROCESSES=4 ./launch.sh    # data parallel: one process per GPU on a 4-GPU machine (the default is 1)
+```
+
+This run is for one machine (`[train] launch = "single"`). For several machines, export it again
+with `--launch ddp` (a copy of the 4-bit model per GPU), or `--launch fsdp` / `--launch deepspeed`
+(the base sharded over the GPUs: for a model that does not fit one card); their README shows the
+`accelerate launch` and Slurm commands.
+"""
+    deepspeed = (" and `--deepspeed_config_file ds_config.json`" if launch == "deepspeed" else "")
+    needs = ("\nThe deepspeed kind needs `pip install deepspeed` on every machine; `launch.sh` says so "
+             "before it starts.\n" if launch == "deepspeed" else "")  # fmt: skip
+    return f"""```bash
+./launch.sh                                  # every GPU of this machine, one process each
+NUM_PROCESSES=2 ./launch.sh                  # 2 processes (GPUs)
+```
+
+`launch.sh` takes the layout from its environment: `NUM_PROCESSES` (all processes of all machines
+together; default: this machine's GPUs times `NUM_MACHINES`), `NUM_MACHINES` (default 1),
+`MACHINE_RANK` (this machine's rank, 0 to `NUM_MACHINES - 1`), `MAIN_PROCESS_IP` and
+`MAIN_PROCESS_PORT` (rank 0's address, which every machine must reach; accelerate's default
+port is 29500). It runs `accelerate launch --config_file accelerate_config.yaml --num_processes N
+--num_machines M --machine_rank R --main_process_ip HOST --main_process_port PORT`{deepspeed}
+`-m quailora_core.train run.toml`. On two machines with 8 GPUs each, run on each machine, with
+this folder and the base model at the same paths:
+
+```bash
+NUM_MACHINES=2 NUM_PROCESSES=16 MACHINE_RANK=0 MAIN_PROCESS_IP=node0 MAIN_PROCESS_PORT=29500 ./launch.sh   # on node0
+NUM_MACHINES=2 NUM_PROCESSES=16 MACHINE_RANK=1 MAIN_PROCESS_IP=node0 MAIN_PROCESS_PORT=29500 ./launch.sh   # on node1
+```
+
+With Slurm, one task per node (each `launch.sh` starts that node's processes):
+
+```bash
+#!/bin/bash
+#SBATCH --job-name=quailora-train
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+export NUM_MACHINES=$SLURM_NNODES
+export NUM_PROCESSES=$((SLURM_NNODES * 8))
+export MAIN_PROCESS_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+export MAIN_PROCESS_PORT=29500
+srun bash -c 'MACHINE_RANK=$SLURM_NODEID ./launch.sh'
+```
+
+Checkpoints and the trained adapter are written to `output/` on the machine of rank 0: put the
+folder on a shared file system, or copy `output/` back from rank 0, before `--resume`.
+{needs}"""
+
+
 def _readme(run: RunConfig, record: AdapterRecord) -> str:
     t, quant = run.train, record.quantization.label()
     model = run.model.path
@@ -151,9 +215,17 @@ def _readme(run: RunConfig, record: AdapterRecord) -> str:
         else f"`{model}`"
     )
     steps = f"{t.epochs:g} epochs" if t.epochs > 0 else f"{t.max_steps} steps"
+    ds_row = ("| `ds_config.json` | the DeepSpeed config: ZeRO-3, 16-bit weights gathered on save, the rest `auto` "
+              "(from the Trainer's settings) |\n" if t.launch == "deepspeed" else "")  # fmt: skip
+    storage = ""
+    if t.launch in ("fsdp", "deepspeed"):
+        storage = (f"\nThe sharded run needs the 4-bit weights stored in the model dtype: the adapter was computed "
+                   f"with `bnb_4bit_quant_storage = {record.quantization.quant_storage}` and the model dtype "
+                   f"`{record.quantization.load_dtype}`, and training loads exactly that.\n")  # fmt: skip
     return f"""# QuAILoRA fine-tuning run
 
 A self-contained QLoRA fine-tuning run, exported by QuAILoRA Studio (`quailora export-run`).
+Run kind: **{t.launch}**, {_KIND_TEXT[t.launch]} (`[train] launch` in `run.toml`).
 
 | file | what it is |
 |---|---|
@@ -161,7 +233,8 @@ A self-contained QLoRA fine-tuning run, exported by QuAILoRA Studio (`quailora e
 | `adapter/` | the QuAILoRA-initialized LoRA adapter ({record.init.get("method")}, rank {record.lora.get("rank")}, {quant}) |
 | `data/` | the training data (copied here when it was a local file) |
 | `launch.sh` | checks the run (one line and exit 2 on a bad setting), then starts the training with `accelerate launch` |
-
+| `accelerate_config.yaml` | the accelerate config of the run kind |
+{ds_row}
 ## Run it
 
 On any machine with the package installed (`pip install quailora`, or `pip install -e .` from
@@ -170,15 +243,19 @@ the source) and a CUDA build of PyTorch for GPU training:
 ```bash
 ./launch.sh                    # trains {steps}; writes output/ here
 ./launch.sh --resume           # continues from the last checkpoint in output/
-NUM_PROCESSES=4 ./launch.sh    # one process per GPU on a 4-GPU machine
 python -m quailora_core.train run.toml --max-steps 10   # the same without accelerate, one process
 ```
+
+## Several GPUs, several machines
+
+{_cluster_text(t.launch)}
+## The base model
 
 The base model is {where}. On another machine, put the model there or edit `[model] path`
 in `run.toml` (a local folder or a Hugging Face Hub id); training refuses a base whose weights
 differ from the one the adapter was initialized on, and loads it with exactly the
 quantization the adapter was computed for ({quant}, recorded in `adapter/quailora.json`).
-
+{storage}
 `output/` receives the checkpoints (`checkpoint-N/`, the last two kept), the trained adapter
 (`output/adapter/`, loadable with `PeftModel.from_pretrained`), `metrics.json` and the
 experiment tracker's files in `output/logs/` ({_tracking_text(t.tracking)}).

@@ -13,6 +13,7 @@ from quailora_core.errors import InputError
 from quailora_core.sources.references import check_data_source, resolve_model_path
 from quailora_core.train.layout import RUN_RECORD, adapter_dir, checkpoint_step, checkpoints, output_dir
 from quailora_core.train.processes import is_main_process
+from quailora_core.train.run_kinds import check_run_kind
 
 
 def config_from_adapter(adapter: str) -> RunConfig:
@@ -32,7 +33,8 @@ def check_before_loading(config: RunConfig) -> None:
     so that the command line refuses a typo at once; `trainer.preflight_train` repeats them
     with the rest (tokenizer, data rows, resume)."""
     t = config.train.validate()
-    AdapterRecord.load(adapter_dir(config))
+    adapter = adapter_dir(config)
+    check_quantization(config, AdapterRecord.load(adapter), adapter)
     resolve_model_path(config.model.path)
     if not t.data:
         raise InputError("No training data given.", "Set [train] data in the run file, or use --data PATH.")
@@ -42,7 +44,10 @@ def check_before_loading(config: RunConfig) -> None:
 
 
 def check_quantization(config: RunConfig, record: AdapterRecord, adapter: str) -> None:
-    """Refuse run-file quantization settings that differ from the adapter's (`auto` follows it)."""
+    """Refuse run-file quantization settings that differ from the adapter's (`auto` follows it),
+    and a run kind (`[train] launch`) that the adapter's quantization cannot be trained in (FSDP
+    and DeepSpeed need the 4-bit weights stored in the model dtype) or this machine cannot start
+    (DeepSpeed not installed)."""
     diffs = record.quantization.differences(config.quantization, config.model.dtype)
     if diffs:
         raise InputError(
@@ -51,6 +56,7 @@ def check_quantization(config: RunConfig, record: AdapterRecord, adapter: str) -
             "The initialization only helps with its own quantizer: fix [quantization] / [model] dtype, "
             "or run `quailora init` again with the new settings.",
         )
+    check_run_kind(config.train.launch, record, adapter)
 
 
 def check_output(config: RunConfig, adapter: str, fingerprint: str | None) -> tuple[Path, Path | None]:

@@ -72,6 +72,7 @@ from quailora_core.sources.training_data import load_training_data
 from quailora_core.train.examples import IGNORE_INDEX, _count, _split, encode
 from quailora_core.train.layout import FINAL_ADAPTER, LOGS_DIR, METRICS_FILE, RUN_RECORD, adapter_dir
 from quailora_core.train.processes import any_process, gathered, is_main_process, weights_digest
+from quailora_core.train.run_kinds import optimizer_name, prepare_for_training
 from quailora_core.train.settings import check_output, check_quantization
 from quailora_core.train.tracking import (
     TrackingInfo,
@@ -193,7 +194,7 @@ class _Training:
         import datasets
         import torch
         import transformers
-        from peft import PeftModel, get_peft_model_state_dict, prepare_model_for_kbit_training
+        from peft import PeftModel, get_peft_model_state_dict
         from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
         from transformers.trainer_callback import PrinterCallback
 
@@ -201,7 +202,7 @@ class _Training:
         started = time.perf_counter()
         cuda = torch.cuda.is_available()
         bf16 = cuda and torch.cuda.is_bf16_supported()
-        optim = "paged_adamw_8bit" if cuda else "adamw_torch"
+        optim = optimizer_name(t.launch, cuda)  # run kinds (train/run_kinds.py)
         if self.cancel.cancelled:
             raise Cancelled()
         transformers.set_seed(t.seed)
@@ -212,9 +213,7 @@ class _Training:
             device = PartialState().local_process_index
         model = load_quantized_base(plan.model_path, plan.record, device, plan.config.model.trust_remote_code)
         model.config.use_cache = False
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=cuda, gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
+        model = prepare_for_training(model, t.launch, gradient_checkpointing=cuda)  # run kinds (train/run_kinds.py)
         model = PeftModel.from_pretrained(model, str(plan.adapter), is_trainable=True)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.emit(Log("info", (

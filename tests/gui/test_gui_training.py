@@ -171,7 +171,7 @@ def test_failing_run_shows_its_cause_and_export_run_still_works(
         click(qtbot, window.exportRunButton)
     # copying the data happened in a worker thread: the window stays responsive for big folders
     assert len(threads) == 1 and threads[0] is not threading.main_thread()
-    assert sorted(p.name for p in dest.iterdir()) == ["README.md", "adapter", "data", "launch.sh", "run.toml"]
+    assert sorted(p.name for p in dest.iterdir()) == ["README.md", "accelerate_config.yaml", "adapter", "data", "launch.sh", "run.toml"]
     run_toml = (dest / "run.toml").read_text()
     assert 'data = "data/repeated.txt"' in run_toml and "max_steps = 5" in run_toml
     export_dialog = window.findChild(QDialog, "exportDialog")
