@@ -301,8 +301,17 @@ class _Training:
         metrics = self._metrics(state, output.metrics, eval_metrics, started, cuda, bf16, optim)
         metrics["processes"] = trainer.accelerator.num_processes
         metrics["adapter_digests"] = digests  # one per process, all equal (none when sharded)
+        # A sharded run (FSDP, DeepSpeed ZeRO-3) holds a part of the weights on each rank: the full
+        # state dict is gathered by every rank together (accelerate's get_state_dict; ZeRO-3 needs
+        # stage3_gather_16bit_weights_on_model_save, which its ds_config.json sets), then rank 0
+        # writes the adapter from it. Unsharded runs save their own (equal) weights as before.
+        full = None
+        if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+            if trainer.is_fsdp_enabled:
+                trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+            full = trainer.accelerator.get_state_dict(trainer.model)
         if trainer.is_world_process_zero():
-            self._write(trainer.model, metrics)
+            self._write(trainer.accelerator.unwrap_model(trainer.model), metrics, full)
         trainer.accelerator.wait_for_everyone()
         result = TrainResult(str(plan.output), str(plan.output / FINAL_ADAPTER), state.global_step, metrics,
                              self.tracking)  # fmt: skip
@@ -348,8 +357,9 @@ class _Training:
             "log_history": history,
         }
 
-    def _write(self, model, metrics: dict[str, Any]) -> None:
-        """The trained adapter (atomically, replacing an earlier one) then metrics.json."""
+    def _write(self, model, metrics: dict[str, Any], state_dict: dict[str, Any] | None = None) -> None:
+        """The trained adapter (atomically, replacing an earlier one) then metrics.json;
+        `state_dict`: the full weights a sharded run gathered (peft keeps the adapter's)."""
         plan = self.plan
         record = copy.deepcopy(plan.record)
         record.training = {
@@ -359,7 +369,7 @@ class _Training:
             **{k: v for k, v in metrics.items() if k != "log_history"},
         }
         with atomic_dir(plan.output / FINAL_ADAPTER, overwrite=True) as tmp:
-            model.save_pretrained(str(tmp))
+            model.save_pretrained(str(tmp), state_dict=state_dict)
             record.save(tmp)
             peft_config = json.loads((tmp / "adapter_config.json").read_text(encoding="utf-8"))
             (tmp / "README.md").write_text(model_card(record, peft_config), encoding="utf-8")
