@@ -52,7 +52,7 @@ from transformers import TrainerCallback
 
 from quailora_core.adapter.card import model_card
 from quailora_core.adapter.record import AdapterRecord
-from quailora_core.config import RunConfig
+from quailora_core.config import SHARDED_RUN_KINDS, RunConfig
 from quailora_core.errors import Cancelled, InputError, QuailoraError
 from quailora_core.evaluate import perplexity
 from quailora_core.events import (
@@ -71,7 +71,7 @@ from quailora_core.model.fingerprint import check_base
 from quailora_core.sources.training_data import load_training_data
 from quailora_core.train.examples import IGNORE_INDEX, _count, _split, encode
 from quailora_core.train.layout import FINAL_ADAPTER, LOGS_DIR, METRICS_FILE, RUN_RECORD, adapter_dir
-from quailora_core.train.processes import any_process, gathered, is_main_process, weights_digest
+from quailora_core.train.processes import any_process, gathered, is_main_process, weights_digest, world_size
 from quailora_core.train.run_kinds import optimizer_name, prepare_for_training
 from quailora_core.train.settings import check_output, check_quantization
 from quailora_core.train.tracking import (
@@ -133,6 +133,9 @@ def preflight_train(config: RunConfig, on_event: EventCallback = ignore_events) 
     model_path = resolve_model_path(config.model.path)
     for warning in check_base(model_path, record, adapter, config.model.trust_remote_code):
         on_event(Log("warning", warning))
+    if t.launch in SHARDED_RUN_KINDS and world_size() == 1:  # `python -m quailora_core.train`, not launch.sh
+        on_event(Log("warning", f"run kind {t.launch!r} trains sharded only under `accelerate launch` (the run "
+                                f"folder's launch.sh); this is one process holding the whole 4-bit model"))
     output, resume_from = check_output(config, adapter, record.base_model.fingerprint or None)
     if not t.data:
         raise InputError("No training data given.", "Set [train] data in the run file, or use --data PATH.")

@@ -98,6 +98,7 @@ TRAIN_FIELDS: tuple[FormField, ...] = (
     FormField("warmupSpin", "train.warmup_steps", INT),
     FormField("trainSeedSpin", "train.seed", INT),
     FormField("trackingCombo", "train.tracking", CHOICE),
+    FormField("runKindCombo", "train.launch", CHOICE),
 )
 BY_NAME: dict[str, FormField] = {f.name: f for f in FIELDS + TRAIN_FIELDS}
 BY_PATH: dict[str, FormField] = {f.path: f for f in FIELDS}

@@ -128,6 +128,11 @@ class TrainingControl(QObject):
         if not self.w.state.enabled(Action.LAUNCH):
             return False
         out = self.panel.trainOutputEdit.text().strip()
+        kind = self.panel.runKindCombo.currentData()
+        if kind != "single":
+            self.w.log(f"Launch trains here in one process; the run kind ({self.panel.runKindCombo.currentText()}) "
+                       "takes effect when the run folder's launch.sh starts it (NUM_PROCESSES, NUM_MACHINES).",
+                       "warning")  # fmt: skip
         self.w.exports.run_folder(Export.LAUNCH, out, self._on_exported, "Cannot launch the training")
         return True
 

@@ -37,6 +37,8 @@ from ..controllers.training import LineBuffer, TrainingState, tracker_choices
 from .charts import AFTER, BEFORE, COMPARE, HELD_AFTER, _style_plot
 from .common import error_label, named, restyle, role_label, set_error
 
+RUN_KIND_LABELS = {"single": "one process (or GPUs of one machine)", "ddp": "data parallel (GPUs, machines)",
+                   "fsdp": "FSDP-QLoRA (sharded base)", "deepspeed": "DeepSpeed ZeRO-3 QLoRA"}  # fmt: skip
 DATA_FORMAT_LABELS = {"auto": "auto (from the fields)", "text": "plain text", "prompt_response": "prompt / response"}
 
 KILL_AFTER_MS = 30_000  # Stop: SIGTERM (the trainer checkpoints at the step end), then SIGKILL
@@ -101,6 +103,11 @@ class TrainingPanel(QWidget):
         self.trackingCombo = named(QComboBox(), "trackingCombo")
         for value, label in tracker_choices():
             self.trackingCombo.addItem(label, value)
+        # the run kind of the exported folder (Export run…): its launch.sh starts that many-process
+        # run (NUM_PROCESSES, NUM_MACHINES); Launch here trains in one process
+        self.runKindCombo = named(QComboBox(), "runKindCombo")
+        for value, label in RUN_KIND_LABELS.items():
+            self.runKindCombo.addItem(label, value)
         self.trainOutputEdit = named(QLineEdit(), "trainOutputEdit")
         self.trainOutputBrowseButton = named(QPushButton("…"), "trainOutputBrowseButton")
         self.trainOutputBrowseButton.setFixedWidth(30)
@@ -126,6 +133,7 @@ class TrainingPanel(QWidget):
         form.addRow("Warm-up steps", self.warmupSpin)
         form.addRow("Seed", self.trainSeedSpin)
         form.addRow("Tracking", self.trackingCombo)
+        form.addRow("Run kind", self.runKindCombo)
         form.addRow("Output folder", _row(self.trainOutputEdit, self.trainOutputBrowseButton))
         self.settingsBox = QGroupBox("Fine-tuning")
         self.settingsBox.setObjectName("trainSettingsBox")

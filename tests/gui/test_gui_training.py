@@ -181,12 +181,34 @@ def test_failing_run_shows_its_cause_and_export_run_still_works(
     export_dialog.close()
     assert window.launchTrainingButton.isEnabled() and window.runButton.isEnabled()
 
+    # the run kind chosen here is the exported folder's: data parallel goes into run.toml and the
+    # accelerate config launch.sh passes; FSDP on this adapter (4-bit weights stored as uint8) is refused
+    # before anything is written, naming the settings to change
+    panel = window.trainingPanel
+    panel.runKindCombo.setCurrentIndex(panel.runKindCombo.findData("ddp"))
+    ddp = tmp_path / "ddp"
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(ddp))
+    with qtbot.waitSignal(window.exported, timeout=30_000):
+        click(qtbot, window.exportRunButton)
+    assert 'launch = "ddp"' in (ddp / "run.toml").read_text()
+    assert "MULTI_GPU" in (ddp / "accelerate_config.yaml").read_text()
+    window.findChild(QDialog, "exportDialog").close()
+    panel.runKindCombo.setCurrentIndex(panel.runKindCombo.findData("fsdp"))
+    fsdp = tmp_path / "fsdp"
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(fsdp))
+    with qtbot.waitSignal(window.exportFailed, timeout=30_000) as refused:
+        click(qtbot, window.exportRunButton)
+    error = refused.args[0]
+    assert "quant_storage" in f"{error.message} {error.hint}" and not fsdp.exists()
+    shown = window.findChildren(QMessageBox, "errorDialog")[-1]  # the dialog says it too
+    assert error.message == shown.text()
+
 
 TRAINING_INPUTS = [
     "trainDataEdit", "dataFormatCombo", "trainTextColumnEdit", "validationDataEdit", "validationFractionSpin",
     "maxStepsSpin", "epochsSpin", "learningRateSpin", "trainBatchSizeSpin", "gradAccumSpin",
     "trainSeqLenSpin", "evalIntervalSpin", "saveIntervalSpin", "warmupSpin", "trainSeedSpin", "trackingCombo",
-    "trainOutputEdit", "launchTrainingButton", "exportRunButton", "stopTrainingButton", "resumeTrainingButton",
+    "runKindCombo", "trainOutputEdit", "launchTrainingButton", "exportRunButton", "stopTrainingButton", "resumeTrainingButton",
 ]  # fmt: skip
 
 
