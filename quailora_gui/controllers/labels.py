@@ -85,3 +85,7 @@ TOOLTIPS: dict[str, str] = {
 def tooltip(name: str) -> str | None:
     """The tooltip of the widget named `name`: its setting's help from the core, else TOOLTIPS'."""
     return config_tooltip(name) or TOOLTIPS.get(name)
+
+# [train] launch: the run kinds of an exported run folder (quailora_core.config.RUN_KINDS)
+RUN_KIND_LABELS = {"single": "one process (or GPUs of one machine)", "ddp": "data parallel (GPUs, machines)",
+                   "fsdp": "FSDP-QLoRA (sharded base)", "deepspeed": "DeepSpeed ZeRO-3 QLoRA"}  # fmt: skip

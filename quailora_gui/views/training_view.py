@@ -33,12 +33,11 @@ from PySide6.QtWidgets import (
 )
 
 from ..controllers.form_fields import CHOICE, FLOAT, TEXT, TRAIN_FIELDS, default_value
+from ..controllers.labels import RUN_KIND_LABELS
 from ..controllers.training import LineBuffer, TrainingState, tracker_choices
 from .charts import AFTER, BEFORE, COMPARE, HELD_AFTER, _style_plot
 from .common import error_label, named, restyle, role_label, set_error
 
-RUN_KIND_LABELS = {"single": "one process (or GPUs of one machine)", "ddp": "data parallel (GPUs, machines)",
-                   "fsdp": "FSDP-QLoRA (sharded base)", "deepspeed": "DeepSpeed ZeRO-3 QLoRA"}  # fmt: skip
 DATA_FORMAT_LABELS = {"auto": "auto (from the fields)", "text": "plain text", "prompt_response": "prompt / response"}
 
 KILL_AFTER_MS = 30_000  # Stop: SIGTERM (the trainer checkpoints at the step end), then SIGKILL

@@ -449,7 +449,7 @@ def test_the_field_table_names_real_settings_with_their_help_and_labels_keep_the
     from quailora_gui.controllers import form_fields, labels
 
     paths = [f.path for f in form_fields.FIELDS + form_fields.TRAIN_FIELDS]
-    assert len(paths) == len(set(paths)) == 28 + 16
+    assert len(paths) == len(set(paths)) == 28 + 17
     for f in form_fields.FIELDS + form_fields.TRAIN_FIELDS:
         form_fields.get_value(core.RunConfig(), f.path)  # a real setting
         assert labels.tooltip(f.name) == core.field_help(f.path).tooltip()
@@ -460,6 +460,7 @@ def test_the_field_table_names_real_settings_with_their_help_and_labels_keep_the
     assert list(labels.INPUT_LABELS) == list(core.INPUT_SOURCES)
     assert list(labels.VERIFY_LABELS) == list(core.VERIFY_MODES)
     assert list(labels.QUANT_TYPE_LABELS) == list(core.QUANT_TYPES)
+    assert list(labels.RUN_KIND_LABELS) == list(core.RUN_KINDS)  # every run kind offered, none invented
     assert form_fields.default_value("calibration.split") == "train"
 
 
