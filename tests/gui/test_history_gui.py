@@ -192,17 +192,22 @@ def test_evaluate_fills_the_table_in_the_engine_lane_and_can_be_cancelled(qtbot,
     assert evaluate.isEnabled() and window.runButton.isEnabled()
 
 
-def test_a_training_run_on_disk_resumes_only_below_its_step_budget(qtbot, window, tiny_model_dir, text_file):
+def exported_training(model, calibration, max_steps: int):
+    """A run folder under the output root that trains an adapter made on disk for `max_steps`."""
     from quailora_core.train.export import export_run
-    from quailora_core.train.trainer import run_train
 
-    adapter = made_on_disk(tiny_model_dir, text_file)
-    cfg = init_config(tiny_model_dir, text_file, adapter)
+    cfg = init_config(model, calibration, made_on_disk(model, calibration))
     data = root() / "repeated.txt"
     data.write_text(REPEATED, encoding="utf-8")
     t = cfg.train
-    t.data, t.seq_len, t.batch_size, t.max_steps, t.eval_interval, t.save_interval = str(data), 32, 2, 2, 100, 100
-    run_dir = export_run(cfg, root() / "adapter-training")
+    t.data, t.seq_len, t.batch_size, t.max_steps, t.eval_interval, t.save_interval = str(data), 32, 2, max_steps, 100, 100
+    return export_run(cfg, root() / "adapter-training")
+
+
+def test_a_training_run_on_disk_resumes_only_below_its_step_budget(qtbot, window, tiny_model_dir, text_file):
+    from quailora_core.train.trainer import run_train
+
+    run_dir = exported_training(tiny_model_dir, text_file, max_steps=2)
     run_train(RunConfig.load(run_dir / "run.toml"))
     listed(qtbot, window)
     table = widget(window, QTableWidget, "historyTable")
@@ -280,16 +285,9 @@ def test_an_evaluation_that_fails_says_why_in_a_dialog_and_the_log(qtbot, window
 
 def test_a_stopped_training_on_disk_is_resumed_from_the_history(qtbot, window, tiny_model_dir, text_file):
     from quailora_core.events import CancelToken, TrainStep
-    from quailora_core.train.export import export_run
     from quailora_core.train.trainer import TrainingCancelled, run_train
 
-    adapter = made_on_disk(tiny_model_dir, text_file)
-    cfg = init_config(tiny_model_dir, text_file, adapter)
-    data = root() / "repeated.txt"
-    data.write_text(REPEATED, encoding="utf-8")
-    t = cfg.train
-    t.data, t.seq_len, t.batch_size, t.max_steps, t.eval_interval, t.save_interval = str(data), 32, 2, 4, 100, 100
-    run_dir = export_run(cfg, root() / "adapter-training")
+    run_dir = exported_training(tiny_model_dir, text_file, max_steps=4)
     cancel = CancelToken()
     with pytest.raises(TrainingCancelled):  # as Stop, or a closed window, leaves it: checkpoint-2
         run_train(RunConfig.load(run_dir / "run.toml"),
