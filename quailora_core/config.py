@@ -228,6 +228,10 @@ class TrainSettings:
                          "per GPU), fsdp or deepspeed (ZeRO-3: the base sharded over the GPUs, for a model "
                          "that outgrows one); launch.sh takes the number of GPUs and machines from its "
                          "environment")  # fmt: skip
+    processes: int = option(0, flag="--processes", usual="0 = the run kind's own: 1 for single, every GPU else",
+                            help="Training processes (one per GPU) launch.sh starts, all machines together; the "
+                            "NUM_PROCESSES variable overrides it. Without a GPU, several processes train data "
+                            "parallel on the CPU")  # fmt: skip
     offload_params: bool = option(False, usual="off", help="FSDP / DeepSpeed runs: keep the sharded parameters "
                                   "in CPU memory between uses (slower; fits a larger model)")  # fmt: skip
 
@@ -263,6 +267,9 @@ class TrainSettings:
             refuse("tracking", f"Unknown tracking {t.tracking!r}.", f"Use one of {', '.join(TRACKERS)}.")
         if t.launch not in RUN_KINDS:
             refuse("launch", f"Unknown run kind {t.launch!r}.", f"Use one of {', '.join(RUN_KINDS)}.")
+        if not isinstance(t.processes, int) or isinstance(t.processes, bool) or t.processes < 0:
+            refuse("processes", f"processes must be a whole number >= 0, got {t.processes!r}.",
+                   "Use 0 for the run kind's own count (every GPU of the machine), or the number of GPUs.")
         return self
 
 

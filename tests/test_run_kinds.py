@@ -242,6 +242,28 @@ def test_ddp_run_launches_the_processes_and_machines_of_the_environment(demo_mod
     assert "MACHINE_RANK=$SLURM_NODEID" in readme and "srun" in readme and "--machine_rank" in readme
 
 
+def test_the_run_files_process_count_is_launch_shs_default_and_the_environment_overrides_it(
+        demo_model, demo_adapter, tmp_path, monkeypatch):  # fmt: skip
+    """[train] processes (the app's Processes field) is what launch.sh starts without NUM_PROCESSES."""
+    for kind, count in (("single", 2), ("ddp", 3)):
+        cfg = train_run(demo_model, demo_adapter, tmp_path, kind)
+        cfg.train.processes = count
+        run_dir = export_run(cfg, tmp_path / f"run-{kind}")
+        assert RunConfig.load(run_dir / "run.toml").train.processes == count
+        proc = _launch(run_dir, {})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        args, _ = _launcher_view(shlex.split(proc.stdout), monkeypatch)
+        assert args.multi_gpu and args.nproc_per_node == str(count)
+        proc = _launch(run_dir, {"NUM_PROCESSES": "1" if kind == "single" else "4"})
+        args, _ = _launcher_view(shlex.split(proc.stdout), monkeypatch)
+        assert args.num_processes == (1 if kind == "single" else 4)
+        assert f"{count} processes ([train] processes in run.toml)" in (run_dir / "README.md").read_text()
+    cfg = train_run(demo_model, demo_adapter, tmp_path, "ddp")
+    cfg.train.processes = -1
+    with pytest.raises(InputError, match="processes must be a whole number >= 0"):
+        cfg.train.validate()
+
+
 def test_fsdp_run_config_is_what_fsdp_qlora_needs_and_wraps_the_real_blocks(demo_model, sharded_adapter, tmp_path,
                                                                              monkeypatch):  # fmt: skip
     from accelerate.utils import FullyShardedDataParallelPlugin
@@ -254,8 +276,15 @@ def test_fsdp_run_config_is_what_fsdp_qlora_needs_and_wraps_the_real_blocks(demo
     run = RunConfig.load(run_dir / "run.toml")
     assert (run.train.launch, run.quantization.quant_storage, run.model.dtype) == ("fsdp", "bfloat16", "bfloat16")
     proc = _launch(run_dir, LAYOUT)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    args, defaults = _launcher_view(shlex.split(proc.stdout), monkeypatch)
+    if torch.cuda.is_available():
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        argv = shlex.split(proc.stdout)
+    else:  # accelerate shards on GPUs only: the check refuses, in one line, before it starts CPU processes
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert "has none" in lines[0] and 'launch = "ddp"' in lines[0], lines[0]
+        argv = ["launch", *_echoed_arguments(run_dir, LAYOUT)]
+    args, defaults = _launcher_view(argv, monkeypatch)
     assert args.use_fsdp and os.environ["ACCELERATE_USE_FSDP"] == "true"
     assert (args.nproc_per_node, args.nnodes, args.node_rank, _rank0(args)) == ("2", "2", 1, "10.1.2.3:29555")
     # rank 0 reads the weights, the others build on meta and receive them: accelerate builds that
@@ -304,7 +333,8 @@ def test_deepspeed_run_config_is_zero3_qlora(demo_model, sharded_adapter, tmp_pa
 
 def _echoed_arguments(run_dir: Path, env: dict[str, str]) -> list[str]:
     """The accelerate arguments launch.sh builds, with its check skipped (DeepSpeed is not
-    installed here, and the check rightly refuses): the script after the check line, run as is."""
+    installed here, or there is no GPU to shard over, and the check rightly refuses): the script
+    after the check line, run as is."""
     text = (run_dir / "launch.sh").read_text()
     script = text.replace('"$PYTHON" -m quailora_core.train "$HERE/run.toml" --check "$@"\n', "")
     assert script != text

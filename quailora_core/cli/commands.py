@@ -82,7 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from quailora_core.train.trainer import preflight_train, run_train
 
         if args.check:  # launch.sh runs this before `accelerate launch`, which turns errors into tracebacks
-            return preflight_train(config, on_event)
+            return preflight_train(config, on_event, launching=True)
         return run_train(config, on_event, cancel)
 
     code, result = run_reporting(args, work, None if args.json else TrainProgress())

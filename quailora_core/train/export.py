@@ -108,7 +108,7 @@ def export_run(config: RunConfig, run_dir: str | os.PathLike[str], overwrite: bo
                 shutil.copy2(src, target)
         run.save(tmp / RUN_FILE)
         launcher = tmp / LAUNCHER
-        launcher.write_text(launch_script(t.launch), encoding="utf-8")
+        launcher.write_text(launch_script(t.launch, t.processes), encoding="utf-8")
         _write_accelerate_config(tmp / ACCELERATE_CONFIG, accelerate_config(t.launch, block, t.offload_params))
         if t.launch == "deepspeed":
             (tmp / DEEPSPEED_CONFIG).write_text(json.dumps(deepspeed_config(t.offload_params), indent=2) + "\n",
@@ -152,11 +152,13 @@ _KIND_TEXT = {
 }
 
 
-def _cluster_text(launch: str) -> str:
+def _cluster_text(launch: str, processes: int = 0) -> str:
     """How to start the run on one machine with several GPUs and on a cluster, for its kind."""
     if launch == "single":
-        return """```bash
-NUM_PROCESSES=4 ./launch.sh    # data parallel: one process per GPU on a 4-GPU machine (the default is 1)
+        default = processes or 1
+        return f"""```bash
+./launch.sh                    # {default} process{"es" if default > 1 else ""} ([train] processes in run.toml)
+NUM_PROCESSES=4 ./launch.sh    # data parallel: one process per GPU on a 4-GPU machine
 ```
 
 This run is for one machine (`[train] launch = "single"`). For several machines, export it again
@@ -167,13 +169,17 @@ with `--launch ddp` (a copy of the 4-bit model per GPU), or `--launch fsdp` / `-
     deepspeed = (" and `--deepspeed_config_file ds_config.json`" if launch == "deepspeed" else "")
     needs = ("\nThe deepspeed kind needs `pip install deepspeed` on every machine; `launch.sh` says so "
              "before it starts.\n" if launch == "deepspeed" else "")  # fmt: skip
+    first = (f"./launch.sh                                  # {processes} processes ([train] processes in run.toml)"
+             if processes else "./launch.sh                                  # every GPU of this machine, one process each")
+    default = (f"`[train] processes` of run.toml, {processes}" if processes
+               else "this machine's GPUs times `NUM_MACHINES`")
     return f"""```bash
-./launch.sh                                  # every GPU of this machine, one process each
+{first}
 NUM_PROCESSES=2 ./launch.sh                  # 2 processes (GPUs)
 ```
 
 `launch.sh` takes the layout from its environment: `NUM_PROCESSES` (all processes of all machines
-together; default: this machine's GPUs times `NUM_MACHINES`), `NUM_MACHINES` (default 1),
+together; default: {default}), `NUM_MACHINES` (default 1),
 `MACHINE_RANK` (this machine's rank, 0 to `NUM_MACHINES - 1`), `MAIN_PROCESS_IP` and
 `MAIN_PROCESS_PORT` (rank 0's address, which every machine must reach; accelerate's default
 port is 29500). It runs `accelerate launch --config_file accelerate_config.yaml --num_processes N
@@ -248,7 +254,7 @@ python -m quailora_core.train run.toml --max-steps 10   # the same without accel
 
 ## Several GPUs, several machines
 
-{_cluster_text(t.launch)}
+{_cluster_text(t.launch, t.processes)}
 ## The base model
 
 The base model is {where}. On another machine, put the model there or edit `[model] path`

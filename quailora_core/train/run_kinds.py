@@ -57,6 +57,28 @@ def check_run_kind(launch: str, record: AdapterRecord, adapter: str, installed: 
                          "pip install deepspeed", field="train.launch")  # fmt: skip
 
 
+def check_sharding_device(launch: str, several_processes: bool) -> None:
+    """Refuse a sharded kind that would start several processes on a machine without CUDA.
+
+    accelerate shards (FSDP, ZeRO-3) on GPUs only: on a CPU-only machine `accelerate launch`
+    with an FSDP config starts CPU processes that each train an unsharded copy of the model
+    (its distributed type stays MULTI_CPU), which is not the run that was asked for."""
+    if launch not in SHARDED_RUN_KINDS or not several_processes:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    name = "FSDP-QLoRA" if launch == "fsdp" else "DeepSpeed ZeRO-3"
+    raise InputError(
+        f"Run kind {launch!r} ({name}) shards the 4-bit base over CUDA GPUs, and this machine has none: "
+        "accelerate would train an unsharded copy of the model in each process.",
+        "Start launch.sh on a machine with NVIDIA GPUs, or use [train] launch = \"ddp\" to train data "
+        "parallel on the CPU.",
+        field="train.launch",
+    )
+
+
 # ---------------------------------------------------------------------------- the block class
 def decoder_block_class(model_path: str, trust_remote_code: bool = False) -> str:
     """The class name of the model's decoder blocks, what FSDP wraps one by one: found on the
@@ -169,8 +191,9 @@ _SINGLE = """if [ "${NUM_MACHINES:-1}" != 1 ]; then
 fi
 {check}# Several processes: accelerate starts them (torchrun) only with --multi_gpu, else it starts one;
 # without a GPU they train on the CPU (gloo).
-MULTI=(); if [ "${NUM_PROCESSES:-1}" -gt 1 ]; then MULTI=(--multi_gpu); fi
-{stop}exec "$ACCELERATE" launch --config_file "$HERE/accelerate_config.yaml" --num_processes "${NUM_PROCESSES:-1}" \\
+NUM_PROCESSES="${NUM_PROCESSES:-{processes}}"  # [train] processes of run.toml
+MULTI=(); if [ "$NUM_PROCESSES" -gt 1 ]; then MULTI=(--multi_gpu); fi
+{stop}exec "$ACCELERATE" launch --config_file "$HERE/accelerate_config.yaml" --num_processes "$NUM_PROCESSES" \\
   ${MULTI[@]+"${MULTI[@]}"} -m quailora_core.train "$HERE/run.toml" "$@"
 """
 
@@ -180,7 +203,7 @@ export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-300}"
 """
 
 _MULTI = """{check}NUM_MACHINES="${{NUM_MACHINES:-1}}"
-if [ -z "${{NUM_PROCESSES:-}}" ]; then  # all GPUs of this machine, on every machine
+{default}if [ -z "${{NUM_PROCESSES:-}}" ]; then  # all GPUs of this machine, on every machine
   GPUS="$("$PYTHON" -c 'import torch; print(max(torch.cuda.device_count(), 1))')"
   NUM_PROCESSES=$((GPUS * NUM_MACHINES))
 fi
@@ -198,26 +221,30 @@ _WHAT = {
     "deepspeed": "DeepSpeed ZeRO-3 + QLoRA, the 4-bit base sharded over the GPUs",
 }
 
-_MULTI_USAGE = """#   NUM_PROCESSES=4 ./launch.sh      4 processes, one per GPU (default: every GPU of this machine);
-#                                    the batch size in run.toml is per GPU
+_MULTI_USAGE = """#   NUM_PROCESSES=4 ./launch.sh      4 processes, one per GPU (default: [train] processes in run.toml,
+#                                    0 = every GPU of this machine); the batch size in run.toml is per GPU
 #   NUM_MACHINES=2 MACHINE_RANK=0 MAIN_PROCESS_IP=host0 [MAIN_PROCESS_PORT=29500] ./launch.sh
 #                                    on each of 2 machines (MACHINE_RANK 0 and 1); NUM_PROCESSES
 #                                    counts the processes of all machines together
 """
 
 
-def launch_script(launch: str) -> str:
-    """launch.sh for a run kind: the cheap check, then `accelerate launch` with the kind's config."""
+def launch_script(launch: str, processes: int = 0) -> str:
+    """launch.sh for a run kind: the cheap check, then `accelerate launch` with the kind's config.
+    `processes` ([train] processes) is the count when NUM_PROCESSES is not set; 0 is the kind's
+    own: one process for single, every GPU of each machine for the others."""
     files = ACCELERATE_CONFIG + (f" and {DEEPSPEED_CONFIG}" if launch == "deepspeed" else "")
     if launch == "single":
         usage = ("#   NUM_PROCESSES=4 ./launch.sh      data-parallel on 4 GPUs of this machine: one process per GPU\n"
-                 "#                                    (the default is 1); the batch size in run.toml is per GPU.\n"
+                 "#                                    (default: [train] processes in run.toml, else 1); the batch\n"
+                 "#                                    size in run.toml is per GPU.\n"
                  "#                                    Several machines: export with --launch ddp, fsdp or deepspeed\n")
-        body = _SINGLE.replace("{check}", _CHECK).replace("{stop}", _STOP)
+        body = _SINGLE.replace("{check}", _CHECK).replace("{stop}", _STOP).replace("{processes}", str(processes or 1))
         return _HEADER.format(launch=launch, what=_WHAT[launch], files=files, usage=usage) + body
     extra = 'ARGS+=(--deepspeed_config_file "$HERE/ds_config.json")\n' if launch == "deepspeed" else ""
+    default = f'NUM_PROCESSES="${{NUM_PROCESSES:-{processes}}}"  # [train] processes of run.toml\n' if processes else ""
     return (_HEADER.format(launch=launch, what=_WHAT[launch], files=files, usage=_MULTI_USAGE)
-            + _MULTI.format(check=_CHECK, extra=extra, stop=_STOP))  # fmt: skip
+            + _MULTI.format(check=_CHECK, extra=extra, stop=_STOP, default=default))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- the training process

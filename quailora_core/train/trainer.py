@@ -72,7 +72,7 @@ from quailora_core.sources.training_data import load_training_data
 from quailora_core.train.examples import IGNORE_INDEX, _count, _split, encode
 from quailora_core.train.layout import FINAL_ADAPTER, LOGS_DIR, METRICS_FILE, RUN_RECORD, adapter_dir
 from quailora_core.train.processes import any_process, gathered, is_main_process, weights_digest, world_size
-from quailora_core.train.run_kinds import optimizer_name, prepare_for_training
+from quailora_core.train.run_kinds import check_sharding_device, optimizer_name, prepare_for_training
 from quailora_core.train.settings import check_output, check_quantization
 from quailora_core.train.tracking import (
     TrackingInfo,
@@ -120,8 +120,10 @@ class _Plan:
     data_summary: dict[str, Any]
 
 
-def preflight_train(config: RunConfig, on_event: EventCallback = ignore_events) -> _Plan:
-    """All checks that need no model weights in memory; raises InputError, writes nothing."""
+def preflight_train(config: RunConfig, on_event: EventCallback = ignore_events, launching: bool = False) -> _Plan:
+    """All checks that need no model weights in memory; raises InputError, writes nothing.
+    `launching`: the check launch.sh runs before `accelerate launch` (one plain process that
+    stands for the processes about to start)."""
     from quailora_core.model.info import resolve_model_path
 
     t = config.train
@@ -133,7 +135,8 @@ def preflight_train(config: RunConfig, on_event: EventCallback = ignore_events) 
     model_path = resolve_model_path(config.model.path)
     for warning in check_base(model_path, record, adapter, config.model.trust_remote_code):
         on_event(Log("warning", warning))
-    if t.launch in SHARDED_RUN_KINDS and world_size() == 1:  # `python -m quailora_core.train`, not launch.sh
+    check_sharding_device(t.launch, launching or world_size() > 1)
+    if t.launch in SHARDED_RUN_KINDS and world_size() == 1 and not launching:  # `python -m quailora_core.train`
         on_event(Log("warning", f"run kind {t.launch!r} trains sharded only under `accelerate launch` (the run "
                                 f"folder's launch.sh); this is one process holding the whole 4-bit model"))
     output, resume_from = check_output(config, adapter, record.base_model.fingerprint or None)
