@@ -53,6 +53,30 @@ class TrainStep:
 
 
 @dataclass(frozen=True)
+class RankStatus:
+    """One training process's own figures at a log step (in `RankProgress`): which machine and
+    device it runs on, its time per optimizer step (a slow or stalled GPU shows here, and the
+    others wait for it at every step) and its memory, the figure a sharded run lowers per GPU."""
+
+    rank: int
+    host: str
+    device: str
+    step: int
+    seconds_per_step: float
+    ram_gb: float  # the process's resident memory now
+    gpu_memory_gb: float | None = None  # peak CUDA memory allocated on its device
+
+
+@dataclass(frozen=True)
+class RankProgress:
+    """Every process of a multi-process run (`accelerate launch`) at one training log step: the
+    ranks gather their `RankStatus` and rank 0, the one that speaks, emits them together."""
+
+    step: int
+    ranks: tuple[RankStatus, ...]
+
+
+@dataclass(frozen=True)
 class EvalResult:
     step: int
     loss: float
@@ -99,11 +123,11 @@ class JobUpdate:
     output: str = ""
 
 
-Event = Stage | LayerResult | TrainStep | EvalResult | Progress | Log | Finished | Failed | JobUpdate
+Event = Stage | LayerResult | TrainStep | RankProgress | EvalResult | Progress | Log | Finished | Failed | JobUpdate
 EventCallback = Callable[[Event], None]
 EVENT_TYPES: dict[str, type] = {
     cls.__name__: cls
-    for cls in (Stage, LayerResult, TrainStep, EvalResult, Progress, Log, Finished, Failed, JobUpdate)
+    for cls in (Stage, LayerResult, TrainStep, RankProgress, EvalResult, Progress, Log, Finished, Failed, JobUpdate)
 }
 
 
@@ -122,6 +146,8 @@ def event_from_json(line: str) -> Event:
     kwargs = {k: v for k, v in data.items() if k in names}
     if cls is LayerResult:
         kwargs["shape"] = tuple(kwargs["shape"])
+    if cls is RankProgress:
+        kwargs["ranks"] = tuple(RankStatus(**rank) for rank in kwargs["ranks"])
     return cls(**kwargs)
 
 

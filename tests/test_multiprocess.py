@@ -33,7 +33,7 @@ import pytest
 from helpers import make_config
 from safetensors.torch import load_file
 
-from quailora_core.events import Failed, Finished, Stage, TrainStep, event_from_json
+from quailora_core.events import Failed, Finished, RankProgress, Stage, TrainStep, event_from_json
 from quailora_core.train.export import export_run
 from quailora_core.train.processes import weights_digest
 
@@ -163,6 +163,18 @@ def one_of_each(events) -> None:
     assert steps == sorted(set(steps)), steps
 
 
+def every_rank_reports(events) -> None:
+    """Each logged step also carries both processes' own figures (what the app's per-process
+    table shows): gathered from the two ranks at that step, each its own measurement."""
+    steps = [e.step for e in events if isinstance(e, TrainStep)]
+    progress = [e for e in events if isinstance(e, RankProgress)]
+    assert [e.step for e in progress] == steps, (steps, progress)
+    for event in progress:
+        assert [r.rank for r in event.ranks] == [0, 1] and {r.step for r in event.ranks} == {event.step}
+        assert all(r.device == "cpu" and r.host and r.gpu_memory_gb is None for r in event.ranks)
+        assert all(r.seconds_per_step > 0 and r.ram_gb > 0.05 for r in event.ranks), event
+
+
 def test_a_stop_reaching_rank_0_only_stops_both_ranks_and_resume_continues(run_dir, tmp_path):
     launch = Launch(accelerate(run_dir), tmp_path, tmp_path / "first.err")
     launch.wait_for_step(2)
@@ -179,6 +191,7 @@ def test_a_stop_reaching_rank_0_only_stops_both_ranks_and_resume_continues(run_d
     state = json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())
     assert state["global_step"] == step
     one_of_each(launch.events)
+    every_rank_reports(launch.events)
     failed = [e for e in launch.events if isinstance(e, Failed)]
     assert len(failed) == 1 and f"step {step}" in failed[0].message  # one Failed line, from rank 0
 
@@ -187,6 +200,7 @@ def test_a_stop_reaching_rank_0_only_stops_both_ranks_and_resume_continues(run_d
     events = resumed.events
     one_of_each(events)
     assert [e.step for e in events if isinstance(e, TrainStep)] == [step + 1, step + 2]  # the count goes on
+    every_rank_reports(events)
     finished = [e for e in events if isinstance(e, Finished)]
     assert len(finished) == 1 and finished[0].output_dir == str(out)
     metrics = json.loads((out / "metrics.json").read_text())

@@ -59,6 +59,7 @@ class TrainProgress:
 
     def __init__(self) -> None:
         self.bar = None
+        self._postfix = ""
 
     def _write(self, text: str) -> None:
         (self.bar.write if self.bar is not None else (lambda s: print(clear_status() + s, file=sys.stderr)))(text)
@@ -66,7 +67,7 @@ class TrainProgress:
     def __call__(self, event: Any) -> None:
         from tqdm.auto import tqdm
 
-        from quailora_core.events import EvalResult, Log, Stage, TrainStep
+        from quailora_core.events import EvalResult, Log, RankProgress, Stage, TrainStep
 
         if isinstance(event, Stage) and event.name == "load":
             status("checking inputs and loading ...")
@@ -77,8 +78,13 @@ class TrainProgress:
             if self.bar is None:
                 self.bar = tqdm(total=event.total_steps, initial=event.step - 1, unit="step", desc="training",
                                 file=sys.stderr)  # fmt: skip
-            self.bar.set_postfix_str(f"loss {event.loss:.4f} lr {event.lr:.2e} {event.tokens_per_second:,.0f} tok/s")
+            self._postfix = f"loss {event.loss:.4f} lr {event.lr:.2e} {event.tokens_per_second:,.0f} tok/s"
+            self.bar.set_postfix_str(self._postfix)
             self.bar.update(event.step - self.bar.n)
+        elif isinstance(event, RankProgress) and self.bar is not None and event.ranks:
+            slowest = max(event.ranks, key=lambda r: r.seconds_per_step)
+            self.bar.set_postfix_str(f"{self._postfix} · {len(event.ranks)} processes, slowest rank "
+                                     f"{slowest.rank} {slowest.seconds_per_step:.2f} s/step")  # fmt: skip
         elif isinstance(event, EvalResult):
             self._write(f"step {event.step}: validation loss {event.loss:.4f}, perplexity {event.perplexity:.3f}")
         elif isinstance(event, Log):

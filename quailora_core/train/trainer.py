@@ -43,6 +43,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import json
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,6 +62,8 @@ from quailora_core.events import (
     EventCallback,
     Finished,
     Log,
+    RankProgress,
+    RankStatus,
     Stage,
     TrainStep,
     ignore_events,
@@ -394,12 +397,12 @@ class EventBridge(TrainerCallback):
     def __init__(self, emit: EventCallback, cancel: CancelToken, cuda: bool) -> None:
         self.emit, self.cancel, self.cuda = emit, cancel, cuda
         self.cancelled_at: int | None = None
-        self._tokens = 0
+        self._tokens = self._logged_step = 0
         self._step_seconds = 0.0
         self._t0: float | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._tokens = state.num_input_tokens_seen
+        self._tokens, self._logged_step = state.num_input_tokens_seen, state.global_step
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._t0 = time.perf_counter()
@@ -422,18 +425,36 @@ class EventBridge(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs:
             return
+        seconds, own = self._own_figures(args, state)  # every rank: its own time and memory
+        ranks = gathered(own) if world_size() > 1 else [own]  # a collective: the same point on every rank
         if state.is_world_process_zero:
-            self._emit_step(state, logs)
+            self._emit_step(state, logs, seconds, own.gpu_memory_gb)
+            if len(ranks) > 1:
+                self.emit(RankProgress(state.global_step, tuple(ranks)))
         self._check_cancel(args, state, control)  # a cancel from this event's handler stops at this step
 
-    def _emit_step(self, state, logs) -> None:
+    def _own_figures(self, args, state) -> tuple[float, RankStatus]:
+        """This process's seconds of training steps since the last log (evaluation and checkpoint
+        time left out) and its `RankStatus`; starts the next interval."""
+        import psutil
         import torch
 
-        # tokens per second of training steps only (evaluation and checkpoint time left out)
+        seconds, steps = self._step_seconds, state.global_step - self._logged_step
+        self._step_seconds, self._logged_step = 0.0, state.global_step
+        device = torch.device(args.device)
+        gpu = torch.cuda.max_memory_allocated(device) / 2**30 if self.cuda and device.type == "cuda" else None
+        return seconds, RankStatus(
+            rank=int(args.process_index), host=socket.gethostname(), step=state.global_step,
+            device="cpu" if device.type == "cpu" else str(device),  # the CPU: "cpu:0" in every process
+            seconds_per_step=seconds / steps if steps > 0 else 0.0,
+            ram_gb=psutil.Process().memory_info().rss / 2**30, gpu_memory_gb=gpu,
+        )
+
+    def _emit_step(self, state, logs, seconds: float, memory: float | None) -> None:
+        # tokens per second of training steps only, of all processes together (the Trainer's count)
         tokens = state.num_input_tokens_seen - self._tokens
-        rate = tokens / self._step_seconds if self._step_seconds > 0 else 0.0
-        self._tokens, self._step_seconds = state.num_input_tokens_seen, 0.0
-        memory = torch.cuda.max_memory_allocated() / 2**30 if self.cuda else None
+        rate = tokens / seconds if seconds > 0 else 0.0
+        self._tokens = state.num_input_tokens_seen
         self.emit(TrainStep(state.global_step, state.max_steps, float(logs["loss"]),
                             float(logs.get("learning_rate", 0.0)), rate, memory))  # fmt: skip
 
