@@ -53,7 +53,8 @@ def test_run_folder_is_complete_and_relative(demo_model, adapter, tmp_path):
     launcher = run_dir / "launch.sh"
     assert launcher.stat().st_mode & stat.S_IXUSR
     text = launcher.read_text()
-    assert 'launch --config_file "$HERE/accelerate_config.yaml" --num_processes "${NUM_PROCESSES:-1}"' in text
+    assert 'NUM_PROCESSES="${NUM_PROCESSES:-1}"' in text  # [train] processes 0: the single kind's one process
+    assert 'launch --config_file "$HERE/accelerate_config.yaml" --num_processes "$NUM_PROCESSES"' in text
     assert '-m quailora_core.train "$HERE/run.toml" "$@"' in text.split("--check")[-1]
     assert '-m quailora_core.train "$HERE/run.toml" --check "$@"' in text.split('exec "$ACCELERATE"')[-2]  # first
     assert "NUM_PROCESSES" in text.split("set -euo")[0] and "--resume" in text  # explained in comments
