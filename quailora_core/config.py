@@ -229,9 +229,9 @@ class TrainSettings:
                          "that outgrows one); launch.sh takes the number of GPUs and machines from its "
                          "environment")  # fmt: skip
     processes: int = option(0, flag="--processes", usual="0 = the run kind's own: 1 for single, every GPU else",
-                            help="Training processes (one per GPU) launch.sh starts, all machines together; the "
-                            "NUM_PROCESSES variable overrides it. Without a GPU, several processes train data "
-                            "parallel on the CPU")  # fmt: skip
+                            help="Training processes (one per GPU, all machines together) that launch.sh and "
+                            "the app's Launch start, NUM_PROCESSES overriding it in launch.sh; without a GPU "
+                            "several processes train data parallel on the CPU")  # fmt: skip
     offload_params: bool = option(False, usual="off", help="FSDP / DeepSpeed runs: keep the sharded parameters "
                                   "in CPU memory between uses (slower; fits a larger model)")  # fmt: skip
 

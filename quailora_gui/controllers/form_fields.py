@@ -99,6 +99,7 @@ TRAIN_FIELDS: tuple[FormField, ...] = (
     FormField("trainSeedSpin", "train.seed", INT),
     FormField("trackingCombo", "train.tracking", CHOICE),
     FormField("runKindCombo", "train.launch", CHOICE),
+    FormField("trainProcessesSpin", "train.processes", INT),
 )
 BY_NAME: dict[str, FormField] = {f.name: f for f in FIELDS + TRAIN_FIELDS}
 BY_PATH: dict[str, FormField] = {f.path: f for f in FIELDS}

@@ -76,6 +76,8 @@ TOOLTIPS: dict[str, str] = {
     "layer plus LoRA gets wrong (before = plain QLoRA, BA = 0); hover a bar for exact numbers.",
     "heatMap": "Share of the calibrated error removed, 1 - after/before, per block and module.",
     "resultsTable": "Per-layer results; click a header to sort.",
+    "rankTable": "Each training process of a multi-process run at its last logged step: its machine, device, "
+    "time per step (a slow GPU shows here, the others wait for it) and memory.",
     "lossChart": "Training loss per step (thin line, with its moving average) and validation loss (points).",
     "progressBar": "Layers initialized, or training steps done, so far.",
     "logView": "Messages from the engine.",
@@ -87,5 +89,8 @@ def tooltip(name: str) -> str | None:
     return config_tooltip(name) or TOOLTIPS.get(name)
 
 # [train] launch: the run kinds of an exported run folder (quailora_core.config.RUN_KINDS)
-RUN_KIND_LABELS = {"single": "one process (or GPUs of one machine)", "ddp": "data parallel (GPUs, machines)",
+RUN_KIND_LABELS = {"single": "one machine (1 process, or 1 per GPU)", "ddp": "data parallel (GPUs, machines)",
                    "fsdp": "FSDP-QLoRA (sharded base)", "deepspeed": "DeepSpeed ZeRO-3 QLoRA"}  # fmt: skip
+# ... and their names in a sentence
+RUN_KIND_NAMES = {"single": "A one-machine run", "ddp": "Data parallel", "fsdp": "FSDP-QLoRA",
+                  "deepspeed": "DeepSpeed ZeRO-3"}  # fmt: skip

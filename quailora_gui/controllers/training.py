@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
+import shutil
 import sys
 import time
 from collections import deque
@@ -21,27 +23,82 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quailora_core.events import EvalResult, Failed, Finished, TrainStep
-from quailora_core.train.layout import OUTPUT_DIR, RUN_FILE, checkpoint_step, checkpoints
+from quailora_core.events import EvalResult, Failed, Finished, RankProgress, TrainStep
+from quailora_core.train.layout import LAUNCHER, OUTPUT_DIR, RUN_FILE, checkpoint_step, checkpoints
 
 from .formatting import fmt_duration, fmt_gib
+from .labels import RUN_KIND_NAMES
 from .wording import app_words
 
 TRAIN_OUTPUT = OUTPUT_DIR  # where the trained adapter and checkpoints of a run folder go
 STDERR_TAIL = 20  # stderr lines kept to explain a crash
 ETA_WINDOW = 20  # steps the ETA averages over
 SMOOTHING = 0.9  # weight of the moving average drawn through the training loss
+RANK_COLUMNS = ("Process", "Machine", "Device", "Step", "Time per step", "RAM", "GPU memory (peak)")
 
 
 # ---------------------------------------------------------------------------- commands
-def train_command(run_dir: str | Path, resume: bool = False, max_steps: int | None = None) -> list[str]:
-    """The child's command line: the exported run's own command without `accelerate`."""
-    cmd = [sys.executable, "-m", "quailora_core.train", str(Path(run_dir) / RUN_FILE), "--json"]
+@dataclass(frozen=True)
+class LaunchPlan:
+    """How Launch starts a run folder here: its number of processes, or why it cannot
+    (`problem`), and what the log says about it (`note`, `warning`)."""
+
+    processes: int
+    problem: str = ""
+    note: str = ""
+    warning: str = ""
+
+
+def launch_plan(kind: str, processes: int, gpus: int, posix: bool = os.name == "posix") -> LaunchPlan:
+    """Launch's processes for the run kind and the Processes field on a machine with `gpus`
+    CUDA devices: 0 is the kind's own count, as in launch.sh (1 for single, every GPU else).
+    Several processes start through the folder's launch.sh (bash, `accelerate launch`); on a
+    machine without GPUs they train data parallel on the CPU, which shards nothing (the core
+    refuses FSDP and ZeRO-3 there: `run_kinds.check_sharding_device`, said here first)."""
+    from quailora_core.config import SHARDED_RUN_KINDS
+
+    count = processes or (1 if kind == "single" else max(gpus, 1))
+    name = RUN_KIND_NAMES.get(kind, kind)
+    if count > 1 and kind in SHARDED_RUN_KINDS and not gpus:
+        return LaunchPlan(count, f"{name} shards the 4-bit base over CUDA GPUs, and this machine has none: choose "
+                                 "data parallel to train in several processes on the CPU here, or Export run and "
+                                 "start its launch.sh on a GPU machine.")  # fmt: skip
+    if gpus and count > gpus:
+        return LaunchPlan(count, f"{count} processes need {count} GPUs, and this machine has {gpus}: set Processes "
+                                 f"to {gpus} or fewer, or Export run for a larger machine.")  # fmt: skip
+    if count > 1 and not posix:
+        return LaunchPlan(count, "Several processes start through the run folder's launch.sh, a bash script: set "
+                                 "Processes to 1 here, or Export run and start it where bash runs.")  # fmt: skip
+    if count == 1:
+        warning = (f"{name} in one process holds the whole 4-bit model: nothing is sharded (set Processes to the "
+                   "number of GPUs)." if kind in SHARDED_RUN_KINDS else "")  # fmt: skip
+        return LaunchPlan(1, warning=warning)
+    where = f"one per GPU ({name})" if gpus else "data parallel on the CPU (no GPU here)"
+    return LaunchPlan(count, note=f"Training in {count} processes, {where}, through the run folder's launch.sh.")
+
+
+def train_command(run_dir: str | Path, resume: bool = False, max_steps: int | None = None,
+                  processes: int = 1) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+    """The child's command line and the environment it adds: one process runs the exported
+    run's own command without `accelerate`; several run the folder's launch.sh, with this
+    interpreter and its accelerate, on a free port of this machine."""
+    run_dir = Path(run_dir)
+    flags = ["--json"]
     if resume:
-        cmd.append("--resume")
+        flags.append("--resume")
         if max_steps:  # a higher step budget continues a run that already reached its end
-            cmd += ["--max-steps", str(int(max_steps))]
-    return cmd
+            flags += ["--max-steps", str(int(max_steps))]
+    if processes <= 1:
+        return [sys.executable, "-m", "quailora_core.train", str(run_dir / RUN_FILE), *flags], {}
+    env = {"NUM_PROCESSES": str(processes), "NUM_MACHINES": "1", "MACHINE_RANK": "0", "MAIN_PROCESS_PORT": "0",
+           "PYTHON": sys.executable, "ACCELERATE": accelerate_command()}  # fmt: skip
+    return ["bash", str(run_dir / LAUNCHER), *flags], env
+
+
+def accelerate_command() -> str:
+    """The `accelerate` of this interpreter's environment (next to it), else the PATH's."""
+    here = Path(sys.executable).parent / ("accelerate.exe" if os.name == "nt" else "accelerate")
+    return str(here) if here.exists() else (shutil.which("accelerate") or "accelerate")
 
 
 def launch_text(run_dir: str | Path) -> str:
@@ -228,6 +285,7 @@ class TrainingState:
     total_steps: int = 0
     tokens_per_second: float | None = None
     gpu_memory_gb: float | None = None
+    ranks: tuple = ()  # the RankStatus of every process at the last log step (several processes only)
     finished: Any = None  # the Finished event
     failed: Any = None  # the Failed event
     stderr_tail: deque = field(default_factory=lambda: deque(maxlen=STDERR_TAIL))
@@ -242,6 +300,7 @@ class TrainingState:
     def begin(self) -> None:
         """A process starts (a launch or a resume): the outcome and the rate are per process."""
         self.finished = self.failed = None
+        self.ranks = ()  # a resume may start another number of processes
         self.stderr_tail.clear()
         self._step_times.clear()
         self._started = self.clock()
@@ -259,6 +318,8 @@ class TrainingState:
             self.tokens_per_second = float(event.tokens_per_second)
             self.gpu_memory_gb = event.gpu_memory_gb
             self._step_times.append((self.clock(), int(event.step)))
+        elif isinstance(event, RankProgress):
+            self.ranks = tuple(event.ranks)
         elif isinstance(event, EvalResult):
             self.eval_steps.append(int(event.step))
             self.eval_losses.append(float(event.loss))
@@ -324,6 +385,13 @@ class TrainingState:
         if self.gpu_memory_gb is not None:
             rows.append(("GPU memory", fmt_gib(self.gpu_memory_gb)))
         return rows
+
+    def rank_rows(self) -> list[tuple[str, ...]]:
+        """The per-process table (`RANK_COLUMNS`), one row per rank; empty with one process."""
+        return [(str(r.rank), r.host, r.device, str(r.step),
+                 f"{r.seconds_per_step:.2f} s" if r.seconds_per_step else "–", fmt_gib(r.ram_gb),
+                 fmt_gib(r.gpu_memory_gb))
+                for r in self.ranks]  # fmt: skip
 
     # ------------------------------------------------------------------ the end
     def outcome(

@@ -24,6 +24,7 @@ class FormChecks(QObject):
         self.w = window
         self.checker = checker or ConfigChecker()
         self.engine_ready = False
+        self.gpus = 0  # CUDA devices torch sees (known once the engine is warm): what Launch can start
         self.debounce = QTimer(self)
         self.debounce.setSingleShot(True)
         self.debounce.setInterval(DEBOUNCE_MS)
@@ -35,6 +36,7 @@ class FormChecks(QObject):
 
     def _on_warmed(self, devices: list[tuple[str, str]]) -> None:
         self.w.form.set_devices(devices)
+        self.gpus = sum(1 for spec, _label in devices if spec.startswith("cuda:"))
         self.engine_ready = True
         # torch, transformers and peft leave ~0.5 M long-lived objects: a full garbage
         # collection scanning them holds the GIL for 0.1-0.5 s, from whichever thread

@@ -93,6 +93,8 @@ class MainWindow(QMainWindow):
     exportFailed = Signal(object)  # the error an export ended with, after its dialog opened
     trainingStarted = Signal(str)  # the run folder the child process trains in
     trainingStep = Signal(object)  # each TrainStep, after the charts were updated
+    rankProgress = Signal(object)  # each RankProgress (several processes), after the per-process table
+    launchRefused = Signal(str)  # why Launch or Resume cannot start the run here (nothing was written)
     trainingFinished = Signal(object)  # controllers.training.Outcome
     trainingFailed = Signal(object)  # Outcome (message, hint, details: the cause)
     trainingStopped = Signal(object)  # Outcome

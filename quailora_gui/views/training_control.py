@@ -15,7 +15,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QTimer
 
-from quailora_core.events import EvalResult, Failed, Finished, Log, Stage, TrainStep
+from quailora_core.events import EvalResult, Failed, Finished, Log, RankProgress, Stage, TrainStep
 
 from ..controllers.app_state import Action, Export, Phase
 from ..controllers.formatting import fmt_duration
@@ -26,6 +26,7 @@ from ..controllers.training import (
     TrainingState,
     has_checkpoint,
     installed_trackers,
+    launch_plan,
     parse_line,
     plain_line,
     resume_blocker,
@@ -47,6 +48,7 @@ class TrainingControl(QObject):
         self.w, self.panel = window, panel
         self.training = TrainingState()
         self.run_dir: str | None = None  # the run folder of the last launch (Resume trains it)
+        self.processes = 1  # training processes of the last Launch or Resume (launch_plan)
         # added to the child's environment (tests pin OMP_NUM_THREADS=1)
         self.env: dict[str, str] = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.process = TrainingProcess(self)
@@ -57,8 +59,9 @@ class TrainingControl(QObject):
         self._clock = QTimer(self)
         self._clock.setInterval(CLOCK_MS)
         self._clock.timeout.connect(self.update_progress)
-        self._handlers = {TrainStep: self._on_step, EvalResult: self._on_eval, Stage: self._on_stage,
-                          Log: self._on_log, Finished: self._on_finished, Failed: self._on_failed}  # fmt: skip
+        self._handlers = {TrainStep: self._on_step, RankProgress: self._on_ranks, EvalResult: self._on_eval,
+                          Stage: self._on_stage, Log: self._on_log, Finished: self._on_finished,
+                          Failed: self._on_failed}  # fmt: skip
         panel.exportRunButton.clicked.connect(lambda: window.export_run())
         panel.launchTrainingButton.clicked.connect(lambda: self.launch())
         panel.stopTrainingButton.clicked.connect(lambda: self.stop())
@@ -128,12 +131,26 @@ class TrainingControl(QObject):
         if not self.w.state.enabled(Action.LAUNCH):
             return False
         out = self.panel.trainOutputEdit.text().strip()
-        kind = self.panel.runKindCombo.currentData()
-        if kind != "single":
-            self.w.log(f"Launch trains here in one process; the run kind ({self.panel.runKindCombo.currentText()}) "
-                       "takes effect when the run folder's launch.sh starts it (NUM_PROCESSES, NUM_MACHINES).",
-                       "warning")  # fmt: skip
+        if not self._plan():
+            return False
         self.w.exports.run_folder(Export.LAUNCH, out, self._on_exported, "Cannot launch the training")
+        return True
+
+    def _plan(self) -> bool:
+        """How many processes Launch and Resume start, from the run kind, Processes and this
+        machine's GPUs; a run that cannot start here is said before anything is written."""
+        p = self.panel
+        plan = launch_plan(p.runKindCombo.currentData(), p.trainProcessesSpin.value(), self.w.checks.gpus)
+        if plan.problem:
+            p.trainStatusLabel.setText(escape(plan.problem))
+            self.w.log(f"Cannot launch the training: {plan.problem}", "error")
+            self.w.launchRefused.emit(plan.problem)
+            return False
+        if plan.warning:
+            self.w.log(plan.warning, "warning")
+        if plan.note:
+            self.w.log(plan.note)
+        self.processes = plan.processes
         return True
 
     def _on_exported(self, run_dir: Path) -> None:
@@ -148,7 +165,7 @@ class TrainingControl(QObject):
     def resume(self) -> bool:
         """Continue the last launched run from its newest checkpoint (the step count goes on)."""
         self.sync()
-        if not self.w.state.enabled(Action.RESUME):
+        if not self.w.state.enabled(Action.RESUME) or not self._plan():
             return False
         self._start(self.run_dir, resume=True)
         return True
@@ -157,16 +174,17 @@ class TrainingControl(QObject):
         w = self.w
         settings = self.panel.settings()
         max_steps = settings["max_steps"] if resume and not settings["epochs"] else None
-        command = train_command(run_dir, resume, max_steps)
+        command, env = train_command(run_dir, resume, max_steps, self.processes)
         self.run_dir = run_dir
         self.training.begin()
         w.state.start_training()
         w.progressPanel.set_busy("Starting the training process…")
         w.progressPanel.etaLabel.setText("")
         self.panel.trainStatusLabel.setText(f"Training in <code>{run_dir}</code>")
-        w.log(("Resuming" if resume else "Training") + f": {shlex.join(command)}")
+        shown = " ".join(f"{k}={shlex.quote(env[k])}" for k in ("NUM_PROCESSES",) if k in env)
+        w.log(("Resuming" if resume else "Training") + f": {shown + ' ' if shown else ''}{shlex.join(command)}")
         self._clock.start()
-        self.process.start(command, run_dir, self.env)
+        self.process.start(command, run_dir, {**self.env, **env})
         if w.state.training:
             w.log(f"Training process {self.process.pid} started.")
             w.trainingStarted.emit(run_dir)
@@ -193,9 +211,14 @@ class TrainingControl(QObject):
             handler(event)
 
     def _on_step(self, event: TrainStep) -> None:
+        self.process.note_family()  # the ranks a launcher started, ended with it (TrainingProcess.kill)
         self.panel.show_state(self.training)
         self.update_progress()
         self.w.trainingStep.emit(event)
+
+    def _on_ranks(self, event: RankProgress) -> None:
+        self.panel.rankTable.show_rows(self.training.rank_rows())
+        self.w.rankProgress.emit(event)
 
     def _on_eval(self, event: EvalResult) -> None:
         self.panel.show_state(self.training)

@@ -16,6 +16,7 @@ from typing import Any
 import pyqtgraph as pg
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
+    QAbstractItemView,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -23,23 +24,27 @@ from PySide6.QtWidgets import (
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
+    QHeaderView,
     QLineEdit,
     QPushButton,
     QScrollArea,
     QSizePolicy,
     QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
 from ..controllers.form_fields import CHOICE, FLOAT, TEXT, TRAIN_FIELDS, default_value
 from ..controllers.labels import RUN_KIND_LABELS
-from ..controllers.training import LineBuffer, TrainingState, tracker_choices
+from ..controllers.training import RANK_COLUMNS, LineBuffer, TrainingState, tracker_choices
 from .charts import AFTER, BEFORE, COMPARE, HELD_AFTER, _style_plot
 from .common import error_label, named, restyle, role_label, set_error
 
 DATA_FORMAT_LABELS = {"auto": "auto (from the fields)", "text": "plain text", "prompt_response": "prompt / response"}
 
+MAX_RANK_ROWS = 8  # rows the per-process table shows before it scrolls
 KILL_AFTER_MS = 30_000  # Stop: SIGTERM (the trainer checkpoints at the step end), then SIGKILL
 
 
@@ -102,11 +107,13 @@ class TrainingPanel(QWidget):
         self.trackingCombo = named(QComboBox(), "trackingCombo")
         for value, label in tracker_choices():
             self.trackingCombo.addItem(label, value)
-        # the run kind of the exported folder (Export run…): its launch.sh starts that many-process
-        # run (NUM_PROCESSES, NUM_MACHINES); Launch here trains in one process
+        # the run kind and the number of processes: of the exported folder (its launch.sh starts
+        # them, NUM_PROCESSES and NUM_MACHINES overriding) and of Launch here
         self.runKindCombo = named(QComboBox(), "runKindCombo")
         for value, label in RUN_KIND_LABELS.items():
             self.runKindCombo.addItem(label, value)
+        self.trainProcessesSpin = self._spin("trainProcessesSpin", 0, 4096)
+        self.trainProcessesSpin.setSpecialValueText("auto (1, or every GPU)")
         self.trainOutputEdit = named(QLineEdit(), "trainOutputEdit")
         self.trainOutputBrowseButton = named(QPushButton("…"), "trainOutputBrowseButton")
         self.trainOutputBrowseButton.setFixedWidth(30)
@@ -133,6 +140,7 @@ class TrainingPanel(QWidget):
         form.addRow("Seed", self.trainSeedSpin)
         form.addRow("Tracking", self.trackingCombo)
         form.addRow("Run kind", self.runKindCombo)
+        form.addRow("Processes", self.trainProcessesSpin)
         form.addRow("Output folder", _row(self.trainOutputEdit, self.trainOutputBrowseButton))
         self.settingsBox = QGroupBox("Fine-tuning")
         self.settingsBox.setObjectName("trainSettingsBox")
@@ -187,6 +195,8 @@ class TrainingPanel(QWidget):
         rv.setContentsMargins(0, 0, 0, 0)
         rv.addWidget(self.charts, 1)
         rv.addWidget(self.trainStatsLabel)
+        self.rankTable = RankTable()
+        rv.addWidget(self.rankTable)
 
         layout = QHBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
@@ -266,6 +276,7 @@ class TrainingPanel(QWidget):
         self.trainStatsLabel.setText(
             "  ·  ".join(f"<span style='color:#64748b'>{k}</span> <b>{v}</b>" for k, v in state.stats())
         )
+        self.rankTable.show_rows(state.rank_rows())
 
     def _browse_data(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -301,6 +312,44 @@ def _row(*widgets: QWidget) -> QWidget:
     for i, w in enumerate(widgets):
         lay.addWidget(w, 1 if i == 0 else 0)
     return box
+
+
+# ============================================================================ the processes
+class RankTable(QTableWidget):
+    """One row per training process of a multi-process run, at its last log step (the
+    figures of `TrainingState.rank_rows`); hidden while the run has one process."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(0, len(RANK_COLUMNS), parent)
+        self.setObjectName("rankTable")
+        self.setHorizontalHeaderLabels(list(RANK_COLUMNS))
+        self.verticalHeader().setVisible(False)
+        self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Maximum)
+        self.setVisible(False)
+
+    def show_rows(self, rows: list[tuple[str, ...]]) -> None:
+        self.setVisible(bool(rows))
+        if not rows:
+            self.setRowCount(0)
+            return
+        self.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, text in enumerate(row):
+                item = self.item(r, c)
+                if item is None:
+                    item = QTableWidgetItem()
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+                    self.setItem(r, c, item)
+                item.setText(text)
+        visible = min(len(rows), MAX_RANK_ROWS)  # a 64-GPU run scrolls instead of pushing the charts away
+        self.setFixedHeight(self.horizontalHeader().height() + visible * self.rowHeight(0) + 2 * self.frameWidth())
+
+    def rows(self) -> list[list[str]]:
+        """The texts shown, row by row (for tests)."""
+        return [[self.item(r, c).text() for c in range(self.columnCount())] for r in range(self.rowCount())]
 
 
 # ============================================================================ charts
@@ -388,6 +437,7 @@ class TrainingProcess(QObject):
         self._out, self._err = LineBuffer(), LineBuffer()
         self.pid = 0
         self.stop_requested = False
+        self._family: list[Any] = []  # psutil.Process of everything the child started (note_family)
         self._kill_timer = QTimer(self)
         self._kill_timer.setSingleShot(True)
         self._kill_timer.timeout.connect(self.kill)
@@ -398,6 +448,7 @@ class TrainingProcess(QObject):
 
     def start(self, command: list[str], workdir: str, env: dict[str, str]) -> None:
         self.stop_requested = False
+        self._family = []
         self._out, self._err = LineBuffer(), LineBuffer()
         environment = QProcessEnvironment.systemEnvironment()
         for key, value in env.items():
@@ -417,11 +468,13 @@ class TrainingProcess(QObject):
         return self.process.state() != QProcess.ProcessState.NotRunning
 
     def stop(self, kill_after_ms: int = KILL_AFTER_MS) -> None:
-        """SIGTERM to the process group (the trainer saves a checkpoint at the step end);
-        SIGKILL to the group if it is still there after `kill_after_ms`."""
+        """SIGTERM to the process group (the trainer saves a checkpoint at the step end; a
+        launcher forwards it to its ranks); SIGKILL to the group and the ranks if it is still
+        there after `kill_after_ms`."""
         if not self.running():
             return
         self.stop_requested = True
+        self.note_family()
         if not self._signal_group(signal.SIGTERM):
             self.process.terminate()
         self._kill_timer.start(kill_after_ms)
@@ -429,6 +482,30 @@ class TrainingProcess(QObject):
     def kill(self) -> None:
         if self.running() and not self._signal_group(signal.SIGKILL):
             self.process.kill()
+        self._kill_family()
+
+    def note_family(self) -> None:
+        """Remember the processes the child has started. A launcher (torchrun, under launch.sh)
+        starts each rank in a session of its own: the group signal does not reach them, and once
+        the launcher is gone they are no longer its children. Remembered, they are ended with it."""
+        import psutil
+
+        try:
+            found = psutil.Process(self.pid).children(recursive=True) if self.pid else []
+        except psutil.Error:
+            return
+        known = {p.pid for p in self._family}
+        self._family += [p for p in found if p.pid not in known]
+
+    def _kill_family(self) -> None:
+        import psutil
+
+        for proc in self._family:
+            try:
+                if proc.is_running():  # the same process: psutil compares its start time (no reused pid)
+                    proc.kill()
+            except psutil.Error:
+                pass
 
     def _signal_group(self, sig: int) -> bool:
         if os.name != "posix" or not self.pid:
@@ -455,8 +532,9 @@ class TrainingProcess(QObject):
             self.line.emit(text)
         for text in self._err.flush():
             self.errorLine.emit(text)
-        # anything the trainer left behind in its group (it starts none, but a launcher may)
+        # anything the trainer left behind in its group, and ranks a launcher left in their sessions
         self._signal_group(signal.SIGKILL)
+        self._kill_family()
         self.ended.emit(int(code), status == QProcess.ExitStatus.CrashExit)
 
     def _on_error(self, error: QProcess.ProcessError) -> None:

@@ -96,6 +96,9 @@ def make_window(qtbot):
 
     def make(**kwargs):
         window = MainWindow(**kwargs)
+        # pytest-qt closes the window after a failed test, training perhaps still running:
+        # nobody answers "Stop the training?" there (a modal question would hang the suite)
+        window._ask_on_close = False
         qtbot.addWidget(window)
         windows.append(window)
         return window

@@ -449,7 +449,7 @@ def test_the_field_table_names_real_settings_with_their_help_and_labels_keep_the
     from quailora_gui.controllers import form_fields, labels
 
     paths = [f.path for f in form_fields.FIELDS + form_fields.TRAIN_FIELDS]
-    assert len(paths) == len(set(paths)) == 28 + 17
+    assert len(paths) == len(set(paths)) == 28 + 18
     for f in form_fields.FIELDS + form_fields.TRAIN_FIELDS:
         form_fields.get_value(core.RunConfig(), f.path)  # a real setting
         assert labels.tooltip(f.name) == core.field_help(f.path).tooltip()

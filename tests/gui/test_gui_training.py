@@ -208,7 +208,7 @@ TRAINING_INPUTS = [
     "trainDataEdit", "dataFormatCombo", "trainTextColumnEdit", "validationDataEdit", "validationFractionSpin",
     "maxStepsSpin", "epochsSpin", "learningRateSpin", "trainBatchSizeSpin", "gradAccumSpin",
     "trainSeqLenSpin", "evalIntervalSpin", "saveIntervalSpin", "warmupSpin", "trainSeedSpin", "trackingCombo",
-    "runKindCombo", "trainOutputEdit", "launchTrainingButton", "exportRunButton", "stopTrainingButton", "resumeTrainingButton",
+    "runKindCombo", "trainProcessesSpin", "trainOutputEdit", "launchTrainingButton", "exportRunButton", "stopTrainingButton", "resumeTrainingButton",
 ]  # fmt: skip
 
 
@@ -361,8 +361,9 @@ def test_lines_events_eta_and_outcomes():
     done = TrainingState()
     done.on_event(Finished("/x/output"))
     assert done.outcome(0, False, stop_requested=True).kind == "finished"  # it ended before the stop
-    cmd = train_command("/r", resume=True, max_steps=80)
+    cmd, env = train_command("/r", resume=True, max_steps=80)
     assert cmd[1:] == ["-m", "quailora_core.train", "/r/run.toml", "--json", "--resume", "--max-steps", "80"]
+    assert env == {}  # one process: the run's own command, no launcher
 
 
 def test_launch_into_a_used_folder_explains_why_and_starts_nothing(
@@ -420,3 +421,28 @@ def test_plain_line_keeps_only_a_finished_bar_without_its_blocks():
                       "[00:00<00:00, 20583.60it/s]") == "Loading weights: 100% 39/39 [00:00<00:00, 20583.60it/s]"
     assert plain_line("  File \"x.py\", line 3") == "  File \"x.py\", line 3" and plain_line(" \r ") is None
     assert plain_line("a | b | c") == "a | b | c"
+
+
+def test_launch_plan_starts_what_this_machine_can_run_and_says_why_not():
+    """Launch's processes from the run kind, Processes (0 = the kind's own, as launch.sh counts)
+    and the GPUs torch sees; a sharded kind in several CPU processes is refused before any file
+    is written, as the core's check would refuse it after the export."""
+    from quailora_gui.controllers.training import launch_plan
+
+    assert launch_plan("single", 0, gpus=0) == launch_plan("single", 1, gpus=8)  # one process, no note
+    assert launch_plan("single", 0, gpus=8).processes == 1 and launch_plan("ddp", 0, gpus=8).processes == 8
+    cpu = launch_plan("ddp", 2, gpus=0)
+    assert cpu.processes == 2 and not cpu.problem and "data parallel on the CPU" in cpu.note
+    for kind in ("fsdp", "deepspeed"):
+        refused = launch_plan(kind, 2, gpus=0)
+        assert "this machine has none" in refused.problem and "choose data parallel" in refused.problem
+        assert launch_plan(kind, 2, gpus=2).note.startswith("Training in 2 processes, one per GPU")
+        assert "nothing is sharded" in launch_plan(kind, 0, gpus=0).warning  # auto: 1 without GPUs
+    assert "this machine has 2" in launch_plan("ddp", 4, gpus=2).problem
+    assert "bash" in launch_plan("ddp", 2, gpus=2, posix=False).problem
+    assert not launch_plan("single", 1, gpus=0, posix=False).problem  # one process needs no bash
+
+    cmd, env = train_command("/r", resume=True, max_steps=9, processes=2)
+    assert cmd == ["bash", "/r/launch.sh", "--json", "--resume", "--max-steps", "9"]
+    assert env["NUM_PROCESSES"] == "2" and env["PYTHON"] == sys.executable
+    assert Path(env["ACCELERATE"]).name == "accelerate" and env["MAIN_PROCESS_PORT"] == "0"  # a free port
