@@ -342,3 +342,35 @@ def test_wandb_without_a_key_runs_offline_and_trackers_write_under_logs(tmp_path
         assert os.environ["MLFLOW_TRACKING_URI"] == "http://tracking:5000"
     info = tracking_info("mlflow", logs)
     assert info.logs is None and info.view == "mlflow ui --backend-store-uri http://tracking:5000"
+
+
+def test_a_trained_adapter_missing_tensors_or_holding_nan_is_refused(adapter, tmp_path):
+    """What the trainer checks on the written file before the adapter is moved into place: the
+    tensors of the adapter it started from, all finite (a sharded run's gathered state dict
+    that lost its LoRA keys would otherwise save an empty adapter without a word)."""
+    from peft.utils import SAFETENSORS_WEIGHTS_NAME
+    from safetensors.torch import save_file
+
+    from quailora_core.errors import QuailoraError
+    from quailora_core.train.trainer import _plain_name, check_trained_adapter
+
+    weights = load_file(str(adapter / SAFETENSORS_WEIGHTS_NAME))
+    first = sorted(weights)[0]
+
+    def written(tensors) -> Path:
+        folder = tmp_path / f"trained-{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        save_file(tensors, str(folder / SAFETENSORS_WEIGHTS_NAME))
+        return folder
+
+    check_trained_adapter(written({k: v + 0.5 for k, v in weights.items()}), adapter)  # trained: other values
+    with pytest.raises(QuailoraError, match=rf"does not hold the {len(weights)} LoRA tensors.*missing 1"):
+        check_trained_adapter(written({k: v for k, v in weights.items() if k != first}), adapter)
+    with pytest.raises(QuailoraError, match=r"missing .*\(e\.g\. base_model"):
+        check_trained_adapter(written({}), adapter)  # what peft saves from names it does not recognize
+    with pytest.raises(QuailoraError, match="other shape 1"):
+        check_trained_adapter(written({**weights, first: weights[first][:1]}), adapter)  # a shard, not the tensor
+    with pytest.raises(QuailoraError, match="diverged: 1 of"):
+        check_trained_adapter(written({**weights, first: weights[first] * float("nan")}), adapter)
+    wrapped = "base_model.model._fsdp_wrapped_module.model.layers.0._fsdp_wrapped_module.self_attn.q_proj.lora_A.weight"
+    assert _plain_name(wrapped) == "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"

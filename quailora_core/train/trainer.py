@@ -377,12 +377,58 @@ class _Training:
             "settings": asdict(plan.config.train),
             **{k: v for k, v in metrics.items() if k != "log_history"},
         }
+        if state_dict is not None:
+            state_dict = {_plain_name(k): v for k, v in state_dict.items()}
         with atomic_dir(plan.output / FINAL_ADAPTER, overwrite=True) as tmp:
             model.save_pretrained(str(tmp), state_dict=state_dict)
+            check_trained_adapter(tmp, plan.adapter)
             record.save(tmp)
             peft_config = json.loads((tmp / "adapter_config.json").read_text(encoding="utf-8"))
             (tmp / "README.md").write_text(model_card(record, peft_config), encoding="utf-8")
         _write_json(plan.output / METRICS_FILE, metrics)
+
+
+# the wrappers FSDP and activation checkpointing put into parameter names
+_WRAPPER_NAMES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def _plain_name(key: str) -> str:
+    """A parameter name without wrapper parts: peft selects the adapter's tensors by their
+    names, and a gathered FSDP state dict can keep `_fsdp_wrapped_module.` inside them (peft
+    would then save an adapter without a single tensor)."""
+    for part in _WRAPPER_NAMES:
+        key = key.replace(part, "")
+    return key
+
+
+def check_trained_adapter(trained: Path, initial: Path) -> None:
+    """The saved adapter holds exactly the tensors of the adapter training started from (the
+    same names and shapes), every value finite. Checked on the written file, independently of
+    the path that gathered it (a sharded run's state dict, peft's selection of LoRA keys):
+    an adapter that lost tensors, kept shards, or diverged is refused, not saved."""
+    import torch
+    from peft.utils import SAFETENSORS_WEIGHTS_NAME
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(Path(initial) / SAFETENSORS_WEIGHTS_NAME), framework="pt") as f:
+        expected = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    weights = load_file(str(Path(trained) / SAFETENSORS_WEIGHTS_NAME))
+    got = {k: tuple(v.shape) for k, v in weights.items()}
+    if got != expected:
+        missing = sorted(set(expected) - set(got))
+        changed = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+        extra = sorted(set(got) - set(expected))
+        detail = "; ".join(f"{what} {len(keys)} (e.g. {keys[0]})" for what, keys in
+                           (("missing", missing), ("other shape", changed), ("unexpected", extra)) if keys)  # fmt: skip
+        raise QuailoraError(f"The trained adapter does not hold the {len(expected)} LoRA tensors of the adapter "
+                            f"it started from: {detail}.", "Please report this with the run's training_run.json; "
+                            "the checkpoints in the output folder are kept.")  # fmt: skip
+    bad = sorted(k for k, v in weights.items() if not torch.isfinite(v).all())
+    if bad:
+        raise QuailoraError(f"Training diverged: {len(bad)} of the adapter's tensors hold NaN or infinity "
+                            f"(e.g. {bad[0]}).", "Lower the learning rate, or resume from an earlier checkpoint "
+                            "in the output folder.")  # fmt: skip
 
 
 class EventBridge(TrainerCallback):
