@@ -15,7 +15,8 @@ times out or is skipped still appears there, with its status and the tail of its
     eval         `quailora eval` on the trained adapter
     fsdp         FSDP-QLoRA through the exported run folder: `quailora init` with the 4-bit weights
                  stored as bfloat16 (and its self-check), `export-run --launch fsdp`, then its
-                 launch.sh with NUM_PROCESSES = 2 (1 on a one-GPU machine): 10 steps
+                 launch.sh with NUM_PROCESSES = 2 (1 on a one-GPU machine): 10 steps, then the
+                 trained adapter loaded back in one process (as adapter_load)
     deepspeed    the same with `--launch deepspeed` (ZeRO-3), when DeepSpeed is installed
     report       the result file
 
@@ -324,15 +325,35 @@ def step_sharded(args) -> int:
                error=_failed(events),
                trained_adapter=(run / "output" / "adapter" / "adapter_model.safetensors").is_file(),
                checkpoints=sorted(p.name for p in (run / "output").glob("checkpoint-*")))  # fmt: skip
+    loaded_ok = False
+    if not rc and out["trained_adapter"]:
+        # the adapter rank 0 wrote from the gathered shards, loaded back in one process as a
+        # user would: the initial adapter's tensors (names, shapes), moved by training, and it runs
+        trained = run / "output" / "adapter"
+        out.update(adapter_moved_by_training=_lora_b_moved(work / "adapter", trained))
+        out["loaded"], loaded_ok = load_and_score(trained, src / "eval.txt", 4, s["seq_len"])
     _write(args.out, out)
     print(json.dumps(out, indent=1, default=str))
     if rc:
         return rc
-    if not (out["trained_adapter"] and out.get("final_loss_finite") and out["self_check_passed"]):
-        print("the sharded run ended without a trained adapter, a finite loss or a passed self-check",
-              file=sys.stderr)  # fmt: skip
+    if not (out["trained_adapter"] and out.get("final_loss_finite") and out["self_check_passed"] and loaded_ok
+            and out.get("adapter_moved_by_training")):  # fmt: skip
+        print("the sharded run ended without a trained adapter that loads and runs, a finite loss or a passed "
+              "self-check", file=sys.stderr)  # fmt: skip
         return 1
     return 0
+
+
+def _lora_b_moved(initial: Path, trained: Path) -> bool:
+    """Whether the trained adapter's files hold the initial one's tensors (the same names and
+    shapes) with some lora_B changed: a save of the initial weights, or of one rank's shard, fails."""
+    from safetensors.torch import load_file
+
+    a = load_file(str(initial / "adapter_model.safetensors"))
+    b = load_file(str(trained / "adapter_model.safetensors"))
+    if {k: v.shape for k, v in a.items()} != {k: v.shape for k, v in b.items()}:
+        return False
+    return any(not a[k].equal(b[k]) for k in a if "lora_B" in k)
 
 
 # ---------------------------------------------------------------------------- the adapter loaded back
@@ -341,14 +362,23 @@ def step_adapter_load(args) -> int:
     transformers and the BitsAndBytesConfig stored in the adapter's quailora.json, then
     peft's PeftModel.from_pretrained; perplexity of held-out random words with and without
     the adapter, and whether every logit is finite."""
+    s = TRAIN[args.tiny]
+    work = Path(args.work) / "train"
+    result, ok = load_and_score(work / "trained" / "adapter", work / "eval.txt", s["eval_samples"], s["seq_len"])
+    _write(args.out, result)
+    print(json.dumps(result, indent=1))
+    return 0 if ok else 1
+
+
+def load_and_score(adapter: Path, eval_text: Path, n: int, seq: int) -> tuple[dict, bool]:
+    """A trained adapter loaded back from its files alone (see step_adapter_load), its losses
+    on `n` x `seq` tokens of `eval_text` with and without it; ok when every logit is finite, the
+    file's lora_B is the model's and the base layers are bitsandbytes'."""
     import torch
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    s = TRAIN[args.tiny]
-    work = Path(args.work) / "train"
-    adapter = work / "trained" / "adapter"
     record = json.loads((adapter / "quailora.json").read_text(encoding="utf-8"))
     base_path = record["base_model"]["path"]
     q = record["quantization"]
@@ -376,8 +406,7 @@ def step_adapter_load(args) -> int:
     layer = model.base_model.model.get_submodule(name.split(".lora_B")[0].removeprefix("base_model.model."))
     matches = torch.equal(layer.lora_B["default"].weight.detach().cpu().to(saved[name].dtype), saved[name])
     tokenizer = AutoTokenizer.from_pretrained(base_path)
-    ids = tokenizer((work / "eval.txt").read_text(encoding="utf-8"))["input_ids"]
-    n, seq = s["eval_samples"], s["seq_len"]
+    ids = tokenizer(eval_text.read_text(encoding="utf-8"))["input_ids"]
     x = torch.tensor(ids[: n * seq]).reshape(n, seq).to(model.device)
     finite, losses = True, {}
     t1 = time.perf_counter()
@@ -404,11 +433,9 @@ def step_adapter_load(args) -> int:
         "logits_finite": finite, "load_seconds": load_s, "forward_seconds": time.perf_counter() - t1,
         "peak_gpu_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
     }  # fmt: skip
-    _write(args.out, result)
-    print(json.dumps(result, indent=1))
     ok = finite and matches and math.isfinite(losses["with_adapter"]) and result["base_layer_type"] in (
         "Linear4bit", "Linear8bitLt")  # fmt: skip
-    return 0 if ok else 1
+    return result, ok
 
 
 def step_eval(args) -> int:
@@ -518,10 +545,17 @@ def summarize(steps: list[dict]) -> dict:
             "perplexity_with_adapter", "perplexity_base_only", "logits_finite", "lora_b_matches_file",
             "base_layer_type", "peak_gpu_allocated_gib")},  # fmt: skip
         "eval": _get(r["eval"], "report"),
-        **{kind: {k: _get(r.get(kind), k) for k in (
-            "num_processes", "quant_storage", "self_check_passed", "steps_reported", "final_loss",
-            "final_loss_finite", "peak_gpu_allocated_gib", "trained_adapter")} for kind in ("fsdp", "deepspeed")},
+        **{kind: _sharded_summary(r.get(kind)) for kind in ("fsdp", "deepspeed")},
     }
+
+
+def _sharded_summary(step: dict | None) -> dict:
+    summary = {k: _get(step, k) for k in (
+        "num_processes", "quant_storage", "self_check_passed", "steps_reported", "final_loss", "final_loss_finite",
+        "peak_gpu_allocated_gib", "trained_adapter", "adapter_moved_by_training")}  # fmt: skip
+    summary["loaded"] = {k: _get(step, "loaded", k) for k in (
+        "perplexity_with_adapter", "logits_finite", "lora_b_matches_file", "lora_tensors")}  # fmt: skip
+    return summary
 
 
 def _fmt(x, spec: str = ".3g") -> str:
@@ -570,7 +604,11 @@ def report_md(report: dict) -> str:
             lines.append(f"- {kind} (launch.sh, {_fmt(k['num_processes'])} processes, quant storage "
                          f"{_fmt(k['quant_storage'])}, self-check passed: {_fmt(k['self_check_passed'])}): "
                          f"{_fmt(k['steps_reported'])} step events, final loss {_fmt(k['final_loss'], '.4f')} "
-                         f"(finite: {_fmt(k['final_loss_finite'])}), trained adapter: {_fmt(k['trained_adapter'])}")
+                         f"(finite: {_fmt(k['final_loss_finite'])}), trained adapter: {_fmt(k['trained_adapter'])}, "
+                         f"moved by training: {_fmt(k['adapter_moved_by_training'])}; loaded back in one process: "
+                         f"{_fmt(k['loaded']['lora_tensors'])} LoRA tensors, perplexity "
+                         f"{_fmt(k['loaded']['perplexity_with_adapter'])}, logits finite: "
+                         f"{_fmt(k['loaded']['logits_finite'])}")
     ev = s["eval"]
     if ev:
         lines.append(f"- `quailora eval`: perplexity fp {_fmt(ev.get('fp_perplexity'))}, quantized "

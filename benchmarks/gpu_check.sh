@@ -42,17 +42,19 @@
 #   adapter_load    45 s     20 s    the trained adapter on the 4-bit base (transformers +
 #                                    BitsAndBytesConfig from quailora.json + peft); perplexity, finite logits
 #   eval            45 s     25 s    `quailora eval` (fp, 4-bit, 4-bit + adapter) on 8 x 512 tokens
-#   fsdp           110 s     70 s    FSDP-QLoRA as a user runs it: `quailora init` on train_init's model with
+#   fsdp           110 s     80 s    FSDP-QLoRA as a user runs it: `quailora init` on train_init's model with
 #                                    --dtype bfloat16 --quant-storage bfloat16 (8 x 256 tokens, self-check
 #                                    on; ~25 s), `export-run --launch fsdp`, then the folder's launch.sh with
 #                                    NUM_PROCESSES=2 (1 on a one-GPU machine): 10 steps of 2 x 512 tokens,
-#                                    one sharded checkpoint, the trained adapter (~40 s with the loads)
-#   deepspeed      110 s     70 s    the same with --launch deepspeed (ZeRO-3); skipped when DeepSpeed is
+#                                    one sharded checkpoint, the trained adapter (~40 s with the loads),
+#                                    then that adapter loaded back in one process as adapter_load does
+#                                    (its tensors, lora_B moved by training, 4 x 512 tokens; ~10 s)
+#   deepspeed      110 s     80 s    the same with --launch deepspeed (ZeRO-3); skipped when DeepSpeed is
 #                                    not installed (the usual case: it is not a dependency)
 #   report          20 s      3 s    the result file
 #                  ------   ------
-#                  780 s    398 s    (the timeouts are clipped to the 470 s cap of the whole run;
-#                                    estimated ~6.6 min with FSDP and no DeepSpeed, the cap 7.8 min)
+#                  780 s    418 s    (the timeouts are clipped to the 470 s cap of the whole run;
+#                                    estimated ~7.0 min with every step, ~5.6 without DeepSpeed; the cap 7.8 min)
 #
 # fsdp and deepspeed need CUDA (bitsandbytes' 4-bit layers under FSDP / ZeRO-3): in tiny mode they
 # are recorded as skipped "not on this machine", as deepspeed is without DeepSpeed; such a skip

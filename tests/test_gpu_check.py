@@ -190,3 +190,24 @@ def test_shape_arithmetic_matches_a_built_model():
     eight_b = gpu_llama8b.llama_parameters(gpu_llama8b.LLAMA3_8B, 32)
     assert 8.0e9 < eight_b < 8.1e9  # Llama-3-8B: 8.03 B
     assert 0.11e9 < gpu_llama8b.quantized_block_bytes(gpu_llama8b.LLAMA3_8B) < 0.12e9
+
+
+def test_the_sharded_steps_check_of_the_written_adapter(demo_adapter, text_file, tmp_path):
+    """What the fsdp / deepspeed steps check on the adapter rank 0 wrote, here on the demo
+    adapter (the runs themselves need CUDA): loaded back in one process it runs, and it holds
+    the initial adapter's tensors with lora_B moved: the initial weights saved again, or one
+    rank's shard, would not pass."""
+    from safetensors.torch import load_file, save_file
+
+    result, ok = gpu_check.load_and_score(demo_adapter, text_file, 2, 16)
+    assert ok and result["logits_finite"] and result["lora_b_matches_file"] and result["lora_tensors"] > 0
+    assert not gpu_check._lora_b_moved(demo_adapter, demo_adapter)  # nothing trained
+    weights = load_file(str(demo_adapter / "adapter_model.safetensors"))
+    first_b = next(k for k in sorted(weights) if "lora_B" in k)
+    for name, tensors, moved in (("trained", {**weights, first_b: weights[first_b] + 1}, True),
+                                 ("shard", {**weights, first_b: weights[first_b][:1] + 1}, False),
+                                 ("lost", {k: v + 1 for k, v in weights.items() if k != first_b}, False)):  # fmt: skip
+        folder = tmp_path / name
+        folder.mkdir()
+        save_file(tensors, str(folder / "adapter_model.safetensors"))
+        assert gpu_check._lora_b_moved(demo_adapter, folder) is moved, name
