@@ -125,7 +125,11 @@ def accelerate_config(launch: str, block_class: str | None = None, offload_param
             "fsdp_state_dict_type": "SHARDED_STATE_DICT",
             "fsdp_cpu_ram_efficient_loading": True,  # rank 0 reads the weights, the others build on meta
             "fsdp_sync_module_states": True,  # ... and receive them from rank 0 (accelerate requires both)
-            "fsdp_use_orig_params": False,  # flat parameters: the frozen 4-bit weights and the LoRA pairs mixed
+            # flat parameters, as peft's FSDP-QLoRA guide: a flat parameter must be all trainable or all
+            # frozen, and the Trainer replaces the block-only policy above with peft's
+            # `fsdp_auto_wrap_policy` (`update_fsdp_plugin_peft`: each LoRA layer its own unit, the
+            # blocks as listed); with the block-only policy alone FSDP refuses to flatten a block
+            "fsdp_use_orig_params": False,
             "fsdp_offload_params": offload_params,
             "fsdp_backward_prefetch": "BACKWARD_PRE",
             "fsdp_forward_prefetch": False,
