@@ -223,7 +223,7 @@ class TrainSettings:
     tracking: str = option("tensorboard", flag="--tracking",
                            help="Experiment tracking of the run, written to logs/ in the output folder: "
                            f"{', '.join(TRACKERS)} (wandb and mlflow when installed)")  # fmt: skip
-    launch: str = option("single", flag="--launch", usual="single = one process",
+    launch: str = option("single", flag="--launch", usual="single = one machine, one process unless Processes says more",
                          help="How the run is spread over processes: single, ddp (a copy of the 4-bit model "
                          "per GPU), fsdp or deepspeed (ZeRO-3: the base sharded over the GPUs, for a model "
                          "that outgrows one); launch.sh takes the number of GPUs and machines from its "

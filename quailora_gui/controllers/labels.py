@@ -77,7 +77,7 @@ TOOLTIPS: dict[str, str] = {
     "heatMap": "Share of the calibrated error removed, 1 - after/before, per block and module.",
     "resultsTable": "Per-layer results; click a header to sort.",
     "rankTable": "Each training process of a multi-process run at its last logged step: its machine, device, "
-    "time per step (a slow GPU shows here, the others wait for it) and memory.",
+    "seconds per step (a slow GPU shows here, the others wait for it), RAM and peak GPU memory.",
     "lossChart": "Training loss per step (thin line, with its moving average) and validation loss (points).",
     "progressBar": "Layers initialized, or training steps done, so far.",
     "logView": "Messages from the engine.",
@@ -89,8 +89,9 @@ def tooltip(name: str) -> str | None:
     return config_tooltip(name) or TOOLTIPS.get(name)
 
 # [train] launch: the run kinds of an exported run folder (quailora_core.config.RUN_KINDS)
-RUN_KIND_LABELS = {"single": "one machine (1 process, or 1 per GPU)", "ddp": "data parallel (GPUs, machines)",
-                   "fsdp": "FSDP-QLoRA (sharded base)", "deepspeed": "DeepSpeed ZeRO-3 QLoRA"}  # fmt: skip
+# (short: the settings column is narrow; the field's tooltip says what each does)
+RUN_KIND_LABELS = {"single": "one machine", "ddp": "data parallel", "fsdp": "FSDP-QLoRA (sharded)",
+                   "deepspeed": "DeepSpeed ZeRO-3"}  # fmt: skip
 # ... and their names in a sentence
 RUN_KIND_NAMES = {"single": "A one-machine run", "ddp": "Data parallel", "fsdp": "FSDP-QLoRA",
                   "deepspeed": "DeepSpeed ZeRO-3"}  # fmt: skip

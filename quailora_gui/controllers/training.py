@@ -34,7 +34,7 @@ TRAIN_OUTPUT = OUTPUT_DIR  # where the trained adapter and checkpoints of a run 
 STDERR_TAIL = 20  # stderr lines kept to explain a crash
 ETA_WINDOW = 20  # steps the ETA averages over
 SMOOTHING = 0.9  # weight of the moving average drawn through the training loss
-RANK_COLUMNS = ("Process", "Machine", "Device", "Step", "Time per step", "RAM", "GPU memory (peak)")
+RANK_COLUMNS = ("Process", "Machine", "Device", "Step", "Per step", "RAM", "GPU peak")  # the tooltip says more
 
 
 # ---------------------------------------------------------------------------- commands
