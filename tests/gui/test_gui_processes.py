@@ -11,12 +11,11 @@ thread each; every wait is on a window signal with a long deadline.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import psutil
 import pytest
 from safetensors.torch import load_file
-from test_gui_training import REPEATED, click, fill_training, initialized_window
+from test_gui_training import REPEATED, click, fill_training, initialized_window, launch
 
 from quailora_core.events import RankProgress, TrainStep
 from quailora_core.train.processes import weights_digest
@@ -58,9 +57,7 @@ def test_two_processes_from_the_training_tab(qtbot, window, tiny_model_dir, text
     fill_training(window, data, tmp_path / "training", max_steps=200)
     progress: list[RankProgress] = []
     window.rankProgress.connect(progress.append)
-    with qtbot.waitSignal(window.trainingStarted, timeout=30_000) as started:
-        click(qtbot, window.launchTrainingButton)
-    run_dir = Path(started.args[0])
+    run_dir = launch(qtbot, window)
     process = window.train_process.process
     assert process.program() == "bash" and process.arguments() == [str(run_dir / "launch.sh"), "--json"]
     assert process.processEnvironment().value("NUM_PROCESSES") == "2"

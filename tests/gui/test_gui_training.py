@@ -58,6 +58,13 @@ def fill_training(window, data: Path, output: Path, max_steps: int) -> None:
     p.trainOutputEdit.setText(str(output))  # the panel tells the window's state (Launch needs a folder)
 
 
+def launch(qtbot, window) -> Path:
+    """Click Launch; the run folder the training child started in."""
+    with qtbot.waitSignal(window.trainingStarted, timeout=30_000) as started:
+        click(qtbot, window.launchTrainingButton)
+    return Path(started.args[0])
+
+
 def test_launch_stream_stop_and_resume(qtbot, window, tiny_model_dir, text_file, tmp_path):
     initialized_window(qtbot, window, tiny_model_dir, text_file, tmp_path)
     data = tmp_path / "repeated.txt"
@@ -66,9 +73,7 @@ def test_launch_stream_stop_and_resume(qtbot, window, tiny_model_dir, text_file,
     steps: list[TrainStep] = []
     window.trainingStep.connect(steps.append)
 
-    with qtbot.waitSignal(window.trainingStarted, timeout=30_000) as started:
-        click(qtbot, window.launchTrainingButton)
-    run_dir = Path(started.args[0])
+    run_dir = launch(qtbot, window)
     assert (
         run_dir == tmp_path / "training"
         and (run_dir / "run.toml").is_file()
