@@ -13,9 +13,8 @@ peft's `fsdp_auto_wrap_policy` into the plugin (`update_fsdp_plugin_peft`). acce
 does not shard on a CPU (it keeps `MULTI_CPU` and drops the plugin; recorded under
 "accelerate"), so the ranks call torch's FSDP constructor with the arguments accelerate passes.
 After two AdamW steps the full state dict is gathered (FULL_STATE_DICT, not offloaded) and rank
-0 writes adapters three ways: as the trainer's `_write` does (`_plain_name`, then peft's
-save_pretrained), the same without `_plain_name`, and the proposed fix (`adapter_tensors`),
-each checked with the trainer's `check_trained_adapter`. A rank stuck in a collective prints
+0 writes the adapter two ways: as the trainer's `_write` does (`write_gathered_adapter`), and
+with peft's save_pretrained alone, each checked with the trainer's `check_trained_adapter`. A rank stuck in a collective prints
 where and exits after HANG_S seconds.
 """
 
@@ -35,20 +34,6 @@ SEQ, BATCH, LR, STEPS = 16, 2, 1e-3, 2
 # accelerate passes its device; without one, torch's FSDP looks for an accelerator and refuses the CPU
 CPU = torch.device("cpu")
 HANG_S = 240  # a rank still running after this long is stuck in a collective: it prints where, and exits
-
-
-def adapter_tensors(state_dict: dict, names: set[str], adapter_name: str = "default") -> dict:
-    """The proposed fix: the adapter's tensors of a gathered full state dict, picked by the names
-    the initial adapter's file holds (each key without wrapper parts and without the adapter name),
-    not by peft's walk over the module names (which, under nested FSDP units, finds nothing)."""
-    from quailora_core.train.trainer import _plain_name
-
-    picked = {}
-    for key, value in state_dict.items():
-        name = ".".join(part for part in _plain_name(key).split(".") if part != adapter_name)
-        if name in names:
-            picked[name] = value
-    return picked
 
 
 def _load(model_path: str, adapter: str):
@@ -117,13 +102,13 @@ def _variant(model_path: str, adapter: str, out: Path, rank: int, use_orig_param
     from peft.tuners.lora import LoraLayer
     from peft.utils import SAFETENSORS_WEIGHTS_NAME
     from peft.utils.other import fsdp_auto_wrap_policy
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     from torch.distributed.fsdp import FullStateDictConfig, ShardingStrategy, StateDictType
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     from quailora_core.errors import QuailoraError
     from quailora_core.train.processes import weights_digest
-    from quailora_core.train.trainer import _plain_name, check_trained_adapter
+    from quailora_core.train.trainer import _plain_name, check_trained_adapter, write_gathered_adapter
 
     res: dict = {}
     torch.manual_seed(0)
@@ -198,23 +183,24 @@ def _variant(model_path: str, adapter: str, out: Path, rank: int, use_orig_param
     res["lora_modules"] = len(lora_modules)
     res["lora_module_names_with_wrapper_names"] = sum(1 for n in lora_modules if _plain_name(n) != n)
     res["lora_module_example"] = lora_modules[0]
-    plain = {_plain_name(k): v for k, v in full.items()}
-    res["peft_selects_raw"] = len(get_peft_model_state_dict(unwrapped, state_dict=full))
-    res["peft_selects_plain"] = len(get_peft_model_state_dict(unwrapped, state_dict=plain))
+    res["peft_selects"] = len(get_peft_model_state_dict(unwrapped, state_dict=full))
     expected = load_file(str(Path(adapter) / SAFETENSORS_WEIGHTS_NAME))
-    lora = adapter_tensors(full, set(expected))  # the proposed selection, by the initial adapter's names
+    # each rank's own LoRA tensors of the gathered state dict, named as in the adapter's file
+    lora = {n: v for k, v in full.items() if (n := k.replace(".default.", ".")) in expected}
     res["lora_tensors"] = len(lora)
     res["lora_digest"] = weights_digest(lora)
-    res["rank0_only_lora_digest"] = weights_digest(adapter_tensors(rank0_only, set(expected))) if rank0_only else None
+    rank0_lora = {n: v for k, v in rank0_only.items() if (n := k.replace(".default.", ".")) in expected}
+    res["rank0_only_lora_digest"] = weights_digest(rank0_lora) if rank0_only else None
     res["changed_by_training"] = sum(1 for k, v in lora.items() if not torch.equal(v, expected[k]))
     if rank == 0:  # rank 0 writes, as the trainer's _write does; one folder per way of writing
         tag = "orig" if use_orig_params else "flat"
-        for way, state_dict in (("trainer", plain), ("without-plain-name", full), ("proposed", plain)):
+        for way in ("trainer", "peft-alone"):
             folder = out / f"adapter-{tag}-{way}"
-            unwrapped.save_pretrained(str(folder), state_dict=state_dict)
-            if way == "proposed":  # peft wrote an empty weights file: overwrite it with the selected tensors
-                save_file({k: v.contiguous() for k, v in lora.items()}, str(folder / SAFETENSORS_WEIGHTS_NAME),
-                          metadata={"format": "pt"})  # fmt: skip
+            if way == "trainer":
+                folder.mkdir()
+                write_gathered_adapter(unwrapped, folder, full, Path(adapter))
+            else:
+                unwrapped.save_pretrained(str(folder), state_dict=full)
             written = load_file(str(folder / SAFETENSORS_WEIGHTS_NAME))
             try:
                 check_trained_adapter(folder, Path(adapter))

@@ -377,10 +377,11 @@ class _Training:
             "settings": asdict(plan.config.train),
             **{k: v for k, v in metrics.items() if k != "log_history"},
         }
-        if state_dict is not None:
-            state_dict = {_plain_name(k): v for k, v in state_dict.items()}
         with atomic_dir(plan.output / FINAL_ADAPTER, overwrite=True) as tmp:
-            model.save_pretrained(str(tmp), state_dict=state_dict)
+            if state_dict is None:
+                model.save_pretrained(str(tmp))
+            else:
+                write_gathered_adapter(model, tmp, state_dict, plan.adapter)
             check_trained_adapter(tmp, plan.adapter)
             record.save(tmp)
             peft_config = json.loads((tmp / "adapter_config.json").read_text(encoding="utf-8"))
@@ -393,12 +394,35 @@ _WRAPPER_NAMES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig
 
 
 def _plain_name(key: str) -> str:
-    """A parameter name without wrapper parts: peft selects the adapter's tensors by their
-    names, and a gathered FSDP state dict can keep `_fsdp_wrapped_module.` inside them (peft
-    would then save an adapter without a single tensor)."""
+    """A parameter name without wrapper parts, to match a gathered state dict's keys to the
+    adapter file's names (FSDP's full state dict has plain keys today; a wrapper that keeps its
+    part in them would otherwise leave tensors behind, which check_trained_adapter refuses)."""
     for part in _WRAPPER_NAMES:
         key = key.replace(part, "")
     return key
+
+
+def write_gathered_adapter(model, folder: Path, state_dict: dict[str, Any], initial: Path) -> None:
+    """The adapter of a sharded run, from the full state dict its ranks gathered: peft writes the
+    config, and the weights are the state dict's tensors named as in the initial adapter's file
+    (each key without wrapper parts and without the adapter's name). peft cannot select them
+    itself: it picks a state dict's entries by the names of its LoRA modules, and inside nested
+    FSDP units those hold `_fsdp_wrapped_module.` mid-name, so it finds none and writes an
+    adapter without a tensor (tests/test_fsdp_cpu.py shows both on two CPU ranks)."""
+    from peft.utils import SAFETENSORS_WEIGHTS_NAME
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    adapter_name = getattr(model, "active_adapter", "default")
+    with safe_open(str(Path(initial) / SAFETENSORS_WEIGHTS_NAME), framework="pt") as f:
+        names = set(f.keys())
+    picked = {}
+    for key, value in state_dict.items():
+        name = ".".join(part for part in _plain_name(key).split(".") if part != adapter_name)
+        if name in names:
+            picked[name] = value.detach().cpu().contiguous()
+    model.save_pretrained(str(folder), state_dict=state_dict)  # the config; its weights are replaced
+    save_file(picked, str(Path(folder) / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
 
 
 def check_trained_adapter(trained: Path, initial: Path) -> None:
