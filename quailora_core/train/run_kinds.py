@@ -57,17 +57,21 @@ def check_run_kind(launch: str, record: AdapterRecord, adapter: str, installed: 
                          "pip install deepspeed", field="train.launch")  # fmt: skip
 
 
-def check_sharding_device(launch: str, several_processes: bool) -> None:
+def check_sharding_device(launch: str, several_processes: bool, cuda: bool | None = None) -> None:
     """Refuse a sharded kind that would start several processes on a machine without CUDA.
 
     accelerate shards (FSDP, ZeRO-3) on GPUs only: on a CPU-only machine `accelerate launch`
     with an FSDP config starts CPU processes that each train an unsharded copy of the model
-    (its distributed type stays MULTI_CPU), which is not the run that was asked for."""
+    (its distributed type stays MULTI_CPU), which is not the run that was asked for. `cuda`:
+    whether the machine has CUDA, when the caller knows (the app's engine process); else torch
+    is asked."""
     if launch not in SHARDED_RUN_KINDS or not several_processes:
         return
-    import torch
+    if cuda is None:
+        import torch
 
-    if torch.cuda.is_available():
+        cuda = torch.cuda.is_available()
+    if cuda:
         return
     name = "FSDP-QLoRA" if launch == "fsdp" else "DeepSpeed ZeRO-3"
     raise InputError(

@@ -54,15 +54,17 @@ def launch_plan(kind: str, processes: int, gpus: int, posix: bool = os.name == "
     CUDA devices: 0 is the kind's own count, as in launch.sh (1 for single, every GPU else).
     Several processes start through the folder's launch.sh (bash, `accelerate launch`); on a
     machine without GPUs they train data parallel on the CPU, which shards nothing (the core
-    refuses FSDP and ZeRO-3 there: `run_kinds.check_sharding_device`, said here first)."""
+    refuses FSDP and ZeRO-3 there: `run_kinds.check_sharding_device`, asked here first)."""
     from quailora_core.config import SHARDED_RUN_KINDS
+    from quailora_core.errors import InputError
+    from quailora_core.train.run_kinds import check_sharding_device
 
     count = processes or (1 if kind == "single" else max(gpus, 1))
     name = RUN_KIND_NAMES.get(kind, kind)
-    if count > 1 and kind in SHARDED_RUN_KINDS and not gpus:
-        return LaunchPlan(count, f"{name} shards the 4-bit base over CUDA GPUs, and this machine has none: choose "
-                                 "data parallel to train in several processes on the CPU here, or Export run and "
-                                 "start its launch.sh on a GPU machine.")  # fmt: skip
+    try:  # the core's own refusal (launch.sh --check says it too), known here before anything is written
+        check_sharding_device(kind, count > 1, cuda=gpus > 0)
+    except InputError as e:
+        return LaunchPlan(count, f"{e.message} {app_words(e.hint)}")
     if gpus and count > gpus:
         return LaunchPlan(count, f"{count} processes need {count} GPUs, and this machine has {gpus}: set Processes "
                                  f"to {gpus} or fewer, or Export run for a larger machine.")  # fmt: skip

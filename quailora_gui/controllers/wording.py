@@ -17,6 +17,7 @@ from functools import cache
 # in errors about a run file the user opened
 _PHRASES: tuple[tuple[str, str], ...] = (
     (r"Set \[train\] data in the run file, or use --data PATH\.", "Choose the training data."),
+    (r'use \[train\] launch = "ddp" to train data parallel', 'choose the run kind "data parallel" to train'),
     (r"--model demo\b", "the demo model"),
     (r"--model PATH\b", "a model folder"),
     (r"--calibration PATH\b", "a calibration file or folder"),
@@ -44,7 +45,7 @@ def _flag_words() -> dict[str, str]:
 
 def app_words(text: str) -> str:
     """`text` (a core message or hint) with its command-line terms replaced by the settings' names."""
-    if not text or "--" not in text:
+    if not text or ("--" not in text and "[" not in text):  # no flag, no run-file setting
         return text
     for pattern, replacement in _PHRASES:
         text = re.sub(pattern, replacement, text)

@@ -11,6 +11,7 @@ thread each; every wait is on a window signal with a long deadline.
 from __future__ import annotations
 
 import json
+from html import escape
 
 import psutil
 import pytest
@@ -49,7 +50,7 @@ def test_two_processes_from_the_training_tab(qtbot, window, tiny_model_dir, text
     panel.trainProcessesSpin.setValue(2)
     with qtbot.waitSignal(window.launchRefused, timeout=5_000) as refused:
         click(qtbot, window.launchTrainingButton)
-    assert "this machine has none" in refused.args[0] and refused.args[0] in panel.trainStatusLabel.text()
+    assert "this machine has none" in refused.args[0] and escape(refused.args[0]) in panel.trainStatusLabel.text()
     assert not (tmp_path / "fsdp").exists() and window.launchTrainingButton.isEnabled()
 
     # data parallel in two processes on the CPU, through the folder's launch.sh

@@ -440,7 +440,7 @@ def test_launch_plan_starts_what_this_machine_can_run_and_says_why_not():
     assert cpu.processes == 2 and not cpu.problem and "data parallel on the CPU" in cpu.note
     for kind in ("fsdp", "deepspeed"):
         refused = launch_plan(kind, 2, gpus=0)
-        assert "this machine has none" in refused.problem and "choose data parallel" in refused.problem
+        assert "this machine has none" in refused.problem and 'choose the run kind "data parallel" to train on the CPU' in refused.problem
         assert launch_plan(kind, 2, gpus=2).note.startswith("Training in 2 processes, one per GPU")
         assert "nothing is sharded" in launch_plan(kind, 0, gpus=0).warning  # auto: 1 without GPUs
     assert "this machine has 2" in launch_plan("ddp", 4, gpus=2).problem
