@@ -211,12 +211,14 @@ class TrainingControl(QObject):
             handler(event)
 
     def _on_step(self, event: TrainStep) -> None:
-        self.process.note_family()  # the ranks a launcher started, ended with it (TrainingProcess.kill)
         self.panel.show_state(self.training)
         self.update_progress()
         self.w.trainingStep.emit(event)
 
     def _on_ranks(self, event: RankProgress) -> None:
+        """Several processes only (a single-process run sends none): the table of the step just
+        logged, and the ranks the launcher started, remembered to be ended with it (kill)."""
+        self.process.note_family()
         self.panel.rankTable.show_rows(self.training.rank_rows())
         self.w.rankProgress.emit(event)
 
